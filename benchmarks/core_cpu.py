@@ -1,0 +1,71 @@
+"""Core CPU benchmark: the baseline architecture at DESIGN.md's reference scale on the FineWeb sample.
+
+4 layers, d=256, 4 heads / 2 KV heads, relu^2 MLP 2x, vocab 1024, seq 512, 8 sequences per step, 300 steps;
+Muon lr 0.04 (momentum 0.85 -> 0.95 over 50 steps), Adam 0.05 / 0.04, linear warmdown over the last 30%
+(= `--recipe baseline --scale tiny`), trained on ../shared/data's sp1024 sample train shard and scored on its
+val shard (all 680,036 targets). Reference (the challenge's own code on a 2-core CPU): val_bpb 2.583 (seed 1337)
+and 2.594 (seed 42).
+
+    python benchmarks/core_cpu.py [--seeds 1337 42] [--steps 300] [--out benchmarks/results/core_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import pgolf
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+REFERENCE = {"val_bpb": {"1337": 2.583, "42": 2.594}, "train_seconds": 160, "tokens_per_second": 7700,
+             "source": "DESIGN.md: the challenge's train_gpt.py model and Muon run on a 2-core CPU"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 42])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--recipe", default="baseline")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "core_cpu.json"))
+    args = parser.parse_args()
+    data = SHARED / "datasets" / "fineweb10B_sp1024_sample"
+    tokenizer = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
+    if not data.is_dir():
+        print(f"needs the FineWeb sample at {data}", file=sys.stderr)
+        return 2
+    runs = []
+    for seed in args.seeds:
+        overrides = {"data.path": str(data), "data.tokenizer": str(tokenizer), "seed": seed, "train.steps": args.steps}
+        overrides.update(pgolf.config.parse_set_args(args.overrides))
+        cfg = pgolf.load_recipe(args.recipe, scale="tiny", overrides=overrides)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            result = pgolf.train(cfg, Path(tmp) / "run", progress=True)
+            result["wall_seconds"] = time.perf_counter() - start
+        runs.append({k: result[k] for k in ("seed", "val_bpb", "val_loss", "val_bpb_prequant", "val_bpb_plain",
+                                             "artifact_bytes", "model_bytes", "code_bytes", "steps", "train_seconds",
+                                             "eval_seconds", "tokens_per_second", "val_targets", "val_bytes",
+                                             "wall_seconds")})
+        print(json.dumps(runs[-1]), flush=True)
+    report = {
+        "benchmark": "core_cpu", "recipe": f"{args.recipe} --scale tiny", "steps": args.steps,
+        "overrides": args.overrides, "device": result["device"],
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": runs,
+        "val_bpb_mean": sum(r["val_bpb"] for r in runs) / len(runs), "reference": REFERENCE,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

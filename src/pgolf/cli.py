@@ -1,0 +1,214 @@
+"""The `pgolf` command line: thin wrappers that parse arguments, load a config and call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, load_config, load_recipe, parse_set_args
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+EXIT_OVER_LIMIT = 4
+
+
+def _add_config_args(p: argparse.ArgumentParser, default_recipe: str = "tiny") -> None:
+    p.add_argument("--recipe", default=default_recipe, help=f"shipped recipe name or a .toml path (default: {default_recipe})")
+    p.add_argument("--scale", choices=("full", "tiny"), default="full",
+                   help="full = published sizes; tiny = the same switches at CPU size")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set model.num_layers=11 (repeatable)")
+    p.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    p.add_argument("--data", help="folder of fineweb_train_*.bin / fineweb_val_*.bin shards (default: the embedded corpus)")
+    p.add_argument("--tokenizer", help="SentencePiece .model matching the data")
+
+
+def config_from_args(args: argparse.Namespace):
+    overrides: dict[str, Any] = parse_set_args(args.overrides)
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.data:
+        overrides["data.path"] = args.data
+    if args.tokenizer:
+        overrides["data.tokenizer"] = args.tokenizer
+    return load_recipe(args.recipe, scale=args.scale, overrides=overrides)
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import TrainingDiverged, TrainingInterrupted, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise ConfigError(f"{run_dir}: no config.toml; is this a pgolf run folder?")
+        cfg = load_config(run_dir / "config.toml")
+        out = run_dir
+    else:
+        cfg = config_from_args(args)
+        out = args.out
+    try:
+        result = train(cfg, out, resume=bool(args.resume), progress=not args.quiet, runs_root=args.runs_root,
+                       device=args.device)
+    except TrainingInterrupted as exc:
+        print(f"pgolf: {exc}", file=sys.stderr)
+        return 128 + int(exc.signum)
+    except TrainingDiverged as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0 if result["under_limit"] else EXIT_OVER_LIMIT
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from .recipes_info import recipe_table
+
+    rows = recipe_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['name']:<10} {row['description']}")
+        print(f"{'':<10} params {row['params_full']:,} (tiny {row['params_tiny']:,}); "
+              f"est. artifact {row['artifact_estimate']:,} bytes ({'fits' if row['fits'] else 'OVER'} 16,000,000)")
+        print(f"{'':<10} on: {', '.join(row['switches']) or 'baseline only'}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    from .config import config_to_dict, describe_keys
+
+    if args.keys:
+        for key, typ, default, help_text in describe_keys():
+            print(f"{key:<34} {typ:<6} {default!r:<22} {help_text}")
+        return 0
+    print(tomli_w.dumps(config_to_dict(config_from_args(args))), end="")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command == "prepare":
+        from .data.prepare import prepare_documents, read_documents
+
+        docs = read_documents(args.input, args.text_key)
+        meta = prepare_documents(docs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                                 val_docs=args.val_docs, progress=not args.quiet)
+        print(f"wrote {args.out}: {meta['val']['docs']:,} val docs ({meta['val']['tokens']:,} tokens), "
+              f"{meta['train']['docs']:,} train docs ({meta['train']['tokens']:,} tokens), vocab {meta['vocab_size']}")
+        return 0
+    if args.data_command == "stats":
+        from .data.stats import shard_stats
+
+        stats = shard_stats(args.shard, args.tokenizer, check_decode=args.check_decode)
+        if args.json:
+            print(json.dumps(stats, indent=2))
+        else:
+            for key, value in stats.items():
+                print(f"{key:<20} {value:,}" if isinstance(value, int) else f"{key:<20} {value}")
+        return 0
+    if args.data_command == "download":
+        from .data.download import download
+
+        info = download(args.variant, args.train_shards, args.out, args.repo_id)
+        print(f"data in {info['data']}; tokenizer {info['tokenizer']}")
+        print(f"train with: pgolf train --recipe baseline --data {info['data']} --tokenizer {info['tokenizer']}")
+        return 0
+    raise AssertionError(args.data_command)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate_artifact import evaluate_artifact
+
+    result = evaluate_artifact(args.artifact, args.data, args.tokenizer, parse_set_args(args.overrides),
+                               device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"val_bpb {result['val_bpb']:.6f}  val_loss {result['val_loss']:.6f}  ({result['eval_mode']}, "
+              f"{result['val_targets']:,} targets, {result['val_bytes']:,} bytes, {result['eval_seconds']:.1f} s"
+              f"{'' if result['legal'] else ', NOT LEGAL under the challenge rules'})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description="Parameter golf: train, pack and score tiny language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a recipe (default: the tiny recipe on the embedded corpus)")
+    _add_config_args(p)
+    p.add_argument("--out", help="run folder (default: runs/<recipe>-<time>-s<seed>)")
+    p.add_argument("--runs-root", default="runs", help="where new run folders go (default: runs)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print result.json at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("recipes", help="list the recipes and what each turns on")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("config", help="print a resolved config as TOML (or --keys: every key with its help)")
+    _add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every config key, type, default and meaning")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("data", help="prepare, inspect or download token shards")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    d = dsub.add_parser("prepare", help="text/JSONL documents -> tokenizer + train/val shards")
+    d.add_argument("--input", required=True, help=".jsonl (one {\"text\": ...} per line) or .txt (blank-line separated)")
+    group = d.add_mutually_exclusive_group(required=True)
+    group.add_argument("--tokenizer", help="use this SentencePiece model")
+    group.add_argument("--vocab-size", type=int, help="train a BPE tokenizer of this size on the training documents")
+    d.add_argument("--val-docs", type=int, default=50_000, help="the first N documents go to validation (default 50,000)")
+    d.add_argument("--text-key", default="text", help="JSONL field holding the text")
+    d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--quiet", action="store_true")
+    d = dsub.add_parser("stats", help="documents, tokens, targets and exact bytes of a shard")
+    d.add_argument("shard")
+    d.add_argument("--tokenizer", required=True)
+    d.add_argument("--check-decode", action="store_true", help="also decode every document and count its UTF-8 bytes")
+    d.add_argument("--json", action="store_true")
+    d = dsub.add_parser("download", help="the challenge's FineWeb shards from the Hugging Face Hub")
+    d.add_argument("--variant", default="sp1024", choices=("sp1024", "sp4096", "sp8192"))
+    d.add_argument("--train-shards", type=int, default=80, help="how many training shards (100M tokens each)")
+    d.add_argument("--out", default="data", help="root folder (gets datasets/ and tokenizers/)")
+    d.add_argument("--repo-id", help="another Hugging Face dataset repo with the same layout")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("eval", help="score an artifact on a validation split")
+    p.add_argument("artifact")
+    p.add_argument("--data", help="data folder (default: the one the artifact was trained on)")
+    p.add_argument("--tokenizer", help="tokenizer (default: the one the artifact was trained with)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="eval settings, e.g. --set eval.sliding_stride=64")
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data.dataset import DataMismatchError
+    from .data.download import DownloadError
+    from .data.prepare import InputError
+    from .data.shards import ShardError
+    from .data.tokenizer import TokenizerError
+    from .quant.container import ArtifactError
+
+    try:
+        return args.func(args)
+    except (ConfigError, ShardError, TokenizerError, DataMismatchError, InputError, ArtifactError,
+            DownloadError, FileNotFoundError, FileExistsError) as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE

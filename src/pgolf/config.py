@@ -1,0 +1,552 @@
+"""Typed run configuration: dataclasses, TOML recipes (with `extends` and a `[tiny]` scale), `--set` overrides.
+
+Every technique is a field whose default turns it off. Unknown keys, wrong types and values
+outside a field's choices are errors that name the key (and the nearest valid key).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+SCALES = ("full", "tiny")
+
+
+class ConfigError(ValueError):
+    """A configuration value, key or combination is invalid; the message names the key."""
+
+
+def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A config field with a help text and optional allowed values."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    path: str = _f("", "folder with fineweb_train_*.bin / fineweb_val_*.bin shards; '' = the embedded corpus")
+    tokenizer: str = _f("", "SentencePiece .model; '' = tokenizer.model in the data folder, else ../../tokenizers/fineweb_{vocab}_bpe.model")
+    train_pattern: str = _f("fineweb_train_*.bin", "glob of training shards inside data.path")
+    val_pattern: str = _f("fineweb_val_*.bin", "glob of validation shards inside data.path")
+    bos_id: int = _f(1, "token id that starts every document")
+    val_tokens_limit: int = _f(0, "score only the first N validation tokens (0 = the whole split); results say so")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = _f(1024, "vocabulary size (must equal the tokenizer's)")
+    num_layers: int = _f(9, "physical transformer blocks")
+    model_dim: int = _f(512, "residual stream width d")
+    num_heads: int = _f(8, "query heads")
+    num_kv_heads: int = _f(4, "key/value heads (GQA)")
+    mlp: str = _f("relu2", "MLP activation", ("relu2", "leaky_relu2", "swiglu"))
+    mlp_mult: float = _f(2.0, "MLP hidden width as a multiple of model_dim")
+    mlp_hidden: int = _f(0, "MLP hidden width (overrides mlp_mult when > 0)")
+    leaky_slope: float = _f(0.5, "negative slope of leaky_relu2")
+    rope_base: float = _f(10000.0, "RoPE base")
+    rope_dims: int = _f(0, "rotated dims per head (partial RoPE); 0 = the whole head")
+    rope_ntk_train_len: int = _f(0, "if > 0 and a sequence is longer, NTK-rescale the base (#1573's hidden rescale)")
+    qk_gain_init: float = _f(1.5, "initial per-head query gain after QK RMS-norm")
+    logit_softcap: float = _f(30.0, "logits = c*tanh(z/c); 0 = off")
+    tie_embeddings: bool = _f(True, "output head = token embedding transposed")
+    embed_init_std: float = _f(0.005, "std of the token embedding init")
+    init: str = _f("default", "init of non-zero-init matrices", ("default", "orthogonal"))
+    ortho_min_dim: int = _f(0, "orthogonal init only for matrices with both dims >= this")
+    # layer schedule (depth recurrence) and residual routing
+    layer_schedule: list[int] = _f([], "physical block run at each virtual position; [] = 0..num_layers-1")
+    recurrence_start_frac: float = _f(0.0, "train on the plain stack until this training fraction, then on layer_schedule")
+    encoder_layers: int = _f(-1, "virtual positions that push U-Net skips; -1 = half of the schedule")
+    bridge_layers: int = _f(0, "virtual positions after the encoder that neither push nor pop skips (#1573 replays)")
+    bridge_modulation: bool = _f(False, "per-dim affine x*s+b before each bridge position (#1573 RecycleModulation)")
+    unet_skips: bool = _f(True, "U-Net skips from encoder to decoder positions with learned per-dim weights")
+    skip_gates: bool = _f(False, "sigmoid skip gates: x = lerp(w*skip, x, sigmoid(g))")
+    resid_mix: bool = _f(True, "per-block learned mix of the residual with the embedding x0")
+    ln_scale: bool = _f(False, "scale normed sublayer inputs by 1/sqrt(physical_layer+1)")
+    layer_scales: bool = _f(False, "per-virtual-layer scalar on both residual branches (#103)")
+    parallel_residual: str = _f("none", "parallel attention/MLP from parallel_start_layer on", ("none", "gptj", "separate_lanes"))
+    parallel_start_layer: int = _f(0, "first physical layer that runs in parallel mode")
+    lora_rank: int = _f(0, "per-virtual-layer LoRA rank on Q and V (0 = off)")
+    # attention
+    attn_gate: bool = _f(False, "per-head sigmoid gate on the attention output (W zero, bias 4)")
+    value_residual: bool = _f(False, "blend the first layer's V into later layers (learned lambdas)")
+    xsa_last_n: int = _f(0, "exclusive self-attention on the last N physical layers; -1 = all")
+    doc_attention: bool = _f(False, "no attention across BOS boundaries (document-isolated / varlen)")
+    attention_backend: str = _f("auto", "attention kernel", ("auto", "sdpa", "flex", "math"))
+    # embeddings
+    bigram_buckets: int = _f(0, "BigramHash buckets (0 = off)")
+    bigram_dim: int = _f(128, "BigramHash table width")
+    bigram_scale_init: float = _f(0.05, "BigramHash output scale init")
+    bigram_proj_init_scale: float = _f(1.0, "extra factor on the BigramHash projection's orthogonal init (#595: 1/sqrt(2L))")
+    smear: str = _f("none", "SmearGate: blend with the previous token (never across BOS)", ("none", "pre_norm", "post_norm"))
+    value_embed_dim: int = _f(0, "value-embedding table width (0 = off)")
+    value_embed_layers: list[int] = _f([], "physical layers that add value embeddings to V")
+
+
+@dataclass
+class OptimConfig:
+    matrix_optimizer: str = _f("muon", "optimizer for matrices", ("muon", "adam"))
+    matrix_lr: float = _f(0.04, "matrix learning rate")
+    muon_momentum: float = _f(0.95, "Muon momentum after warm-up")
+    muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0")
+    muon_momentum_warmup_steps: int = _f(500, "steps of linear momentum warm-up")
+    muon_momentum_style: str = _f("sum", "momentum buffer: B=mu*B+G (sum) or B=mu*B+(1-mu)*G (ema, #206)", ("sum", "ema"))
+    muon_nesterov: bool = _f(True, "Nesterov momentum")
+    muon_ns_steps: int = _f(5, "Newton-Schulz iterations")
+    muon_ns_coeffs: str = _f("quintic", "Newton-Schulz coefficients", ("quintic", "polar_express"))
+    muon_ns_dtype: str = _f("auto", "dtype of the Newton-Schulz iteration (auto = bf16 on CUDA as the records; fp32 on CPU, where bf16 matmuls are ~20x slower)", ("auto", "bfloat16", "float32"))
+    muon_row_normalize: bool = _f(False, "MuonEq-R: divide each update row by its L2 norm before Newton-Schulz (#103's 'NorMuon')")
+    muon_normuon_beta2: float = _f(0.0, "NorMuon (#206): per-row second-moment normalisation after Newton-Schulz with this beta2; 0 = off")
+    muon_weight_decay: float = _f(0.0, "decoupled weight decay on matrices")
+    proj_muon: bool = _f(False, "train small projections (BigramHash, value embeddings) with Muon (#595) instead of the scalar group (#1573)")
+    embed_lr: float = _f(0.05, "token embedding lr (tied); untied embeddings use untied_embed_lr")
+    untied_embed_lr: float = _f(0.6, "token embedding lr when embeddings are untied")
+    head_lr: float = _f(0.008, "output head lr when untied")
+    scalar_lr: float = _f(0.04, "lr of scalars, gains, gates, mixes, small projections")
+    lora_lr: float = _f(0.01, "lr of per-virtual-layer LoRA adapters")
+    adam_beta1: float = _f(0.9, "Adam beta1")
+    adam_beta2: float = _f(0.95, "Adam beta2")
+    adam_eps: float = _f(1e-8, "Adam eps")
+    embed_weight_decay: float = _f(0.0, "AdamW decoupled weight decay on embedding tables")
+    scalar_weight_decay: float = _f(0.0, "AdamW decoupled weight decay on scalars/gates")
+    grad_clip_norm: float = _f(0.0, "global grad-norm clip on the averaged gradient (0 = off)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(20000, "optimizer steps (the wall-clock cap may stop earlier)")
+    batch_tokens: int = _f(524288, "global tokens per optimizer step")
+    seq_len: int = _f(1024, "training sequence length")
+    micro_batch_tokens: int = _f(65536, "tokens per forward per rank; sets gradient accumulation")
+    grad_accum_steps: int = _f(0, "micro-steps per optimizer step; 0 = from micro_batch_tokens")
+    max_wallclock_s: float = _f(0.0, "end training cleanly after this many seconds of training (0 = no cap)")
+    warmup_steps: int = _f(0, "linear LR warm-up steps")
+    warmdown: str = _f("steps", "how the LR decays at the end", ("none", "steps", "frac", "wallclock_steps", "wallclock_frac"))
+    warmdown_steps: int = _f(1200, "steps of linear warmdown (steps / wallclock_steps)")
+    warmdown_frac: float = _f(0.0, "fraction of training spent in warmdown (frac / wallclock_frac)")
+    min_lr_frac: float = _f(0.0, "LR multiplier floor during warmdown")
+    averaging: str = _f("none", "weights exported at the end: live, EMA, SWA, or SWA when it holds > 1 snapshot else EMA (#1573)", ("none", "ema", "swa", "swa_else_ema"))
+    ema_decay: float = _f(0.997, "EMA decay per step")
+    swa_every: int = _f(50, "steps between SWA snapshots")
+    swa_start_lr: float = _f(0.5, "collect SWA snapshots while the LR multiplier is below this")
+    compile: str = _f("auto", "torch.compile the model (auto = on CUDA only)", ("auto", "on", "off"))
+    compile_priming_steps: int = _f(0, "steps run then undone before training, to compile off the clock")
+    dtype: str = _f("auto", "compute dtype (auto = bf16 autocast on CUDA, fp32 on CPU)", ("auto", "bfloat16", "float32"))
+    log_every: int = _f(10, "log a training line every N steps")
+    val_every: int = _f(0, "evaluate on the validation split every N steps (0 = only at the end)")
+    checkpoint_every: int = _f(0, "write a resumable checkpoint every N steps (0 = only on interrupt)")
+    keep_checkpoint: bool = _f(False, "keep the full-precision checkpoint after a finished run")
+
+
+@dataclass
+class QuantConfig:
+    method: str = _f("percentile", "how scales are chosen", ("percentile", "rowmax", "clip_search", "sdclip", "gptq"))
+    matrix_bits: int = _f(8, "bits for attention and MLP matrices")
+    attn_bits: int = _f(0, "bits for attention matrices (0 = matrix_bits)")
+    mlp_bits: int = _f(0, "bits for MLP matrices (0 = matrix_bits)")
+    embed_bits: int = _f(8, "bits for the token embedding / untied head (0 = fp16 passthrough)")
+    table_bits: int = _f(8, "bits for auxiliary tables (BigramHash, value embeddings); 0 = fp16")
+    other_bits: int = _f(8, "bits for other large tensors (projections, LoRA); 0 = fp16")
+    embed_method: str = _f("percentile", "how scales are chosen for embeddings and tables", ("percentile", "rowmax", "clip_search", "sdclip", "gptq"))
+    embed_scale_floor: bool = _f(True, "floor embedding/table scales at 1/clip_max (the baseline's int8 rule)")
+    keep_float: list[str] = _f([], "parameter names always stored as fp16 (e.g. #595's last-layer attn.c_k)")
+    passthrough_max_numel: int = _f(65536, "float tensors with at most this many elements are stored as floats")
+    control_dtype: str = _f("float32", "dtype of small control tensors", ("float32", "float16"))
+    clip_percentile: float = _f(99.99984, "per-row clip percentile (method=percentile)")
+    scale_floor: bool = _f(True, "floor per-row scales at 1/clip_max (the baseline's clamp_min)")
+    clip_search_percentiles: list[float] = _f([99.9, 99.95, 99.99, 99.999, 100.0], "GPTQ-lite: candidate clip percentiles; the one with the lowest tensor MSE wins")
+    sdclip_k: float = _f(12.85, "SDClip: scale = k*std(row)/clip_max for matrices")
+    sdclip_k_embed: float = _f(20.0, "SDClip k for embedding tables")
+    gptq_calib_batches: int = _f(64, "GPTQ calibration batches of training sequences")
+    gptq_block: int = _f(128, "GPTQ column block size")
+    gptq_damp: float = _f(0.01, "GPTQ damping as a fraction of mean(diag H)")
+    gptq_reserve_s: float = _f(0.0, "seconds of the training cap reserved for GPTQ calibration")
+    gptq_calib_source: str = _f("train", "GPTQ calibration tokens: training data, or text the model generates itself", ("train", "generated"))
+    qat: str = _f("none", "fake-quantization during training", ("none", "always", "late"))
+    qat_start_lr: float = _f(0.15, "late QAT turns on when the LR multiplier falls below this")
+    bit_pack: bool = _f(False, "pack sub-byte codes densely instead of one code per byte")
+    byte_shuffle: bool = _f(False, "stride-2 byte shuffle before compression")
+    compressor: str = _f("zlib", "compressor of the packed weights", ("zlib", "lzma", "zstd", "brotli", "auto"))
+    allow_over_budget: bool = _f(False, "accept configs whose artifact estimate is far over 16,000,000 bytes")
+
+
+@dataclass
+class EvalConfig:
+    context_len: int = _f(0, "evaluation window length (0 = train.seq_len)")
+    sliding_stride: int = _f(0, "sliding-window stride (0 = plain non-overlapping windows)")
+    batch_seqs: int = _f(32, "windows per forward pass")
+    doc_boundaries: bool = _f(False, "clip each window's context at the start of its document")
+    ttt: str = _f("none", "test-time training: score-first chunks, per-document LoRA, or #595's pre-scoring epochs (not legal)", ("none", "chunk", "lora", "pre"))
+    ttt_lr: float = _f(0.002, "chunk TTT SGD lr (cosine over chunks) / pre TTT AdamW lr")
+    ttt_epochs: int = _f(3, "TTT epochs per chunk (chunk) or over the whole split (pre)")
+    ttt_chunk_tokens: int = _f(32768, "chunk TTT: targets per chunk")
+    ttt_momentum: float = _f(0.9, "chunk TTT SGD momentum / pre TTT AdamW beta1")
+    ttt_freeze_blocks: int = _f(0, "chunk/pre TTT: keep the first N physical blocks frozen")
+    ttt_batch_seqs: int = _f(32, "chunk/pre TTT: sequences per optimizer step")
+    ttt_grad_clip: float = _f(1.0, "chunk/pre TTT: global grad-norm clip (0 = off)")
+    ttt_lora_rank: int = _f(96, "LoRA TTT rank")
+    ttt_lora_targets: list[str] = _f(["q", "k", "v", "o", "mlp", "head"], "LoRA TTT adapters: any of q, k, v, o, mlp, head")
+    ttt_lora_chunk: int = _f(64, "LoRA TTT: targets per chunk within a document")
+    ttt_lora_lr: float = _f(1e-4, "LoRA TTT AdamW lr")
+    ttt_lora_beta1: float = _f(0.0, "LoRA TTT AdamW beta1")
+    ttt_lora_beta2: float = _f(0.999, "LoRA TTT AdamW beta2")
+    ttt_lora_eps: float = _f(1e-10, "LoRA TTT AdamW eps")
+    ttt_lora_wd: float = _f(0.5, "LoRA TTT AdamW weight decay")
+    ttt_batch_docs: int = _f(64, "LoRA TTT documents per batch")
+    max_seconds: float = _f(0.0, "abort evaluation past this many seconds (0 = no cap)")
+
+
+@dataclass
+class Config:
+    recipe: str = _f("custom", "recipe name this config came from")
+    scale: str = _f("full", "full = published sizes, tiny = the same switches at CPU size", SCALES)
+    seed: int = _f(1337, "random seed")
+    description: str = _f("", "one line about the recipe")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
+    "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig,
+}
+_RECIPE_ONLY_KEYS = ("extends", "tiny")
+# Resolved once at import: resolving string annotations evaluates source text, which loading must never do.
+_TYPE_HINTS: dict[type, dict[str, Any]] = {cls: typing.get_type_hints(cls) for cls in (Config, *SECTIONS.values())}
+
+
+# ----------------------------------------------------------------------------- keys and types
+
+def all_keys() -> list[str]:
+    """Every settable dotted key, e.g. 'model.num_layers'."""
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in SECTIONS]
+    for section, cls in SECTIONS.items():
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _field_info(cls: type, name: str) -> tuple[Any, dataclasses.Field]:
+    fld = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return _TYPE_HINTS[cls][name], fld
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, typ: Any, choices: tuple | None, where: str) -> Any:
+    """Check `value` against the field type; ints are accepted for floats."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item_type,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list of {item_type.__name__}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item_type, None, where) for i, v in enumerate(value)]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{where}: '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+def _set_value(cfg: Config, key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if len(parts) == 1 and parts[0] not in SECTIONS and hasattr(cfg, parts[0]):
+        typ, fld = _field_info(Config, parts[0])
+        setattr(cfg, parts[0], _coerce(key, value, typ, fld.metadata.get("choices"), where))
+        return
+    if len(parts) != 2 or parts[0] not in SECTIONS:
+        raise _unknown_key(key, where)
+    section, name = parts
+    cls = SECTIONS[section]
+    if name not in {f.name for f in dataclasses.fields(cls)}:
+        raise _unknown_key(key, where)
+    typ, fld = _field_info(cls, name)
+    setattr(getattr(cfg, section), name, _coerce(key, value, typ, fld.metadata.get("choices"), where))
+
+
+def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """{'model': {'num_layers': 4}} -> {'model.num_layers': 4}; top-level scalars stay as they are."""
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: [{key}] must be a table")
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        elif isinstance(value, dict):
+            raise _unknown_key(key, where)
+        else:
+            flat[key] = value
+    return flat
+
+
+# ----------------------------------------------------------------------------- recipes
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A shipped recipe name ('pr1536') or a path to a user's TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.toml"
+    if shipped.is_file():
+        return shipped
+    close = difflib.get_close_matches(name_or_path, recipe_names(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown recipe '{name_or_path}' (shipped: {', '.join(recipe_names())}; or give a .toml path){hint}")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _recipe_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
+    """[(root_path, root_table), ..., (path, table)] following `extends`."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    table = _read_toml(path)
+    parent = table.get("extends")
+    if parent is None:
+        return [(path, table)]
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be a recipe name or path")
+    parent_path = (path.parent / parent) if parent.endswith(".toml") else recipe_path(parent)
+    return _recipe_chain(parent_path, seen + (path.resolve(),)) + [(path, table)]
+
+
+def load_recipe(name_or_path: str = "baseline", scale: str = "full",
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Resolve a recipe: parents first, then (for scale='tiny') every `[tiny]` table, then overrides."""
+    if scale not in SCALES:
+        raise ConfigError(f"scale must be one of {', '.join(SCALES)}; got {scale!r}")
+    path = recipe_path(name_or_path)
+    chain = _recipe_chain(path)
+    cfg = Config()
+    for p, table in chain:
+        body = {k: v for k, v in table.items() if k not in _RECIPE_ONLY_KEYS}
+        for key, value in _flatten(body, str(p)).items():
+            _set_value(cfg, key, value, str(p))
+    if scale == "tiny":
+        # A recipe's [tiny] values apply after every full table, except where a recipe further down the
+        # chain sets the key itself: a child stating num_layers = 12 is not shrunk by its parent's tiny size.
+        for i, (p, table) in enumerate(chain):
+            tiny = table.get("tiny", {})
+            if not isinstance(tiny, dict):
+                raise ConfigError(f"{p}: [tiny] must be a table")
+            set_later = {k for _, t in chain[i + 1:] for k in _flatten({k: v for k, v in t.items() if k not in _RECIPE_ONLY_KEYS}, str(p))}
+            for key, value in _flatten(tiny, f"{p} [tiny]").items():
+                if key not in set_later:
+                    _set_value(cfg, key, value, f"{p} [tiny]")
+    cfg.recipe = path.stem if path.parent == RECIPES_DIR else str(path)
+    cfg.scale = scale
+    apply_overrides(cfg, overrides or {})
+    return finalize(cfg)
+
+
+def finalize(cfg: Config) -> Config:
+    """Resolve derived defaults (eval.context_len 0 -> train.seq_len) and validate."""
+    if cfg.eval.context_len <= 0:
+        cfg.eval.context_len = cfg.train.seq_len
+    validate(cfg)
+    from .budget import check_budget
+    check_budget(cfg)
+    return cfg
+
+
+def parse_override_value(text: str) -> Any:
+    """'11' -> 11, '0.5' -> 0.5, 'true' -> True, '[3,4]' -> [3, 4]; anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], where: str = "--set") -> Config:
+    for key, value in overrides.items():
+        if isinstance(value, str):
+            value = parse_override_value(value)
+        _set_value(cfg, key, value, where)
+    return cfg
+
+
+def parse_set_args(items: list[str]) -> dict[str, Any]:
+    """['model.num_layers=11', ...] -> {'model.num_layers': 11}."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        out[key.strip()] = parse_override_value(text.strip())
+    return out
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(table: dict[str, Any], where: str = "config") -> Config:
+    cfg = Config()
+    for key, value in _flatten(table, where).items():
+        _set_value(cfg, key, value, where)
+    return finalize(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(tomli_w.dumps(config_to_dict(cfg)), encoding="utf-8")
+
+
+def load_config(path: str | Path) -> Config:
+    return config_from_dict(_read_toml(Path(path)), str(path))
+
+
+def describe_keys() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every key — the reference table of the README."""
+    rows = []
+    for section, cls in [("", Config)] + list(SECTIONS.items()):
+        hints = _TYPE_HINTS[cls]
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            key = f"{section}.{f.name}" if section else f.name
+            typ = hints[f.name]
+            tname = getattr(typ, "__name__", str(typ))
+            choices = f.metadata.get("choices")
+            help_text = f.metadata.get("help", "") + (f" ({' | '.join(map(str, choices))})" if choices else "")
+            rows.append((key, tname, default, help_text))
+    return rows
+
+
+# ----------------------------------------------------------------------------- semantic checks
+
+def layer_schedule(model: ModelConfig) -> list[int]:
+    """The full (looped) virtual -> physical schedule."""
+    return list(model.layer_schedule) if model.layer_schedule else list(range(model.num_layers))
+
+
+def virtual_layout(model: ModelConfig, looped: bool = True) -> tuple[int, int]:
+    """(encoder positions, bridge positions) of the looped schedule, or of the plain stack before looping starts."""
+    if not looped and model.recurrence_start_frac > 0:
+        return model.num_layers // 2, 0
+    n = len(layer_schedule(model))
+    if model.encoder_layers >= 0:
+        return model.encoder_layers, model.bridge_layers
+    return (n - model.bridge_layers) // 2, model.bridge_layers
+
+
+def _check_lanes(model: ModelConfig) -> None:
+    """Separate lanes (#1536): once the lanes split, every later decoder position must run in lane mode."""
+    for looped in (False, True):
+        schedule = layer_schedule(model) if looped or model.recurrence_start_frac == 0 else list(range(model.num_layers))
+        enc, bridge = virtual_layout(model, looped)
+        started = False
+        for pos, phys in enumerate(schedule):
+            lane = pos >= enc + bridge and phys >= model.parallel_start_layer
+            if started and not lane:
+                raise ConfigError(
+                    f"'model.parallel_start_layer' = {model.parallel_start_layer}: virtual position {pos} runs block "
+                    f"{phys} after the lanes split; every later decoder position must run a block >= the start layer")
+            started = started or lane
+
+
+def mlp_hidden_dim(model: ModelConfig) -> int:
+    return model.mlp_hidden if model.mlp_hidden > 0 else int(round(model.mlp_mult * model.model_dim))
+
+
+def validate(cfg: Config) -> None:
+    """Reject impossible combinations, naming the key."""
+    m, t, e, q = cfg.model, cfg.train, cfg.eval, cfg.quant
+    positive = {
+        "model.vocab_size": m.vocab_size, "model.num_layers": m.num_layers, "model.model_dim": m.model_dim,
+        "model.num_heads": m.num_heads, "model.num_kv_heads": m.num_kv_heads,
+        "train.batch_tokens": t.batch_tokens, "train.seq_len": t.seq_len, "train.steps": t.steps,
+        "train.micro_batch_tokens": t.micro_batch_tokens,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"'{key}' must be positive, got {value}")
+    if m.vocab_size > 65536:
+        raise ConfigError(f"'model.vocab_size' must fit uint16 shards (<= 65536), got {m.vocab_size}")
+    if m.model_dim % m.num_heads:
+        raise ConfigError(f"'model.num_heads' ({m.num_heads}) must divide 'model.model_dim' ({m.model_dim})")
+    if m.num_heads % m.num_kv_heads:
+        raise ConfigError(f"'model.num_kv_heads' ({m.num_kv_heads}) must divide 'model.num_heads' ({m.num_heads})")
+    head_dim = m.model_dim // m.num_heads
+    if head_dim % 2:
+        raise ConfigError(f"head dim {head_dim} (model.model_dim / model.num_heads) must be even for RoPE")
+    if m.rope_dims < 0 or m.rope_dims > head_dim or m.rope_dims % 2:
+        raise ConfigError(f"'model.rope_dims' must be an even number in [0, {head_dim}], got {m.rope_dims}")
+    schedule = layer_schedule(m)
+    bad = [i for i in schedule if not 0 <= i < m.num_layers]
+    if bad:
+        raise ConfigError(f"'model.layer_schedule' names block {bad[0]}, but model.num_layers = {m.num_layers} (valid: 0..{m.num_layers - 1})")
+    unused = sorted(set(range(m.num_layers)) - set(schedule))
+    if unused:
+        raise ConfigError(f"'model.layer_schedule' never runs block(s) {unused}: their weights would be dead bytes")
+    if m.encoder_layers > len(schedule) or m.encoder_layers + max(m.bridge_layers, 0) > len(schedule):
+        raise ConfigError(f"'model.encoder_layers' + 'model.bridge_layers' exceed the {len(schedule)} virtual layers")
+    if m.bridge_layers < 0:
+        raise ConfigError(f"'model.bridge_layers' must be >= 0, got {m.bridge_layers}")
+    if m.bridge_layers and m.recurrence_start_frac > 0:
+        raise ConfigError("'model.bridge_layers' with 'model.recurrence_start_frac' > 0 is not supported (replays are on from step 0)")
+    if not 0.0 <= m.recurrence_start_frac < 1.0:
+        raise ConfigError(f"'model.recurrence_start_frac' must be in [0, 1), got {m.recurrence_start_frac}")
+    bad_ve = [i for i in m.value_embed_layers if not 0 <= i < m.num_layers]
+    if bad_ve:
+        raise ConfigError(f"'model.value_embed_layers' names layer {bad_ve[0]} outside 0..{m.num_layers - 1}")
+    if m.value_embed_layers and m.value_embed_dim <= 0:
+        raise ConfigError("'model.value_embed_layers' is set but 'model.value_embed_dim' is 0")
+    if m.mlp_hidden < 0 or (m.mlp_hidden == 0 and m.mlp_mult <= 0):
+        raise ConfigError("'model.mlp_mult' (or 'model.mlp_hidden') must be positive")
+    if m.bigram_buckets < 0 or m.bigram_buckets == 1:
+        raise ConfigError(f"'model.bigram_buckets' must be 0 (off) or >= 2, got {m.bigram_buckets}")
+    if m.parallel_residual == "separate_lanes":
+        _check_lanes(m)
+    if t.batch_tokens % t.seq_len:
+        raise ConfigError(f"'train.batch_tokens' ({t.batch_tokens}) must be a multiple of 'train.seq_len' ({t.seq_len})")
+    if e.sliding_stride < 0:
+        raise ConfigError(f"'eval.sliding_stride' must be >= 0, got {e.sliding_stride}")
+    ctx = e.context_len or t.seq_len
+    if e.sliding_stride > ctx:
+        raise ConfigError(f"'eval.sliding_stride' ({e.sliding_stride}) must not exceed the eval context ({ctx})")
+    for key in ("matrix_bits", "attn_bits", "mlp_bits", "embed_bits", "table_bits", "other_bits"):
+        bits = getattr(q, key)
+        if bits and not 2 <= bits <= 8:
+            raise ConfigError(f"'quant.{key}' must be 0 or in 2..8, got {bits}")
+    if q.matrix_bits == 0:
+        raise ConfigError("'quant.matrix_bits' must be in 2..8")

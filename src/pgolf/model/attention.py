@@ -1,0 +1,153 @@
+"""Causal self-attention with every switch of the published submissions.
+
+GQA, QK RMS-norm with a learned per-head query gain, (partial) RoPE, optional per-head sigmoid output gate,
+value residual (blend the first layer's V), value embeddings, XSA (remove each head's component along the
+token's own value), per-virtual-layer LoRA on Q and V, and document-boundary masking.
+
+Kernels (`backend`): "math" is the plain PyTorch reference; "sdpa" is torch's scaled_dot_product_attention
+(flash on GPU for plain causal); "flex" is flex_attention with a document block mask (the GPU fast path for
+document-isolated attention). All three compute the same function; tests check it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from .layers import Linear, apply_rotary, rms_norm, scalar_param
+
+
+@dataclass
+class AttentionContext:
+    """Per-forward state shared by all layers."""
+    cos: Tensor
+    sin: Tensor
+    rotary_dims: int
+    doc_ids: Tensor | None = None        # (B, T) document index of each position, None = plain causal
+    value_embed: Tensor | None = None    # (B, T, kv_dim) value-embedding output, added on VE layers
+    v0: Tensor | None = None             # first executed layer's V, for the value residual
+    backend: str = "sdpa"
+    block_masks: dict = field(default_factory=dict)
+
+
+def document_mask(doc_ids: Tensor) -> Tensor:
+    """(B, 1, T, T) bool: key j is visible from query i iff j <= i and both are in the same document."""
+    T = doc_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]
+    return (causal[None] & same_doc)[:, None]
+
+
+def attention_math(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) -> Tensor:
+    """Reference: softmax(q k^T / sqrt(hd) + mask) v in fp32. q (B,H,T,hd), k/v (B,Hkv,T,hd)."""
+    rep = q.size(1) // k.size(1)
+    k = k.repeat_interleave(rep, dim=1).float()
+    v = v.repeat_interleave(rep, dim=1).float()
+    scores = q.float() @ k.transpose(-1, -2) / math.sqrt(q.size(-1))
+    T = q.size(2)
+    if doc_ids is None:
+        mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()[None, None]
+    else:
+        mask = document_mask(doc_ids)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1) @ v).to(q.dtype)
+
+
+def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) -> Tensor:
+    gqa = q.size(1) != k.size(1)
+    if doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(doc_ids), enable_gqa=gqa)
+
+
+def _flex_block_mask(doc_ids: Tensor):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, T = doc_ids.shape
+
+    def doc_causal(b, h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (doc_ids[b, q_idx] == doc_ids[b, kv_idx])
+
+    return create_block_mask(doc_causal, B, None, T, T, device=doc_ids.device)
+
+
+def attention_flex(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None, cache: dict) -> Tensor:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if doc_ids is None:
+        doc_ids = torch.zeros(q.size(0), q.size(2), dtype=torch.int32, device=q.device)
+    if "flex" not in cache:  # one block mask per forward, shared by every layer
+        cache["flex"] = _flex_block_mask(doc_ids)
+    return flex_attention(q, k, v, block_mask=cache["flex"], enable_gqa=q.size(1) != k.size(1))
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    if ctx.backend == "math":
+        return attention_math(q, k, v, ctx.doc_ids)
+    if ctx.backend == "flex":
+        return attention_flex(q, k, v, ctx.doc_ids, ctx.block_masks)
+    return attention_sdpa(q, k, v, ctx.doc_ids)
+
+
+def exclusive_self_attention(y: Tensor, v: Tensor) -> Tensor:
+    """XSA: y_h <- y_h - (y_h . v_hat) v_hat with v_hat = v/|v| of the head's KV group. y (B,T,H,hd), v (B,T,Hkv,hd)."""
+    B, T, H, hd = y.shape
+    Hkv = v.size(2)
+    v_hat = F.normalize(v, dim=-1)[:, :, :, None, :]
+    grouped = y.reshape(B, T, Hkv, H // Hkv, hd)
+    grouped = grouped - (grouped * v_hat).sum(-1, keepdim=True) * v_hat
+    return grouped.reshape(B, T, H, hd)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, use_value_residual: bool, use_xsa: bool, use_value_embed: bool):
+        super().__init__()
+        d, H, Hkv = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = H, Hkv, d // H
+        kv_dim = Hkv * self.head_dim
+        self.c_q = Linear(d, d, "matrix", "attn")
+        self.c_k = Linear(d, kv_dim, "matrix", "attn")
+        self.c_v = Linear(d, kv_dim, "matrix", "attn")
+        self.proj = Linear(d, d, "matrix", "attn", zero_init=True)
+        self.q_gain = scalar_param(torch.full((H,), cfg.qk_gain_init))
+        self.use_xsa = use_xsa
+        # gate g = sigmoid(W x + b), W zero, b = 4 (sigmoid(4) ~ 0.982: near no-op at init)
+        self.gate_w = scalar_param(torch.zeros(H, d)) if cfg.attn_gate else None
+        self.gate_b = scalar_param(torch.full((H,), 4.0)) if cfg.attn_gate else None
+        # v <- l0 * v0 + l1 * v
+        self.vr_lambda = scalar_param(torch.tensor([0.5, 0.5])) if use_value_residual else None
+        self.ve_scale = scalar_param(torch.ones(1)) if use_value_embed else None
+
+    def forward(self, x: Tensor, ctx: AttentionContext, lora: tuple[Tensor, ...] | None = None) -> Tensor:
+        B, T, d = x.shape
+        H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        if lora is not None:  # q += (x A_q) B_q, v += (x A_v) B_v
+            a_q, b_q, a_v, b_v = (t.to(x.dtype) for t in lora)
+            q = q + (x @ a_q) @ b_q
+            v = v + (x @ a_v) @ b_v
+        if self.ve_scale is not None and ctx.value_embed is not None:
+            v = v + self.ve_scale.to(x.dtype) * ctx.value_embed
+        q = q.view(B, T, H, hd)
+        k = k.view(B, T, Hkv, hd)
+        v = v.view(B, T, Hkv, hd)
+        if ctx.v0 is None:
+            ctx.v0 = v
+        elif self.vr_lambda is not None:
+            lam = self.vr_lambda.to(x.dtype)
+            v = lam[0] * ctx.v0 + lam[1] * v
+        q = apply_rotary(rms_norm(q), ctx.cos, ctx.sin, ctx.rotary_dims)
+        k = apply_rotary(rms_norm(k), ctx.cos, ctx.sin, ctx.rotary_dims)
+        q = q * self.q_gain.to(q.dtype)[None, None, :, None]
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx).transpose(1, 2)
+        if self.use_xsa:
+            y = exclusive_self_attention(y, v)
+        if self.gate_w is not None:
+            gate = torch.sigmoid(F.linear(x, self.gate_w.to(x.dtype), self.gate_b.to(x.dtype)))
+            y = y * gate[..., None]
+        return self.proj(y.reshape(B, T, d))

@@ -1,0 +1,105 @@
+"""Per-row symmetric integer quantization and the per-class export policy.
+
+For a 2-D weight W (rows = output features) and b bits, clip_max = 2^(b-1) - 1:
+    s_r = fp16(c_r / clip_max)  (floored at 1/clip_max when quant.scale_floor, as the baseline does)
+    q   = clamp(round(W_r / s_r), -clip_max, clip_max)        W_hat = q * s_r
+The clip value c_r is chosen by quant.method: 'percentile' (the baseline's 99.99984th percentile of |W_r|) or
+'rowmax' (max |W_r|). Quantization uses the stored fp16 scale, so dequantization reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..config import QuantConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one tensor is stored: as floats ('float16'/'float32'/'raw' for non-floats) or as b-bit codes."""
+    encoding: str
+    bits: int = 0
+
+
+def clip_max(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def bits_for_class(qclass: str, cfg: QuantConfig) -> int:
+    """Bits of a tensor class; 0 means float16 passthrough."""
+    if qclass == "attn":
+        return cfg.attn_bits or cfg.matrix_bits
+    if qclass == "mlp":
+        return cfg.mlp_bits or cfg.matrix_bits
+    if qclass == "embed":
+        return cfg.embed_bits
+    if qclass == "table":
+        return cfg.table_bits
+    if qclass in ("other", "lora"):
+        return cfg.other_bits
+    return 0
+
+
+def plan_tensor(tensor: Tensor, qclass: str, cfg: QuantConfig, name: str = "") -> Plan:
+    if not tensor.is_floating_point():
+        return Plan("raw")
+    if name in cfg.keep_float:
+        return Plan("float16")
+    if qclass == "control":
+        return Plan(cfg.control_dtype)
+    if tensor.numel() <= cfg.passthrough_max_numel:
+        return Plan("float16")
+    bits = bits_for_class(qclass, cfg)
+    return Plan("int", bits) if bits else Plan("float16")
+
+
+def as_rows(tensor: Tensor) -> Tensor:
+    """2-D view: matrices as they are, anything else as one row."""
+    return tensor.reshape(tensor.shape[0], -1) if tensor.ndim >= 2 else tensor.reshape(1, -1)
+
+
+def row_clip(w: Tensor, method: str, percentile: float) -> Tensor:
+    """Per-row clip value c_r of |W_r|."""
+    a = w.abs()
+    if method == "rowmax":
+        return a.amax(dim=1)
+    if method == "percentile":
+        return torch.quantile(a, percentile / 100.0, dim=1)
+    raise ValueError(f"row_clip: method {method!r} is not a plain clip rule")
+
+
+def scales_from_clip(clip: Tensor, bits: int, floor: bool) -> Tensor:
+    """fp16 per-row scales s_r = c_r / clip_max (optionally floored at 1/clip_max); never zero."""
+    qmax = clip_max(bits)
+    scale = clip / qmax
+    scale = scale.clamp_min(1.0 / qmax) if floor else scale.clamp_min(1e-8)
+    scale16 = scale.to(torch.float16)
+    return torch.where(scale16 == 0, torch.full_like(scale16, 2.0**-24), scale16)
+
+
+def quantize_with_scales(w: Tensor, scales: Tensor, bits: int) -> Tensor:
+    """int8 codes q = clamp(round(W / s), -clip_max, clip_max) with the stored (fp16) scales."""
+    qmax = clip_max(bits)
+    return torch.clamp(torch.round(w / scales.float()[:, None]), -qmax, qmax).to(torch.int8)
+
+
+def dequantize(codes: Tensor, scales: Tensor) -> Tensor:
+    """W_hat = q * s_r, fp32."""
+    return codes.float() * scales.float()[:, None]
+
+
+def quantize_rows(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
+                  hessian: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(int8 codes, fp16 scales) of a 2-D fp32 tensor under quant.method; `hessian` feeds GPTQ."""
+    w = w.float()
+    is_table = qclass in ("embed", "table")
+    method = cfg.embed_method if is_table else cfg.method
+    if method in ("percentile", "rowmax"):
+        floor = cfg.embed_scale_floor if is_table else cfg.scale_floor
+        scales = scales_from_clip(row_clip(w, method, cfg.clip_percentile), bits, floor)
+        return quantize_with_scales(w, scales, bits), scales
+    from . import methods  # clip search, SDClip, GPTQ
+    return methods.quantize_rows_advanced(w, bits, cfg, qclass, hessian)

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real FineWeb sample from ../shared/data (skipped with a reason when absent) and tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pgolf
+from pgolf.data.shards import write_shard
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))
+SP1024_DIR = SHARED / "datasets" / "fineweb10B_sp1024_sample"
+SP1024_MODEL = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
+VAL_SHARD = SP1024_DIR / "fineweb_val_000000.bin"
+VAL_DOCS_JSONL = SHARED / "fineweb" / "val_prefix_docs_sp1024_decoded.jsonl"
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
+        pytest.skip(f"needs the FineWeb sample and sp1024 tokenizer in {SHARED} (the project's shared/data)")
+    return SHARED
+
+
+# Small enough to train a few steps in seconds on one CPU core.
+MICRO = {
+    "model.num_layers": 2, "model.model_dim": 64, "model.num_heads": 4, "model.num_kv_heads": 2,
+    "train.steps": 6, "train.batch_tokens": 512, "train.seq_len": 64, "train.micro_batch_tokens": 512,
+    "train.log_every": 2, "optim.muon_momentum_warmup_steps": 3, "train.warmdown": "frac",
+    "train.warmdown_frac": 0.5, "data.val_tokens_limit": 4097,
+}
+
+
+def micro_config(recipe: str = "baseline", **overrides) -> pgolf.Config:
+    """A recipe at scale tiny, shrunk further, on the sp1024 sample; overrides use '__' for '.'."""
+    over = dict(MICRO)
+    over.update({"data.path": str(SP1024_DIR), "data.tokenizer": str(SP1024_MODEL)})
+    over.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return pgolf.load_recipe(recipe, scale="tiny", overrides=over)
+
+
+@pytest.fixture
+def micro(shared_data):
+    return micro_config
+
+
+def random_stream(n: int, vocab: int, seed: int = 0, bos_every: int = 50, bos_id: int = 1) -> np.ndarray:
+    """A token stream with BOS at regular document starts."""
+    rng = np.random.default_rng(seed)
+    toks = rng.integers(2, vocab, size=n).astype(np.uint16)
+    toks[::bos_every] = bos_id
+    return toks
+
+
+@pytest.fixture
+def synthetic_shards(tmp_path):
+    """A data folder with random train/val shards of vocab 1024 (no tokenizer)."""
+    folder = tmp_path / "data"
+    write_shard(folder / "fineweb_train_000000.bin", random_stream(20_000, 1024, 1))
+    write_shard(folder / "fineweb_val_000000.bin", random_stream(5_000, 1024, 2))
+    return folder

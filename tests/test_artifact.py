@@ -1,0 +1,126 @@
+"""Artifact: exact round trip of the quantized values, size accounting, and damaged files rejected by region."""
+
+from __future__ import annotations
+
+import builtins
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import pgolf
+from pgolf.quant.bitpack import pack_codes, unpack_codes
+from pgolf.quant.compress import byte_shuffle, byte_unshuffle, compress, decompress
+from pgolf.quant.container import ArtifactError
+from pgolf.quant.pack import SIZE_LIMIT_BYTES, quantize_model
+from pgolf.quant.quantize import clip_max, dequantize, quantize_rows
+
+from test_model import SMALL, small_model
+
+
+def small_cfg(**quant):
+    over = {**SMALL, "quant.passthrough_max_numel": 256, **{f"quant.{k}": v for k, v in quant.items()}}
+    return pgolf.load_recipe("baseline", overrides=over)
+
+
+def expected_state(model, cfg):
+    """What the artifact must hold: every tensor after exactly one quantize -> dequantize."""
+    parts, table = quantize_model(model, cfg.quant)
+    out = {}
+    for name, p in model.named_parameters():
+        entry = table[name]
+        if entry["encoding"] == "int":
+            codes, scales = quantize_rows(p.detach().float().reshape(p.shape[0], -1), entry["bits"], cfg.quant, entry["qclass"])
+            out[name] = dequantize(codes, scales).reshape(p.shape)
+        else:
+            out[name] = p.detach().to(getattr(torch, entry["encoding"])).float()
+    return out
+
+
+@pytest.mark.parametrize("quant", [{}, {"matrix_bits": 6, "embed_bits": 0}, {"matrix_bits": 5, "bit_pack": True},
+                                   {"compressor": "zstd"}, {"compressor": "lzma"},
+                                   {"compressor": "brotli", "byte_shuffle": True}, {"compressor": "auto"}])
+def test_round_trip_is_exact_on_the_quantized_values(tmp_path, quant):
+    cfg = small_cfg(**quant)
+    model = small_model({})
+    sizes = pgolf.pack(model, cfg, tmp_path / "a.pgolf")
+    loaded, cfg2 = pgolf.unpack(tmp_path / "a.pgolf")
+    assert cfg2.model == cfg.model and cfg2.quant == cfg.quant
+    expected = expected_state(model, cfg)
+    for name, p in loaded.named_parameters():
+        torch.testing.assert_close(p.detach().float(), expected[name], rtol=0, atol=0, msg=name)
+    assert sizes["model_bytes"] == (tmp_path / "a.pgolf").stat().st_size
+    assert sizes["artifact_bytes"] == sizes["model_bytes"] + sizes["code_bytes"]
+    assert sizes["under_limit"] == (sizes["artifact_bytes"] <= SIZE_LIMIT_BYTES)
+
+
+def test_quantization_error_is_within_half_a_step():
+    w = torch.randn(64, 128)
+    for bits in (8, 6, 5, 4):
+        cfg = small_cfg(method="rowmax", scale_floor=False).quant
+        codes, scales = quantize_rows(w, bits, cfg)
+        assert codes.abs().max() <= clip_max(bits)
+        err = (dequantize(codes, scales) - w).abs()
+        assert (err <= scales.float()[:, None] / 2 + 1e-6).all()
+
+
+def test_bit_packing_round_trips_every_code():
+    for bits in (2, 3, 4, 5, 6, 7):
+        q = clip_max(bits)
+        codes = np.random.default_rng(bits).integers(-q, q + 1, size=1001).astype(np.int8)
+        packed = pack_codes(codes, bits)
+        assert packed.size == (1001 * bits + 7) // 8
+        assert np.array_equal(unpack_codes(packed, bits, 1001), codes)
+
+
+@pytest.mark.parametrize("method", ["none", "zlib", "lzma", "zstd", "brotli"])
+def test_compressors_round_trip(method):
+    data = np.random.default_rng(0).integers(-20, 20, 50_000).astype(np.int8).tobytes()
+    assert decompress(compress(data, method), method) == data
+    assert byte_unshuffle(byte_shuffle(data + b"x")) == data + b"x"
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    cfg = small_cfg()
+    path = tmp_path / "a.pgolf"
+    pgolf.pack(small_model({}), cfg, path)
+    return path
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_artifacts_name_file_and_region(artifact):
+    size = artifact.stat().st_size
+    header_len = int.from_bytes(artifact.read_bytes()[8:12], "little")
+    cases = {0: "preamble", 9: "preamble|header", 20: "header", 44 + header_len // 2: "header",
+             44 + header_len + 10: "payload", size - 20: "checksum", size - 3: "trailer"}
+    original = artifact.read_bytes()
+    for offset, region in cases.items():
+        artifact.write_bytes(original)
+        _flip(artifact, offset)
+        with pytest.raises(ArtifactError, match=f"{artifact}: ({region})") as info:
+            pgolf.unpack(artifact)
+        assert str(artifact) in str(info.value)
+    for cut in (0, 10, 44, 44 + header_len + 5, size - 41, size - 1):
+        artifact.write_bytes(original[:cut])
+        with pytest.raises(ArtifactError, match="truncated|shorter|end marker|size mismatch"):
+            pgolf.unpack(artifact)
+
+
+def test_loading_never_unpickles_or_evaluates(artifact, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("artifact loading must not unpickle or evaluate code")
+
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(builtins, "eval", forbidden)
+    monkeypatch.setattr(builtins, "exec", forbidden)
+    model, cfg = pgolf.unpack(artifact)
+    assert isinstance(model, torch.nn.Module)
