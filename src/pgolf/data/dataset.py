@@ -1,0 +1,96 @@
+"""Resolve and check a run's data before any training starts: shard folders, tokenizer, vocabulary agreement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import Config
+from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
+from .tokenizer import TokenizerError, file_sha256, load_tokenizer
+
+
+class DataMismatchError(ValueError):
+    """Tokenizer, data and model disagree about the vocabulary."""
+
+
+@dataclass
+class Dataset:
+    folder: Path
+    train_files: list[Path]
+    val_files: list[Path]
+    tokenizer_path: Path
+    tokenizer_vocab: int
+
+    def checksums(self) -> dict[str, object]:
+        """Tokenizer and validation files fully hashed; training shards by name and size (they can be 100s of GB)."""
+        return {
+            "data_folder": str(self.folder),
+            "tokenizer": str(self.tokenizer_path),
+            "tokenizer_sha256": file_sha256(self.tokenizer_path),
+            "val_sha256": {p.name: file_sha256(p) for p in self.val_files},
+            "train_shards": {p.name: p.stat().st_size for p in self.train_files},
+        }
+
+
+def default_tokenizer(folder: Path, vocab_size: int) -> Path:
+    """tokenizer.model inside the data folder (pgolf data prepare), else the challenge layout's tokenizers/."""
+    local = folder / "tokenizer.model"
+    if local.is_file():
+        return local
+    return folder.parent.parent / "tokenizers" / f"fineweb_{vocab_size}_bpe.model"
+
+
+def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) -> Dataset:
+    """Locate shards and tokenizer (preparing the embedded corpus on first use) and check they agree.
+
+    Every shard's header and size is checked, and (with `check_ids`) every token id of every shard, so bad data
+    is an error before training starts rather than when the loader reaches it hours later.
+    """
+    if cfg.data.path:
+        folder = Path(cfg.data.path)
+    else:
+        from .corpus import ensure_corpus
+        folder = ensure_corpus(progress)
+    train_files = find_shards(folder, cfg.data.train_pattern, "training")
+    val_files = find_shards(folder, cfg.data.val_pattern, "validation")
+    counts = {f: read_header(f) for f in train_files + val_files}
+    if not sum(counts[f] for f in train_files):
+        raise ShardError(f"{folder}: the training shards hold no tokens ({', '.join(f.name for f in train_files)})")
+    val_total = sum(counts[f] for f in val_files)
+    if val_total < 2:
+        raise ShardError(f"{folder}: the validation shards hold {val_total} tokens; nothing to score "
+                         f"({', '.join(f.name for f in val_files)})")
+    tokenizer_path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else default_tokenizer(folder, cfg.model.vocab_size)
+    if not tokenizer_path.is_file():
+        raise TokenizerError(f"{tokenizer_path}: tokenizer model not found (set data.tokenizer / --tokenizer)")
+    sp = load_tokenizer(tokenizer_path)
+    dataset = Dataset(folder, train_files, val_files, tokenizer_path, int(sp.vocab_size()))
+    if check_ids:
+        check_vocabularies(dataset, cfg.model.vocab_size)
+    return dataset
+
+
+def check_vocabularies(dataset: Dataset, model_vocab: int) -> None:
+    """Tokenizer vocab == model.vocab_size, and no token id in the data (every shard) reaches either."""
+    first_train = dataset.train_files[0]
+    max_id = -1
+    where = first_train
+    for f in list(dict.fromkeys(dataset.train_files + dataset.val_files)):
+        toks = read_shard(f)
+        if toks.size and int(toks.max()) > max_id:
+            max_id, where = int(toks.max()), f
+    if dataset.tokenizer_vocab != model_vocab or max_id >= min(model_vocab, dataset.tokenizer_vocab):
+        raise DataMismatchError(
+            f"vocabulary mismatch: tokenizer {dataset.tokenizer_path} has {dataset.tokenizer_vocab} pieces, "
+            f"model.vocab_size = {model_vocab}, and the data ({where}) holds token ids up to {max_id}; "
+            f"all three must agree (ids < vocab size)")
+
+
+def load_validation(dataset: Dataset, vocab_size: int, limit: int = 0) -> np.ndarray:
+    tokens = load_tokens(dataset.val_files, vocab_size, limit)
+    if tokens.size < 2:
+        raise ShardError(f"{dataset.val_files[0]}: validation split has {tokens.size} tokens; nothing to score")
+    return tokens
