@@ -113,14 +113,20 @@ def test_damaged_artifacts_name_file_and_region(artifact):
             pgolf.unpack(artifact)
 
 
-def test_loading_never_unpickles_or_evaluates(artifact, monkeypatch):
+@pytest.mark.parametrize("quant", [{}, {"compressor": "none"}, {"compressor": "lzma"}, {"compressor": "brotli"},
+                                   {"compressor": "zstd", "byte_shuffle": True}, {"matrix_bits": 5, "bit_pack": True}],
+                         ids=["zlib", "none", "lzma", "brotli", "zstd+shuffle", "int5 bit-packed"])
+def test_loading_never_unpickles_or_evaluates(tmp_path, monkeypatch, quant):
+    import marshal
+
+    path = tmp_path / "a.pgolf"
+    pgolf.pack(small_model({}), small_cfg(**quant), path, code_bytes=0)
+
     def forbidden(*args, **kwargs):
         raise AssertionError("artifact loading must not unpickle or evaluate code")
 
-    monkeypatch.setattr(pickle, "loads", forbidden)
-    monkeypatch.setattr(pickle, "load", forbidden)
-    monkeypatch.setattr(torch, "load", forbidden)
-    monkeypatch.setattr(builtins, "eval", forbidden)
-    monkeypatch.setattr(builtins, "exec", forbidden)
-    model, cfg = pgolf.unpack(artifact)
+    for owner, name in [(pickle, "loads"), (pickle, "load"), (pickle, "Unpickler"), (marshal, "loads"),
+                        (torch, "load"), (np, "load"), (builtins, "eval"), (builtins, "exec"), (builtins, "compile")]:
+        monkeypatch.setattr(owner, name, forbidden)
+    model, cfg = pgolf.unpack(path)
     assert isinstance(model, torch.nn.Module)

@@ -17,14 +17,16 @@ def test_every_shipped_recipe_loads_at_both_scales():
             assert cfg.eval.context_len > 0
 
 
-def test_tiny_tables_apply_after_every_full_table(tmp_path):
+def test_tiny_tables_apply_after_full_tables_unless_a_child_sets_the_key(tmp_path):
     parent = tmp_path / "parent.toml"
-    parent.write_text('[model]\nmodel_dim = 512\n[tiny.model]\nmodel_dim = 128\n')
+    parent.write_text('[model]\nmodel_dim = 512\nnum_heads = 8\n[tiny.model]\nmodel_dim = 128\nnum_layers = 2\n')
     child = tmp_path / "child.toml"
-    child.write_text('extends = "parent.toml"\n[model]\nmodel_dim = 768\nnum_layers = 3\n')
-    assert pgolf.load_recipe(str(child)).model.model_dim == 768
+    child.write_text('extends = "parent.toml"\n[model]\nnum_layers = 12\nnum_heads = 4\n[tiny.model]\nnum_heads = 2\nnum_kv_heads = 1\n')
+    assert pgolf.load_recipe(str(child)).model.model_dim == 512
     tiny = pgolf.load_recipe(str(child), scale="tiny")
-    assert tiny.model.model_dim == 128 and tiny.model.num_layers == 3
+    assert tiny.model.model_dim == 128      # the parent's tiny size applies: the child did not set it
+    assert tiny.model.num_layers == 12      # the child's own value beats its parent's tiny size
+    assert tiny.model.num_heads == 2        # the child's tiny table applies last
 
 
 def test_overrides_are_typed():

@@ -45,7 +45,7 @@ def estimate_artifact_bytes(cfg: Config) -> int:
             total += p.numel() * bits_per_code(plan.bits, qclass, cfg) / 8 + 2 * as_rows(p).shape[0]
         else:
             total += p.numel() * (4 if plan.encoding == "float32" else 2)
-    return int(total) + runtime_code_bytes()
+    return int(total) + runtime_code_bytes(cfg)
 
 
 def check_budget(cfg: Config) -> None:

@@ -5,24 +5,32 @@
     averaging.safetensors        EMA shadow / SWA sums (rank 0), when averaging is on
     optim.rank{r}.safetensors    optimizer tensors of rank r (Muon state is sharded by rank)
     optim.rank{r}.json           optimizer scalars and param groups of rank r
-    state.json                   step, elapsed time, loader position, RNG, averaging counters
+    state.json                   step, elapsed time, loader position, RNG, averaging counters, file checksums
 A new checkpoint is written to checkpoint.new/ and swapped in only when complete, so a failed write
-(full disk, read-only folder) leaves the previous one intact.
+(full disk, read-only folder) leaves the previous one intact. A resume checks every file's sha256, so a
+damaged checkpoint is an error naming the file, never a silently different run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .runtime import barrier
 
 CHECKPOINT = "checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from (damaged, incomplete, or written by another world size)."""
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -64,23 +72,66 @@ def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizers: dict[s
         tensors, meta = _flatten_optimizer(opt)
         opt_tensors.update({f"{name}/{k}": v for k, v in tensors.items()})
         opt_meta[name] = meta
-    save_file(opt_tensors, staging / f"optim.rank{rank}.safetensors")
-    (staging / f"optim.rank{rank}.json").write_text(json.dumps(opt_meta))
-    if rank == 0:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, staging / "model.safetensors")
-        if averaging_tensors:
-            save_file({k: v.cpu().contiguous() for k, v in averaging_tensors.items()}, staging / "averaging.safetensors")
-        (staging / "state.json").write_text(json.dumps(state, indent=1))
+    try:
+        save_file(opt_tensors, staging / f"optim.rank{rank}.safetensors")
+        opt_meta["sha256"] = _sha256(staging / f"optim.rank{rank}.safetensors")
+        _write_synced(staging / f"optim.rank{rank}.json", json.dumps(opt_meta))
+        if rank == 0:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, staging / "model.safetensors")
+            if averaging_tensors:
+                save_file({k: v.cpu().contiguous() for k, v in averaging_tensors.items()}, staging / "averaging.safetensors")
+            # state.json is written last and records the other files' checksums: a resume checks them
+            hashes = {p.name: _sha256(p) for p in sorted(staging.glob("*.safetensors")) if not p.name.startswith("optim.")}
+            _write_synced(staging / "state.json", json.dumps({**state, "sha256": hashes}, indent=1))
+    except OSError as exc:
+        raise _write_failed(run_dir, staging, exc) from exc
     barrier()
     if rank == 0:
-        old = run_dir / (CHECKPOINT + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            _swap_in(run_dir, staging, final)
+        except OSError as exc:
+            raise _write_failed(run_dir, staging, exc) from exc
     barrier()
     return final
+
+
+def _swap_in(run_dir: Path, staging: Path, final: Path) -> None:
+    """checkpoint -> checkpoint.old, checkpoint.new -> checkpoint; at every instant one complete checkpoint exists."""
+    old = run_dir / (CHECKPOINT + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    try:
+        staging.rename(final)
+    except OSError:
+        if old.exists() and not final.exists():
+            old.rename(final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_failed(run_dir: Path, staging: Path, exc: OSError) -> OSError:
+    """Remove the incomplete checkpoint.new; the error says which checkpoint is still there."""
+    shutil.rmtree(staging, ignore_errors=True)
+    kept = checkpoint_dir(run_dir)
+    what = f"the previous checkpoint {kept} (step {checkpoint_step(kept)}) is intact" if kept else "there is no earlier checkpoint"
+    message = f"could not write a checkpoint in {run_dir}: {exc.strerror or exc}; {what}"
+    return OSError(exc.errno, message) if exc.errno is not None else OSError(message)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def checkpoint_dir(run_dir: Path) -> Path | None:
@@ -91,6 +142,14 @@ def checkpoint_dir(run_dir: Path) -> Path | None:
     return None
 
 
+def checkpoint_step(folder: Path) -> int | str:
+    """The step a checkpoint folder holds, for messages ('?' when its state.json is unreadable)."""
+    try:
+        return int(json.loads((folder / "state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
+
+
 def load_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
                     rank: int = 0) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Restore model and optimizers in place; returns (state.json, averaging tensors)."""
@@ -98,19 +157,28 @@ def load_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizers: dict[s
     if folder is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from (it is written on SIGINT/SIGTERM "
                                 f"or every train.checkpoint_every steps)")
-    state = json.loads((folder / "state.json").read_text())
-    if state["world_size"] != (torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1):
-        raise ValueError(f"{folder}: written by {state['world_size']} processes; resume with the same number")
-    device = next(model.parameters()).device
-    model.load_state_dict({k: v.to(device) for k, v in load_file(folder / "model.safetensors").items()})
-    opt_tensors = load_file(folder / f"optim.rank{rank}.safetensors")
-    opt_meta = json.loads((folder / f"optim.rank{rank}.json").read_text())
-    for name, opt in optimizers.items():
-        prefix = f"{name}/"
-        mine = {k[len(prefix):]: v for k, v in opt_tensors.items() if k.startswith(prefix)}  # load_state_dict places them
-        _restore_optimizer(opt, mine, opt_meta[name])
-    avg_file = folder / "averaging.safetensors"
-    averaging = {k: v.to(device) for k, v in load_file(avg_file).items()} if avg_file.is_file() else {}
+    try:
+        state = json.loads((folder / "state.json").read_text())
+        opt_meta = json.loads((folder / f"optim.rank{rank}.json").read_text())
+        expected = {**state.get("sha256", {}), f"optim.rank{rank}.safetensors": opt_meta.pop("sha256", None)}
+        for name, digest in expected.items():
+            if digest is not None and _sha256(folder / name) != digest:
+                raise CheckpointError(f"{folder / name}: checksum mismatch; this checkpoint file is damaged")
+        if state["world_size"] != (torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1):
+            raise CheckpointError(f"{folder}: written by {state['world_size']} processes; resume with the same number")
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in load_file(folder / "model.safetensors").items()})
+        opt_tensors = load_file(folder / f"optim.rank{rank}.safetensors")
+        for name, opt in optimizers.items():
+            prefix = f"{name}/"
+            mine = {k[len(prefix):]: v for k, v in opt_tensors.items() if k.startswith(prefix)}  # load_state_dict places them
+            _restore_optimizer(opt, mine, opt_meta[name])
+        avg_file = folder / "averaging.safetensors"
+        averaging = {k: v.to(device) for k, v in load_file(avg_file).items()} if avg_file.is_file() else {}
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        raise CheckpointError(f"{folder}: checkpoint is incomplete or damaged ({type(exc).__name__}: {exc})") from exc
     return state, averaging
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from .config import ConfigError, load_config, load_recipe, parse_set_args
 
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_OVER_LIMIT = 4
@@ -60,6 +61,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
+    except RuntimeError as exc:
+        from .runtime import collective_failure
+        message = collective_failure(exc)
+        if message is None:
+            raise
+        print(f"pgolf: error: {message}", file=sys.stderr)
+        return EXIT_FAILED
     if args.json:
         print(json.dumps(result, indent=2))
     return 0 if result["under_limit"] else EXIT_OVER_LIMIT
@@ -123,17 +131,113 @@ def cmd_data(args: argparse.Namespace) -> int:
     raise AssertionError(args.data_command)
 
 
+def cmd_pack(args: argparse.Namespace) -> int:
+    from .quant.breakdown import format_breakdown
+    from .quant.gptq import GPTQError
+    from .repack import repack_run
+
+    try:
+        result = repack_run(args.run_dir, args.out, parse_set_args(args.overrides), data=args.data, device=args.device)
+    except GPTQError as exc:
+        print(f"pgolf: error: {args.run_dir}: GPTQ: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_breakdown(result["breakdown"]))
+        print(f"packed in {result['pack_seconds']:.1f} s; score it with: pgolf eval {args.out}")
+    if not result["under_limit"]:
+        print(f"pgolf: WARNING: {args.out} is OVER the {result['limit_bytes']:,}-byte limit by "
+              f"{result['artifact_bytes'] - result['limit_bytes']:,} bytes ({result['artifact_bytes']:,} = "
+              f"code {result['code_bytes']:,} + model {result['model_bytes']:,}); it cannot be submitted as it is.",
+              file=sys.stderr)
+        return EXIT_OVER_LIMIT
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate_artifact import evaluate_artifact
 
-    result = evaluate_artifact(args.artifact, args.data, args.tokenizer, parse_set_args(args.overrides),
-                               device=args.device)
+    overrides = parse_set_args(args.overrides)
+    if args.sliding_stride is not None:  # convenience flags for eval.* overrides
+        overrides["eval.sliding_stride"] = args.sliding_stride
+    if args.ttt is not None:
+        overrides["eval.ttt"] = args.ttt
+    result = evaluate_artifact(args.artifact, args.data, args.tokenizer, overrides, device=args.device)
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return 0  # under torchrun every rank has the same result: rank 0 prints it
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"val_bpb {result['val_bpb']:.6f}  val_loss {result['val_loss']:.6f}  ({result['eval_mode']}, "
               f"{result['val_targets']:,} targets, {result['val_bytes']:,} bytes, {result['eval_seconds']:.1f} s"
               f"{'' if result['legal'] else ', NOT LEGAL under the challenge rules'})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import ComparisonError, RunFolderError, compare_runs, plot_comparison, split_sides
+
+    try:
+        a_tokens, b_tokens = split_sides(args.runs)
+        options = argparse.ArgumentParser(prog="pgolf compare", add_help=False)  # options written after the runs
+        options.add_argument("--force", action="store_true")
+        options.add_argument("--json", action="store_true")
+        options.add_argument("--plot")
+        options.add_argument("--margin", type=float)
+        a_paths = options.parse_known_args(a_tokens, namespace=args)[1]
+        b_paths = options.parse_known_args(b_tokens, namespace=args)[1]
+        stray = [t for t in a_paths + b_paths if t.startswith("--")]
+        if stray:
+            raise ComparisonError(f"unknown option(s) {', '.join(stray)}")
+        comparison = compare_runs(a_paths, b_paths, force=args.force,
+                                  margin=0.005 if args.margin is None else args.margin)
+    except (ComparisonError, RunFolderError) as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    plot = plot_comparison(comparison, args.plot or "compare.png")
+    if args.json:
+        print(json.dumps({**comparison.to_dict(), "plot": str(plot)}, indent=2))
+        for warning in comparison.warnings:
+            print(f"pgolf: warning: {warning}", file=sys.stderr)
+    else:
+        print(comparison.format())  # warnings included
+        print(f"plot: {plot}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import RunFolderError, load_runs, markdown_table, plot_runs, report_rows
+
+    try:
+        runs = load_runs(args.runs)
+    except RunFolderError as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = report_rows(runs)
+    print(json.dumps(rows, indent=2) if args.json else markdown_table(rows))
+    if args.plot:
+        print(f"plot: {plot_runs(runs, args.plot)}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .report import RunFolderError
+    from .submit import SubmissionError, make_submission
+
+    try:
+        made = make_submission(args.runs, args.out, name=args.name, author=args.author, github_id=args.github_id,
+                               blurb=args.blurb, force=args.force)
+    except (SubmissionError, RunFolderError) as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    record = made["record"]
+    print(f"wrote {made['out']}: {', '.join(made['files'])}")
+    print(f"val_bpb {record['val_bpb']:.5f} over seeds {record['seeds']}; {record['bytes_total']:,} bytes = "
+          f"train_gpt.py {record['bytes_code']:,} + model {record['bytes_model']:,}; track {record['track']}")
+    for warning in made["warnings"]:
+        print(f"pgolf: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -191,9 +295,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer (default: the one the artifact was trained with)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="eval settings, e.g. --set eval.sliding_stride=64")
+    p.add_argument("--sliding-stride", type=int, metavar="N", help="= --set eval.sliding_stride=N (0 = plain windows)")
+    p.add_argument("--ttt", choices=("none", "chunk", "lora", "pre"),
+                   help="= --set eval.ttt=...: score-first chunk TTT, per-document LoRA TTT, or #595's pre-scoring TTT (not legal)")
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("pack", help="re-pack a run's full-precision weights with another quant policy; print where the bytes go")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder with config.toml and model.safetensors")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="quant settings, e.g. --set quant.matrix_bits=6 --set quant.method=gptq (repeatable)")
+    p.add_argument("--out", required=True, metavar="FILE", help="artifact to write")
+    p.add_argument("--data", help="training shards for GPTQ calibration (default: the run's data)")
+    p.add_argument("--device", help="device for GPTQ calibration (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print the sizes and breakdown as JSON")
+    p.set_defaults(func=cmd_pack)
+
+    p = sub.add_parser("compare", help="does B beat A by >= 0.005 nats at p < 0.01? (RUNS_A... -- RUNS_B...)",
+                       description="Compare two sets of run folders (several seeds each): mean ± std of val_bpb and "
+                                   "val_loss, B - A in nats, and the one-sided Welch t-test p-value that B beats A "
+                                   "by at least --margin nats (the challenge's record bar: 0.005 at p < 0.01).")
+    p.add_argument("--force", action="store_true",
+                   help="compare even if validation data, tokenizer or evaluation mode differ")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--plot", metavar="FILE", help="PNG of the per-seed values and loss curves (default: compare.png)")
+    p.add_argument("--margin", type=float, help="nats B must win by (default 0.005)")
+    p.add_argument("runs", nargs=argparse.REMAINDER, metavar="RUNS_A... -- RUNS_B...",
+                   help="run folders (or folders of run folders) of side A, then --, then side B")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="one table of runs (markdown or --json), plus overlaid loss curves (--plot)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders, or folders of run folders")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--plot", metavar="FILE", help="write the runs' training-loss curves, overlaid, to this PNG")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("submit", help="the challenge's submission folder from a run (or several seeds of one config)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folder(s) of one config, one per seed")
+    p.add_argument("--out", required=True, metavar="DIR", help="submission folder to write")
+    p.add_argument("--name", help="submission name (default: 'pgolf <recipe>')")
+    p.add_argument("--author", help="your name (default: a placeholder)")
+    p.add_argument("--github-id", help="your GitHub id (default: a placeholder)")
+    p.add_argument("--blurb", help="one paragraph on what is new (default: a placeholder)")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
+    p.set_defaults(func=cmd_submit)
     return parser
 
 
@@ -205,10 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     from .data.shards import ShardError
     from .data.tokenizer import TokenizerError
     from .quant.container import ArtifactError
+    from .checkpoint import CheckpointError
 
     try:
         return args.func(args)
     except (ConfigError, ShardError, TokenizerError, DataMismatchError, InputError, ArtifactError,
-            DownloadError, FileNotFoundError, FileExistsError) as exc:
+            DownloadError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a failed write (full disk, read-only folder): the message names the file
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED

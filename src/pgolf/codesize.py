@@ -1,23 +1,24 @@
 """Bytes of code counted in the artifact size.
 
-The challenge counts the bytes of the code that runs the model. pgolf counts the UTF-8 source of every module
-needed to load an artifact and evaluate it (config, model, unpack, byte-exact evaluation); `pgolf submit`
-replaces this with the size of the single self-contained train_gpt.py it writes.
+The challenge counts the bytes of the submitted train_gpt.py. pgolf counts exactly that file: the
+self-contained script `pgolf submit` writes for the config (pgolf.bundle: every runtime module, slimmed, lzma +
+base85 packed, plus the config), so result.json, `pgolf recipes` and the budget check all use one number.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 PACKAGE = Path(__file__).parent
-RUNTIME_MODULES = (
-    "__init__.py", "config.py", "codesize.py",
-    "model/__init__.py", "model/layers.py", "model/attention.py", "model/mlp.py", "model/embeddings.py", "model/gpt.py",
-    "quant/__init__.py", "quant/quantize.py", "quant/bitpack.py", "quant/container.py", "quant/compress.py", "quant/pack.py",
-    "data/__init__.py", "data/shards.py", "data/tokenizer.py",
-    "eval/__init__.py", "eval/bpb.py",
-)
 
 
-def runtime_code_bytes() -> int:
-    return sum((PACKAGE / rel).stat().st_size for rel in RUNTIME_MODULES)
+def runtime_code_bytes(cfg: Config | None = None) -> int:
+    """Bytes of the bundled train_gpt.py for `cfg` (pgolf's defaults when None); cached per process."""
+    from .bundle import code_bytes
+    from .config import Config
+
+    return code_bytes(cfg if cfg is not None else Config())

@@ -81,7 +81,7 @@ class ModelConfig:
     value_residual: bool = _f(False, "blend the first layer's V into later layers (learned lambdas)")
     xsa_last_n: int = _f(0, "exclusive self-attention on the last N physical layers; -1 = all")
     doc_attention: bool = _f(False, "no attention across BOS boundaries (document-isolated / varlen)")
-    attention_backend: str = _f("auto", "attention kernel", ("auto", "sdpa", "flex", "math"))
+    attention_backend: str = _f("auto", "attention kernel (auto: CUDA -> FlashAttention-3 if installed, else flex_attention for document masks / SDPA; CPU -> SDPA)", ("auto", "sdpa", "flex", "fa3", "math"))
     # embeddings
     bigram_buckets: int = _f(0, "BigramHash buckets (0 = off)")
     bigram_dim: int = _f(128, "BigramHash table width")
@@ -94,19 +94,19 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    matrix_optimizer: str = _f("muon", "optimizer for matrices", ("muon", "adam"))
-    matrix_lr: float = _f(0.04, "matrix learning rate")
+    matrix_optimizer: str = _f("muon", "optimizer for block matrices: Muon, or Adam(W) for an Adam-only baseline (then set matrix_lr to an Adam lr, ~10x lower)", ("muon", "adam"))
+    matrix_lr: float = _f(0.04, "matrix learning rate (of Muon, or of Adam when matrix_optimizer = adam)")
     muon_momentum: float = _f(0.95, "Muon momentum after warm-up")
     muon_momentum_warmup_start: float = _f(0.85, "Muon momentum at step 0")
     muon_momentum_warmup_steps: int = _f(500, "steps of linear momentum warm-up")
     muon_momentum_style: str = _f("sum", "momentum buffer: B=mu*B+G (sum) or B=mu*B+(1-mu)*G (ema, #206)", ("sum", "ema"))
     muon_nesterov: bool = _f(True, "Nesterov momentum")
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations")
-    muon_ns_coeffs: str = _f("quintic", "Newton-Schulz coefficients", ("quintic", "polar_express"))
+    muon_ns_coeffs: str = _f("quintic", "Newton-Schulz coefficients: the fixed quintic (3.4445, -4.775, 2.0315), or Polar Express's 5 per-iteration tuples (PR #1344; at most 5 iterations)", ("quintic", "polar_express"))
     muon_ns_dtype: str = _f("auto", "dtype of the Newton-Schulz iteration (auto = bf16 on CUDA as the records; fp32 on CPU, where bf16 matmuls are ~20x slower)", ("auto", "bfloat16", "float32"))
-    muon_row_normalize: bool = _f(False, "MuonEq-R: divide each update row by its L2 norm before Newton-Schulz (#103's 'NorMuon')")
-    muon_normuon_beta2: float = _f(0.0, "NorMuon (#206): per-row second-moment normalisation after Newton-Schulz with this beta2; 0 = off")
-    muon_weight_decay: float = _f(0.0, "decoupled weight decay on matrices")
+    muon_row_normalize: bool = _f(False, "MuonEq-R: divide each row of the momentum update by its L2 norm BEFORE Newton-Schulz (#1217..#1536; what PR #103's code calls 'NorMuon'); not #206's NorMuon")
+    muon_normuon_beta2: float = _f(0.0, "#206's NorMuon: per-row second moment of the orthogonalised update (AFTER Newton-Schulz) with this beta2, update rescaled to its Frobenius norm; 0 = off; not MuonEq-R")
+    muon_weight_decay: float = _f(0.0, "decoupled weight decay on matrices, W <- W(1 - lr*wd) (Muon, or AdamW when matrix_optimizer = adam)")
     proj_muon: bool = _f(False, "train small projections (BigramHash, value embeddings) with Muon (#595) instead of the scalar group (#1573)")
     embed_lr: float = _f(0.05, "token embedding lr (tied); untied embeddings use untied_embed_lr")
     untied_embed_lr: float = _f(0.6, "token embedding lr when embeddings are untied")
@@ -130,16 +130,17 @@ class TrainConfig:
     grad_accum_steps: int = _f(0, "micro-steps per optimizer step; 0 = from micro_batch_tokens")
     max_wallclock_s: float = _f(0.0, "end training cleanly after this many seconds of training (0 = no cap)")
     warmup_steps: int = _f(0, "linear LR warm-up steps")
-    warmdown: str = _f("steps", "how the LR decays at the end", ("none", "steps", "frac", "wallclock_steps", "wallclock_frac"))
+    warmdown: str = _f("steps", "how the LR decays to min_lr_frac: over the last warmdown_steps steps, the last warmdown_frac of train.steps, the last warmdown_steps (estimated) steps before the wall-clock cap, or the last warmdown_frac of the cap; the wall-clock modes end exactly at max_wallclock_s - quant.gptq_reserve_s", ("none", "steps", "frac", "wallclock_steps", "wallclock_frac"))
     warmdown_steps: int = _f(1200, "steps of linear warmdown (steps / wallclock_steps)")
     warmdown_frac: float = _f(0.0, "fraction of training spent in warmdown (frac / wallclock_frac)")
     min_lr_frac: float = _f(0.0, "LR multiplier floor during warmdown")
-    averaging: str = _f("none", "weights exported at the end: live, EMA, SWA, or SWA when it holds > 1 snapshot else EMA (#1573)", ("none", "ema", "swa", "swa_else_ema"))
+    averaging: str = _f("none", "weights exported at the end: live, EMA, SWA (live if no snapshot), or SWA when it holds > 1 snapshot else EMA (#1573); the choice is written to result.json and log.jsonl as 'averaging'", ("none", "ema", "swa", "swa_else_ema"))
     ema_decay: float = _f(0.997, "EMA decay per step")
     swa_every: int = _f(50, "steps between SWA snapshots")
-    swa_start_lr: float = _f(0.5, "collect SWA snapshots while the LR multiplier is below this")
+    swa_start_lr: float = _f(0.5, "collect SWA snapshots while the LR multiplier is below this (LR warm-up steps never count)")
     compile: str = _f("auto", "torch.compile the model (auto = on CUDA only)", ("auto", "on", "off"))
     compile_priming_steps: int = _f(0, "steps run then undone before training, to compile off the clock")
+    check_fast_paths: bool = _f(False, "debug: at start-up, compare the fast kernels with the plain reference and stop on a mismatch")
     dtype: str = _f("auto", "compute dtype (auto = bf16 autocast on CUDA, fp32 on CPU)", ("auto", "bfloat16", "float32"))
     log_every: int = _f(10, "log a training line every N steps")
     val_every: int = _f(0, "evaluate on the validation split every N steps (0 = only at the end)")
@@ -164,6 +165,7 @@ class QuantConfig:
     clip_percentile: float = _f(99.99984, "per-row clip percentile (method=percentile)")
     scale_floor: bool = _f(True, "floor per-row scales at 1/clip_max (the baseline's clamp_min)")
     clip_search_percentiles: list[float] = _f([99.9, 99.95, 99.99, 99.999, 100.0], "GPTQ-lite: candidate clip percentiles; the one with the lowest tensor MSE wins")
+    clip_search_scope: str = _f("tensor", "GPTQ-lite: one percentile per tensor by whole-tensor MSE (§9.5), or the best per row", ("tensor", "row"))
     sdclip_k: float = _f(12.85, "SDClip: scale = k*std(row)/clip_max for matrices")
     sdclip_k_embed: float = _f(20.0, "SDClip k for embedding tables")
     gptq_calib_batches: int = _f(64, "GPTQ calibration batches of training sequences")
@@ -175,7 +177,7 @@ class QuantConfig:
     qat_start_lr: float = _f(0.15, "late QAT turns on when the LR multiplier falls below this")
     bit_pack: bool = _f(False, "pack sub-byte codes densely instead of one code per byte")
     byte_shuffle: bool = _f(False, "stride-2 byte shuffle before compression")
-    compressor: str = _f("zlib", "compressor of the packed weights", ("zlib", "lzma", "zstd", "brotli", "auto"))
+    compressor: str = _f("zlib", "compressor of the packed weights (none = stored as is, for inspection)", ("zlib", "lzma", "zstd", "brotli", "auto", "none"))
     allow_over_budget: bool = _f(False, "accept configs whose artifact estimate is far over 16,000,000 bytes")
 
 
@@ -191,7 +193,7 @@ class EvalConfig:
     ttt_chunk_tokens: int = _f(32768, "chunk TTT: targets per chunk")
     ttt_momentum: float = _f(0.9, "chunk TTT SGD momentum / pre TTT AdamW beta1")
     ttt_freeze_blocks: int = _f(0, "chunk/pre TTT: keep the first N physical blocks frozen")
-    ttt_batch_seqs: int = _f(32, "chunk/pre TTT: sequences per optimizer step")
+    ttt_batch_seqs: int = _f(32, "chunk/pre TTT: sequences per optimizer step, over all ranks together")
     ttt_grad_clip: float = _f(1.0, "chunk/pre TTT: global grad-norm clip (0 = off)")
     ttt_lora_rank: int = _f(96, "LoRA TTT rank")
     ttt_lora_targets: list[str] = _f(["q", "k", "v", "o", "mlp", "head"], "LoRA TTT adapters: any of q, k, v, o, mlp, head")
@@ -427,7 +429,8 @@ def config_from_dict(table: dict[str, Any], where: str = "config") -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(tomli_w.dumps(config_to_dict(cfg)), encoding="utf-8")
+    from .atomic import atomic_write_text
+    atomic_write_text(path, tomli_w.dumps(config_to_dict(cfg)))
 
 
 def load_config(path: str | Path) -> Config:
@@ -544,9 +547,56 @@ def validate(cfg: Config) -> None:
     ctx = e.context_len or t.seq_len
     if e.sliding_stride > ctx:
         raise ConfigError(f"'eval.sliding_stride' ({e.sliding_stride}) must not exceed the eval context ({ctx})")
+    from .eval.checks import check_eval_config  # the eval.ttt_* keys; imported here: eval imports config
+    check_eval_config(e, ctx, m.num_layers)
     for key in ("matrix_bits", "attn_bits", "mlp_bits", "embed_bits", "table_bits", "other_bits"):
         bits = getattr(q, key)
         if bits and not 2 <= bits <= 8:
             raise ConfigError(f"'quant.{key}' must be 0 or in 2..8, got {bits}")
     if q.matrix_bits == 0:
         raise ConfigError("'quant.matrix_bits' must be in 2..8")
+    _validate_quant_numbers(q)
+    _validate_optim(cfg.optim, cfg.train)
+
+
+def _validate_quant_numbers(q: QuantConfig) -> None:
+    """Scale-rule parameters: percentiles in (0, 100], positive k, block and calibration sizes."""
+    if not 0.0 < q.clip_percentile <= 100.0:
+        raise ConfigError(f"'quant.clip_percentile' must be in (0, 100], got {q.clip_percentile}")
+    bad = [p for p in q.clip_search_percentiles if not 0.0 < p <= 100.0]
+    if not q.clip_search_percentiles or bad:
+        raise ConfigError(f"'quant.clip_search_percentiles' must be a non-empty list of values in (0, 100], "
+                          f"got {q.clip_search_percentiles}")
+    for key in ("sdclip_k", "sdclip_k_embed"):
+        if getattr(q, key) <= 0:
+            raise ConfigError(f"'quant.{key}' must be positive, got {getattr(q, key)}")
+    if q.gptq_block <= 0 or q.gptq_calib_batches <= 0:
+        raise ConfigError(f"'quant.gptq_block' and 'quant.gptq_calib_batches' must be positive, "
+                          f"got {q.gptq_block} and {q.gptq_calib_batches}")
+    if q.gptq_damp < 0 or q.gptq_reserve_s < 0:
+        raise ConfigError(f"'quant.gptq_damp' and 'quant.gptq_reserve_s' must be >= 0, got {q.gptq_damp} and {q.gptq_reserve_s}")
+    if not 0.0 <= q.qat_start_lr <= 1.0:
+        raise ConfigError(f"'quant.qat_start_lr' must be in [0, 1], got {q.qat_start_lr}")
+
+
+def _validate_optim(o: OptimConfig, t: TrainConfig) -> None:
+    """Optimizer, schedule and averaging numbers; Muon-only switches are an error under the Adam baseline."""
+    if o.matrix_optimizer == "adam":
+        muon_only = {"muon_row_normalize": o.muon_row_normalize, "muon_normuon_beta2": o.muon_normuon_beta2 > 0,
+                     "muon_ns_coeffs": o.muon_ns_coeffs != "quintic", "muon_momentum_style": o.muon_momentum_style != "sum"}
+        for key, on in muon_only.items():
+            if on:
+                raise ConfigError(f"'optim.{key}' is a Muon switch and does nothing with optim.matrix_optimizer = 'adam'; "
+                                  f"reset it (--set optim.{key}=...) or use matrix_optimizer = 'muon'")
+    if o.muon_ns_steps < 1:
+        raise ConfigError(f"'optim.muon_ns_steps' must be >= 1, got {o.muon_ns_steps}")
+    if not 0.0 <= o.muon_normuon_beta2 < 1.0:
+        raise ConfigError(f"'optim.muon_normuon_beta2' must be in [0, 1) (0 = off), got {o.muon_normuon_beta2}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
+    if t.swa_every < 1:
+        raise ConfigError(f"'train.swa_every' must be >= 1, got {t.swa_every}")
+    if not 0.0 <= t.warmdown_frac <= 1.0 or not 0.0 <= t.min_lr_frac <= 1.0:
+        raise ConfigError(f"'train.warmdown_frac' and 'train.min_lr_frac' must be in [0, 1], got {t.warmdown_frac} and {t.min_lr_frac}")
+    if t.warmup_steps < 0 or t.warmdown_steps < 0:
+        raise ConfigError(f"'train.warmup_steps' and 'train.warmdown_steps' must be >= 0, got {t.warmup_steps} and {t.warmdown_steps}")

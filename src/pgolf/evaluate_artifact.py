@@ -30,7 +30,7 @@ def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: 
     dataset = Dataset(folder, [], val_files, tok_path, int(sp.vocab_size()))
     tokens = load_validation(dataset, cfg.model.vocab_size, cfg.data.val_tokens_limit)
     from .trainer import choose_attention_backend
-    model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device)
+    model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
     ev = evaluate(model, tokens, None, cfg.eval, tables=byte_tables(sp, cfg.model.vocab_size))
     return {"artifact": str(artifact), "val_loss": ev.val_loss, "val_bpb": ev.val_bpb, "val_targets": ev.targets,
             "val_bytes": ev.bytes, "eval_seconds": ev.seconds, "eval_mode": ev.mode, "legal": ev.legal,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .atomic import atomic_write_text
 
 RESULT_KEYS = (
     "recipe", "seed", "val_loss", "val_bpb", "val_bpb_prequant", "artifact_bytes", "code_bytes", "model_bytes",
@@ -68,9 +68,8 @@ def environment(device: torch.device, world_size: int, data: dict[str, Any]) -> 
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    """Atomically: a failed write (full disk, read-only folder) leaves the previous file intact."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:
@@ -87,9 +86,8 @@ class LogWriter:
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [json.dumps(r, default=_json_default) for r in read_log(path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
@@ -99,7 +97,15 @@ class LogWriter:
 def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:  # a line torn by a killed process
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def plot_losses(run_dir: Path) -> Path | None:
@@ -186,6 +192,8 @@ def summary(result: dict[str, Any], run_dir: Path) -> str:
         f"  val_bpb    {result['val_bpb']:.4f}  (val_loss {result['val_loss']:.4f} nats; eval {result.get('eval_mode', 'plain')}"
         f"{'' if result.get('legal', True) else ', NOT LEGAL'}; scored on the artifact)",
     ]
+    if result.get("averaging_detail"):
+        lines.append(f"  weights    {result['averaging_detail']}")
     if result.get("val_bpb_prequant") is not None:
         gap = result.get("val_bpb_plain", result["val_bpb"]) - result["val_bpb_prequant"]
         lines.append(f"  prequant   {result['val_bpb_prequant']:.4f}  (quantization cost {gap:+.4f} bpb, "

@@ -76,6 +76,22 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+_LOST_PEER_MARKERS = ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "Timed out", "timed out")
+
+
+def collective_failure(exc: BaseException) -> str | None:
+    """A one-line explanation when `exc` means another rank died or hung during a collective, else None."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(exc).strip()
+    if not isinstance(exc, dist.DistError) and not any(m in text for m in _LOST_PEER_MARKERS):
+        return None
+    detail = text.splitlines()[0] if text else type(exc).__name__
+    return (f"rank {dist.get_rank()} of {dist.get_world_size()} lost contact with the other processes: a collective "
+            f"failed or waited past PGOLF_COLLECTIVE_TIMEOUT_S = {COLLECTIVE_TIMEOUT_S:g} s, so another rank probably "
+            f"died or hung (see its output); checkpoints already written are intact. ({detail})")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

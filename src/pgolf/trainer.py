@@ -21,10 +21,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import load_checkpoint, remove_checkpoint, save_checkpoint
+from .atomic import atomic_write
+from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
+from .codesize import runtime_code_bytes
 from .config import Config, ConfigError, save_config
 from .data.dataset import Dataset, load_validation, resolve_dataset
-from .data.loader import DistributedTokenLoader
+from .data.loader import DistributedTokenLoader, PrefetchingLoader
 from .data.tokenizer import byte_tables, load_tokenizer
 from .eval.bpb import autocast_for, evaluate
 from .model.gpt import GPT, build_model
@@ -32,6 +34,7 @@ from .optim.averaging import WeightAverager
 from .optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
 from .optim.schedule import lr_multiplier, training_fraction
 from .quant.pack import pack, unpack
+from .quant.qat import attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
 from .runs import (LogWriter, Progress, environment, is_finite, new_run_dir, plot_losses, summary, write_json,
                    device_name)
 from .runtime import Runtime, any_rank, barrier, broadcast_object, init_runtime, seed_everything
@@ -84,10 +87,16 @@ def grad_accum_steps(cfg: Config, world_size: int) -> int:
     return accum
 
 
-def choose_attention_backend(requested: str, device: torch.device) -> str:
+def choose_attention_backend(requested: str, device: torch.device, doc_attention: bool = False) -> str:
+    """auto: FlashAttention-3 where installed on CUDA, else flex_attention (document masks) or SDPA."""
     if requested != "auto":
         return requested
-    return "flex" if device.type == "cuda" else "sdpa"
+    if device.type != "cuda":
+        return "sdpa"
+    from .model.attention import flash3_available
+    if flash3_available():
+        return "fa3"
+    return "flex" if doc_attention else "sdpa"
 
 
 def _use_compile(cfg: Config, device: torch.device) -> bool:
@@ -114,7 +123,26 @@ def _prepare_run_dir(rt: Runtime, cfg: Config, out_dir: str | Path | None, resum
 def _resolve_data(rt: Runtime, cfg: Config, progress: bool) -> Dataset:
     dataset = resolve_dataset(cfg, progress and rt.is_main) if rt.is_main else None
     barrier()  # rank 0 prepares the embedded corpus once; the others then find it ready
-    return dataset if dataset is not None else resolve_dataset(cfg, False)
+    # rank 0 has scanned every token id; the others only resolve the same files
+    return dataset if dataset is not None else resolve_dataset(cfg, False, check_ids=False)
+
+
+def _keep_last_good(run_dir: Path, model: nn.Module, write_checkpoint: Callable[[], None], train_loss: float,
+                    step: int, device: torch.device) -> str:
+    """On a non-finite loss: checkpoint the weights if they are still finite (the bad update was not applied);
+    if an earlier update already made them non-finite, keep the previous checkpoint rather than overwrite it."""
+    head = f"non-finite training loss ({train_loss}) at step {step}; stopped before applying it."
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if not any_rank(not finite, device):
+        try:
+            write_checkpoint()
+        except OSError as exc:
+            return f"{head} The last good weights could not be saved: {exc}"
+        return f"{head} The last good weights are in {run_dir / 'checkpoint'} (step {step})."
+    kept = checkpoint_dir(run_dir)
+    where = (f"the last good checkpoint, {kept} (step {checkpoint_step(kept)}), was kept" if kept
+             else "there is no earlier checkpoint (train.checkpoint_every writes them)")
+    return f"{head} The weights were already non-finite (an earlier update produced them), so they were not saved; {where}."
 
 
 def plain_eval_config(cfg: Config):
@@ -141,15 +169,21 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
 
     seed_everything(cfg.seed)
     model = build_model(cfg.model, cfg.data.bos_id).to(rt.device)
-    model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device)
+    model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
+    model.fused_loss = rt.device.type == "cuda"
+    attach_qat(model, cfg.quant)  # quant.qat: fake-quantize attn/mlp matrices on the export grid (before compile)
     optimizers = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings)
     averager = WeightAverager(model, t)
     loader = DistributedTokenLoader(dataset.train_files, rt.rank, rt.world_size, cfg.model.vocab_size)
+    if rt.device.type == "cuda":  # next batches are read and pinned on a thread while the GPU works
+        loader = PrefetchingLoader(loader, t.batch_tokens, t.seq_len, accum, pin_memory=True)
     forward: nn.Module = torch.compile(model) if _use_compile(cfg, rt.device) else model
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         forward = DDP(forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
+    if t.check_fast_paths:
+        _check_fast_paths(model, forward, dataset, cfg, rt)
     step, elapsed = 0, 0.0
     if resume:
         state, avg_tensors = load_checkpoint(run_dir, model=model, optimizers=optimizers, rank=rt.rank)
@@ -187,6 +221,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             step_start = time.perf_counter()
             mult = lr_multiplier(step, elapsed, t, reserve)
             set_lr_multiplier(optimizers, mult)
+            if late_qat_due(step, mult, cfg.quant, t.warmup_steps) and not qat_enabled(model):
+                set_qat_enabled(model, True)
+                bar.message(f"late QAT on at step {step} (lr multiplier {mult:.3f} < {cfg.quant.qat_start_lr})")
+            if cfg.quant.qat != "none":
+                refresh_qat(model)  # W_hat of this step's weights, computed eagerly on the export grid
             set_muon_momentum(optimizers, muon_momentum_at(step, cfg.optim))
             if not model.looping and training_fraction(step, elapsed, t, reserve) >= cfg.model.recurrence_start_frac:
                 model.set_looping(True)
@@ -204,9 +243,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             train_loss = float(loss_sum.item()) / accum
             diverged = any_rank(not is_finite(train_loss), rt.device)
             if diverged:
-                write_checkpoint()
-                raise TrainingDiverged(f"non-finite training loss ({train_loss}) at step {step}; stopped before applying "
-                                       f"it. The last good weights are in {run_dir / 'checkpoint'} (step {step}).")
+                raise TrainingDiverged(_keep_last_good(run_dir, model, write_checkpoint, train_loss, step, rt.device))
             if cfg.optim.grad_clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
             for opt in optimizers.values():
@@ -239,9 +276,26 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                 bar.message(f"wall-clock cap reached after {elapsed:.1f} s at step {step}")
                 break
     bar.close()
+    if isinstance(loader, PrefetchingLoader):
+        loader.close()
+        loader = loader.loader
     if val_tokens is None:
         val_tokens, tables = _load_val(dataset, cfg)
     return _finish(cfg, rt, run_dir, model, averager, val_tokens, tables, step, elapsed, show, loader)
+
+
+def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Config, rt: Runtime) -> None:
+    """Debug mode: the chosen kernels against the plain reference on one real batch, before training."""
+    from .fastpath import assert_fast_paths, check_fast_paths
+
+    probe = DistributedTokenLoader(dataset.train_files[:1], 0, 1)
+    x, _ = probe.next_batch(min(cfg.train.batch_tokens, 4 * cfg.train.seq_len), cfg.train.seq_len, 1)
+    compiled = forward if forward is not model and not hasattr(forward, "module") else None
+    report = check_fast_paths(model, x.to(rt.device), cfg.train.dtype, compiled)
+    dtype = "bfloat16" if (cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and rt.device.type == "cuda")) else "float32"
+    if rt.is_main:
+        print(f"fast paths vs reference: {report}", flush=True)
+    assert_fast_paths(report, dtype)
 
 
 def _load_val(dataset: Dataset, cfg: Config):
@@ -261,6 +315,7 @@ def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: Distributed
     for i in range(t.compile_priming_steps):
         if cfg.model.recurrence_start_frac > 0:
             model.set_looping(i >= t.compile_priming_steps // 2)
+        refresh_qat(model)
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         for _ in range(accum):
@@ -281,17 +336,22 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
             steps: int, train_seconds: float, show: bool, loader: DistributedTokenLoader) -> dict[str, Any]:
     """Averaging -> pre-quant eval -> pack -> unpack -> scored eval -> result.json, loss.png, summary."""
     model.set_looping(True)
-    averaging = averager.apply_to(model)
+    averaging = averager.apply_to(model)  # the explicit export rule of train.averaging: live | ema | swa
+    if rt.is_main:
+        LogWriter(run_dir / "log.jsonl").write({"step": steps, "averaging": averaging, "averaging_detail": averager.describe(),
+                                                "swa_snapshots": averager.swa_count})
     if rt.is_main:  # full-precision final weights, for `pgolf pack` with another policy
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, run_dir / "model.safetensors")
+        final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write(run_dir / "model.safetensors", lambda tmp: save_file(final_state, tmp))
     plain = plain_eval_config(cfg)
     prequant = evaluate(model, val_tokens, None, plain, tables=tables)
     hessians = None
-    if cfg.quant.method == "gptq":
+    if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
         from .quant.gptq import collect_hessians
         hessians = collect_hessians(model, loader, cfg, rt.device)
     artifact = run_dir / "artifact.pgolf"
-    sizes = pack(model, cfg, artifact, hessians) if rt.is_main else None
+    # code_bytes = the exact size of the self-contained train_gpt.py `pgolf submit` writes for this config
+    sizes = pack(model, cfg, artifact, hessians, code_bytes=runtime_code_bytes(cfg)) if rt.is_main else None
     sizes = broadcast_object(sizes)
     barrier()
     scored_model, _ = unpack(artifact, rt.device)
@@ -314,6 +374,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         "val_targets": final.targets, "val_bytes": final.bytes,
         "val_tokens_limited": cfg.data.val_tokens_limit > 0,
         "eval_mode": final.mode, "legal": final.legal, "averaging": averaging,
+        "averaging_detail": averager.describe(), "swa_snapshots": averager.swa_count,
     }
     if rt.is_main:
         write_json(run_dir / "result.json", result)

@@ -130,8 +130,8 @@ def evaluate(model: nn.Module, tokens: np.ndarray, tokenizer_path: str | None, c
         tables = byte_tables(sp, int(tokens.max()) + 1)
     start = time.perf_counter()
     token_bytes = stream_bytes(tokens, tables)
-    if cfg.ttt != "none" or cfg.sliding_stride > 0:
-        from .modes import evaluate_mode  # sliding windows and test-time training
+    if cfg.ttt != "none" or cfg.sliding_stride > 0 or cfg.doc_boundaries or cfg.max_seconds > 0:
+        from .modes import evaluate_mode  # sliding/document-cut windows, test-time training, the time cap
         result = evaluate_mode(model, tokens, token_bytes, cfg)
         result.seconds = time.perf_counter() - start
         return result

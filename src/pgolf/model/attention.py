@@ -6,7 +6,8 @@ token's own value), per-virtual-layer LoRA on Q and V, and document-boundary mas
 
 Kernels (`backend`): "math" is the plain PyTorch reference; "sdpa" is torch's scaled_dot_product_attention
 (flash on GPU for plain causal); "flex" is flex_attention with a document block mask (the GPU fast path for
-document-isolated attention). All three compute the same function; tests check it.
+document-isolated attention); "fa3" is FlashAttention-3 (`flash_attn_interface`, varlen over document
+segments) where it is installed. All compute the same function; tests check it (fa3 in the GPU test).
 """
 
 from __future__ import annotations
@@ -86,11 +87,46 @@ def attention_flex(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None, cach
     return flex_attention(q, k, v, block_mask=cache["flex"], enable_gqa=q.size(1) != k.size(1))
 
 
+def flash3_available() -> bool:
+    try:
+        import flash_attn_interface  # noqa: F401  (FlashAttention-3, Hopper)
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def segment_offsets(doc_ids: Tensor) -> Tensor:
+    """int32 cu_seqlens of the flattened (B*T) batch: a segment ends at every BOS and at every row end."""
+    B, T = doc_ids.shape
+    keys = (doc_ids.long() + torch.arange(B, device=doc_ids.device)[:, None] * (T + 1)).flatten()
+    starts = torch.nonzero(keys[1:] != keys[:-1]).flatten() + 1
+    edges = torch.tensor([0], device=doc_ids.device), starts, torch.tensor([B * T], device=doc_ids.device)
+    return torch.cat(edges).to(torch.int32)
+
+
+def attention_flash3(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) -> Tensor:
+    """FlashAttention-3 (native GQA, layout (B, T, H, hd)); varlen over document segments when doc_ids is set."""
+    import flash_attn_interface as fa3
+
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    B, T, H, hd = qt.shape
+    if doc_ids is None:
+        out = fa3.flash_attn_func(qt, kt, vt, causal=True)
+    else:
+        cu = segment_offsets(doc_ids)
+        flat = [x.reshape(B * T, x.size(2), hd) for x in (qt, kt, vt)]
+        out = fa3.flash_attn_varlen_func(*flat, cu, cu, T, T, causal=True)
+    out = out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the log-sum-exp
+    return out.reshape(B, T, H, hd).transpose(1, 2)
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
     if ctx.backend == "math":
         return attention_math(q, k, v, ctx.doc_ids)
     if ctx.backend == "flex":
         return attention_flex(q, k, v, ctx.doc_ids, ctx.block_masks)
+    if ctx.backend == "fa3":
+        return attention_flash3(q, k, v, ctx.doc_ids)
     return attention_sdpa(q, k, v, ctx.doc_ids)
 
 

@@ -21,6 +21,7 @@ from ..config import ModelConfig, layer_schedule, virtual_layout
 from .attention import AttentionContext, CausalSelfAttention
 from .embeddings import BigramHash, SmearGate, ValueEmbedding
 from .layers import Linear, Rotary, rms_norm, scalar_param, tag
+from .loss import softcapped_cross_entropy
 from .mlp import MLP
 
 BOS_ID = 1
@@ -117,6 +118,8 @@ class GPT(nn.Module):
             self.lora_b_v = tag(nn.Parameter(torch.zeros(n_virtual, r, kv_dim)), "lora", "lora")
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, "head", "embed", zero_init=True)
         self.attention_backend = "sdpa"
+        self.fused_loss = False  # True: training loss via the chunked soft-capped CE (same function, less memory)
+        self.head_adapter = None  # optional callable h -> delta z added to the logits before the softcap (LoRA TTT)
         if self.tok_emb.device.type != "meta":
             self.reset_parameters()
 
@@ -210,12 +213,18 @@ class GPT(nn.Module):
     def logits(self, h: Tensor) -> Tensor:
         """Soft-capped logits c * tanh(z / c) from final hidden states."""
         z = F.linear(h, self.tok_emb.to(h.dtype)) if self.lm_head is None else self.lm_head(h)
+        if self.head_adapter is not None:
+            z = z + self.head_adapter(h)
         c = self.cfg.logit_softcap
         return c * torch.tanh(z / c) if c > 0 else z
 
     def forward(self, input_ids: Tensor, targets: Tensor | None = None) -> Tensor:
         """Logits (B, T, vocab) as float32; with `targets`, the mean cross-entropy instead."""
-        logits = self.logits(self.hidden(input_ids)).float()
+        h = self.hidden(input_ids)
+        if targets is not None and self.fused_loss and getattr(self, "head_adapter", None) is None:
+            weight = self.tok_emb if self.lm_head is None else self.lm_head.weight
+            return softcapped_cross_entropy(h.flatten(0, 1), weight, targets.flatten(), self.cfg.logit_softcap)
+        logits = self.logits(h).float()
         if targets is None:
             return logits
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))

@@ -48,6 +48,7 @@ class Linear(nn.Module):
         super().__init__()
         self.weight = tag(nn.Parameter(torch.empty(out_features, in_features)), role, qclass)
         self.zero_init = zero_init
+        self.fake_quant: nn.Module | None = None  # QAT: set by quant.qat.attach_qat
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -57,7 +58,8 @@ class Linear(nn.Module):
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight.to(x.dtype))
+        w = self.weight if self.fake_quant is None else self.fake_quant(self.weight)
+        return F.linear(x, w.to(x.dtype))
 
 
 def scalar_param(value: Tensor, qclass: str = "control") -> nn.Parameter:

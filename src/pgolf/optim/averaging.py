@@ -1,9 +1,16 @@
-"""Weight averaging: EMA and SWA, and the explicit rule for which weights are exported.
+"""Weight averaging (TECHNIQUES.md §8): EMA and SWA, and the explicit rule for which weights are exported.
 
-EMA: shadow <- d * shadow + (1 - d) * theta after every optimizer step (fp32 shadow, starts at the init).
-SWA: uniform fp32 mean of snapshots taken every N steps while the LR multiplier is below a threshold.
-Rules (train.averaging): none = live weights; ema; swa (live if no snapshot); swa_else_ema = SWA when it holds
-more than one snapshot, else EMA (#1573's precedence).
+EMA: fp32 shadow of every parameter (the models have no float buffers), starting at the initial weights,
+     updated after every optimizer step: shadow <- d * shadow + (1 - d) * theta.
+SWA: uniform mean of fp32 snapshots (sums kept in fp32: bf16 sums lose precision, §8), one after every
+     `swa_every`-th step whose LR multiplier was below `swa_start_lr`; LR warm-up steps never count (#103's
+     warm-up filled its SWA slots with near-initial weights — pgolf collects only in the warmdown).
+Rule (train.averaging), returned by `choice()` and written to result.json / log.jsonl as `averaging`:
+     none          -> live   (the weights at the end of training)
+     ema           -> ema
+     swa           -> swa, or live when no snapshot was taken
+     swa_else_ema  -> swa when it holds more than one snapshot, else ema (#1573's precedence; its EMA is
+                      tracked but thrown away once SWA has 2+ snapshots)
 """
 
 from __future__ import annotations
@@ -15,14 +22,17 @@ from ..config import TrainConfig
 
 
 class WeightAverager:
+    """Tracks the EMA shadow and/or SWA sums that `cfg.averaging` asks for; `apply_to` exports one of them."""
+
     def __init__(self, model: nn.Module, cfg: TrainConfig):
         self.mode = cfg.averaging
         self.decay = cfg.ema_decay
-        self.swa_every = cfg.swa_every
+        self.swa_every = max(1, cfg.swa_every)
         self.swa_start_lr = cfg.swa_start_lr
-        params = {n: p.detach() for n, p in model.named_parameters()}
-        self.ema = ({n: p.float().clone() for n, p in params.items()}
-                    if self.mode in ("ema", "swa_else_ema") else None)
+        self.warmup_steps = cfg.warmup_steps
+        self.ema: dict[str, Tensor] | None = (
+            {n: p.detach().float().clone() for n, p in model.named_parameters()}
+            if self.mode in ("ema", "swa_else_ema") else None)
         self.swa_sum: dict[str, Tensor] | None = None
         self.swa_count = 0
 
@@ -32,11 +42,12 @@ class WeightAverager:
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, lr_multiplier: float) -> None:
-        """Call after the optimizer step that completed `step` steps."""
+        """Call after the optimizer step that completed `step` steps, with the multiplier that step used."""
         if self.ema is not None:
             for n, p in model.named_parameters():
-                self.ema[n].lerp_(p.detach().float(), 1.0 - self.decay)
-        if self.uses_swa and lr_multiplier < self.swa_start_lr and step % self.swa_every == 0:
+                self.ema[n].lerp_(p.detach().float(), 1.0 - self.decay)  # d * shadow + (1 - d) * theta
+        in_warmup = step <= self.warmup_steps  # the step just taken had index step - 1 < warmup_steps
+        if self.uses_swa and not in_warmup and lr_multiplier < self.swa_start_lr and step % self.swa_every == 0:
             if self.swa_sum is None:
                 self.swa_sum = {n: p.detach().float().clone() for n, p in model.named_parameters()}
             else:
@@ -45,7 +56,7 @@ class WeightAverager:
             self.swa_count += 1
 
     def choice(self) -> str:
-        """Which weights `export_state` returns: 'live', 'ema' or 'swa'."""
+        """Which weights `apply_to` exports: 'live', 'ema' or 'swa'."""
         if self.mode == "ema":
             return "ema"
         if self.mode == "swa":
@@ -54,18 +65,41 @@ class WeightAverager:
             return "swa" if self.swa_count > 1 else "ema"
         return "live"
 
+    def describe(self) -> str:
+        """One line for logs and the summary: what was exported and under which rule."""
+        choice = self.choice()
+        n = self.swa_count
+        what = {"live": "live = the weights at the end of training",
+                "ema": f"ema = EMA of the weights, decay {self.decay}",
+                "swa": f"swa = uniform mean of {n} SWA snapshot{'s' if n != 1 else ''}"}[choice]
+        taken = f"; {n} SWA snapshot{'s' if n != 1 else ''} taken" if self.mode == "swa_else_ema" and choice == "ema" else ""
+        return f"{what} (train.averaging = {self.mode}{taken})"
+
+    def averaged(self, choice: str | None = None) -> dict[str, Tensor] | None:
+        """The fp32 averaged weights for `choice` (default: the rule's), or None for 'live'."""
+        choice = choice or self.choice()
+        if choice == "ema":
+            if self.ema is None:
+                raise ValueError(f"no EMA is tracked under train.averaging = {self.mode!r}")
+            return self.ema
+        if choice == "swa":
+            if not self.swa_count:
+                raise ValueError("no SWA snapshot was taken")
+            return {n: t / self.swa_count for n, t in self.swa_sum.items()}
+        return None
+
     @torch.no_grad()
     def apply_to(self, model: nn.Module) -> str:
         """Load the exported weights into `model` (cast to each parameter's dtype); returns the choice."""
         choice = self.choice()
-        if choice == "live":
-            return choice
-        for n, p in model.named_parameters():
-            value = self.ema[n] if choice == "ema" else self.swa_sum[n] / self.swa_count
-            p.copy_(value.to(p.dtype))
+        weights = self.averaged(choice)
+        if weights is not None:
+            for n, p in model.named_parameters():
+                p.copy_(weights[n].to(p.dtype))
         return choice
 
     def state_tensors(self) -> dict[str, Tensor]:
+        """Everything resume needs besides `swa_count` (kept in the checkpoint's state.json)."""
         out = {}
         if self.ema is not None:
             out.update({f"ema.{n}": t for n, t in self.ema.items()})
@@ -75,7 +109,13 @@ class WeightAverager:
 
     def load_state_tensors(self, tensors: dict[str, Tensor], swa_count: int) -> None:
         if self.ema is not None:
-            self.ema = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("ema.")}
-        swa = {k[4:]: v.clone() for k, v in tensors.items() if k.startswith("swa.")}
+            ema = {k[4:]: v.float().clone() for k, v in tensors.items() if k.startswith("ema.")}
+            if ema.keys() != self.ema.keys():
+                raise ValueError(f"the checkpoint holds no EMA for train.averaging = {self.mode!r} "
+                                 f"(missing: {sorted(self.ema.keys() - ema.keys())[:3]}...)")
+            self.ema = ema
+        swa = {k[4:]: v.float().clone() for k, v in tensors.items() if k.startswith("swa.")}
+        if bool(swa) != (swa_count > 0):
+            raise ValueError(f"the checkpoint's SWA sums ({len(swa)} tensors) disagree with its count {swa_count}")
         self.swa_sum = swa or None
         self.swa_count = swa_count

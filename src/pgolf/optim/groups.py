@@ -15,6 +15,7 @@ from .muon import Muon
 
 
 def _adam(params: list[nn.Parameter], lr: float, wd: float, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam, or AdamW (decoupled: p <- p (1 - lr wd)) when wd > 0; betas and eps from the config."""
     fused = bool(params) and params[0].device.type == "cuda"
     cls = torch.optim.AdamW if wd > 0 else torch.optim.Adam
     kwargs = {"weight_decay": wd} if wd > 0 else {}
@@ -24,6 +25,7 @@ def _adam(params: list[nn.Parameter], lr: float, wd: float, cfg: OptimConfig) ->
 
 
 def params_by_role(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters grouped by the role their module tagged them with (matrix, embed, scalar, ...)."""
     groups: dict[str, list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -37,7 +39,8 @@ def params_by_role(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def build_optimizers(model: nn.Module, cfg: OptimConfig, tied_embeddings: bool = True) -> dict[str, torch.optim.Optimizer]:
-    """{'muon': ..., 'embed': ..., 'scalar': ...}; each param group carries its 'base_lr' for the schedule."""
+    """{'matrix': Muon (or Adam), 'embed', 'head', 'scalar', 'lora': Adam(W)}, only those with parameters;
+    each param group carries its 'base_lr' for the schedule."""
     roles = params_by_role(model)
     matrices = roles.get("matrix", []) + (roles.get("proj", []) if cfg.proj_muon else [])
     scalars = roles.get("scalar", []) + ([] if cfg.proj_muon else roles.get("proj", []))
@@ -52,6 +55,8 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, tied_embeddings: bool =
             for group in opt.param_groups:
                 group["base_lr"] = cfg.matrix_lr
         else:
+            # Adam-only baseline: the same matrices by Adam(W) at matrix_lr (an Adam lr, ~10x below Muon's),
+            # with the matrix weight decay decoupled as in Muon (AdamW: W <- W (1 - lr wd)); no momentum warm-up.
             opt = _adam(matrices, cfg.matrix_lr, cfg.muon_weight_decay, cfg)
         optimizers["matrix"] = opt
     if roles.get("embed"):
@@ -81,12 +86,14 @@ def _assert_each_param_once(model: nn.Module, optimizers: dict[str, torch.optim.
 
 
 def set_lr_multiplier(optimizers: dict[str, torch.optim.Optimizer], multiplier: float) -> None:
+    """lr = base_lr * multiplier for every group of every optimizer (Muon and Adam alike)."""
     for opt in optimizers.values():
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * multiplier
 
 
 def set_muon_momentum(optimizers: dict[str, torch.optim.Optimizer], momentum: float) -> None:
+    """Set Muon's momentum (no-op when matrices are trained by Adam)."""
     opt = optimizers.get("matrix")
     if isinstance(opt, Muon):
         for group in opt.param_groups:

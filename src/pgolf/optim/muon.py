@@ -1,41 +1,60 @@
-"""Muon and its published variants in one optimizer.
+"""Muon and its published variants in one optimizer (TECHNIQUES.md §7.2-§7.6).
 
-Per matrix W with (averaged) gradient G:
-  momentum   sum: B <- mu B + G,          U = G + mu B            (baseline; Nesterov)
-             ema: B <- mu B + (1-mu) G,   U = (1-mu) G + mu B     (#206)
-  MuonEq-R   U_r <- U_r / max(|U_r|, 1e-7) for every row r        (#1217..#1536; #103 calls it NorMuon)
-  NS         O = NewtonSchulz_k(U): X <- a X + (b A + c A^2) X, A = X X^T, on X = U/|U|_F
-  NorMuon    v_r <- b2 v_r + (1-b2) mean_j O_rj^2; O <- O / (sqrt(v) + 1e-10), rescaled to |O|_F before  (#206)
-  update     W <- W (1 - lr wd);  W <- W - lr sqrt(max(1, rows/cols)) O
+Per matrix W (rows x cols) with its averaged gradient G, in this order:
+  momentum   sum: B <- mu B + G,          U = G + mu B                 (baseline; Nesterov)
+             ema: B <- mu B + (1-mu) G,   U = (1-mu) G + mu B          (#206)
+  MuonEq-R   U_r <- U_r / max(|U_r|_2, 1e-7) for every row r            (`muon_row_normalize`)
+  NS         X = U / ((1+s)|U|_F + 1e-7);  k times: A = X X^T, X <- a X + (b A + c A^2) X  ->  O
+  NorMuon    v_r <- b2 v_r + (1-b2) mean_j O_rj^2;  O <- O / (sqrt(v) + 1e-10), rescaled to |O|_F  (`muon_normuon_beta2`)
+  update     W <- W (1 - lr wd);   W <- W - lr sqrt(max(1, rows/cols)) O
 
-Why not torch.optim.Muon: it implements only the ema momentum with one fixed (a, b, c) tuple and runs
-Newton-Schulz in the gradient's dtype; the baseline's sum momentum under a momentum warm-up, bf16
-Newton-Schulz, per-iteration Polar Express coefficients, row normalisation, NorMuon's second moment and the
-sharded distributed step are all outside what it computes.
+Two different techniques are published under the name "NorMuon" (TECHNIQUES.md §7.4); pgolf gives each its own
+switch and never calls either of them plain "NorMuon":
+  - `optim.muon_row_normalize` = MuonEq-R: each row of the momentum update divided by its L2 norm BEFORE
+    Newton-Schulz. PR #103's code calls this "NorMuon"; PR #1217 -> #1536 call it MuonEq-R.
+  - `optim.muon_normuon_beta2` = #206's NorMuon: a per-row second moment of the orthogonalised update AFTER
+    Newton-Schulz (used with `muon_momentum_style = "ema"`, as #206 does).
 
-Distributed: matrix i is orthogonalised by rank i mod world; every rank writes its updates into a flat
-buffer (zeros elsewhere) and one all-reduce(SUM) shares them, so every rank applies identical updates —
-the same numbers as the single-process optimizer given the same averaged gradients.
+With a constant mu the two momentum styles give the same O: the ema buffer is (1-mu) times the sum buffer, so
+U_ema = (1-mu) U_sum, and NS (and MuonEq-R) are scale invariant. They differ only while mu changes (the warm-up).
+
+Why not torch.optim.Muon (checked against torch 2.13's torch/optim/_muon.py): it computes one variant of this
+file — ema momentum with Nesterov blend, 5 quintic steps always in bf16, decoupled WD, sqrt(max(1, A/B)) — and
+nothing else. It has no sum momentum (the baseline's, which differs under the momentum warm-up), no fp32
+Newton-Schulz (bf16 matmuls are ~20x slower on CPUs), one fixed (a, b, c) instead of per-iteration tuples
+(Polar Express) with their safety factor, no hook for the row normalisation before NS or the second moment after
+it, and no sharded distributed step (every rank would orthogonalise every matrix).
+
+Distributed: matrix i of a group is orthogonalised by rank i mod world; every rank writes its updates into a
+flat buffer (zeros elsewhere) and one all-reduce(SUM) shares them. x + 0 is exact, so every rank applies the
+same updates as the single-process optimizer given the same averaged gradients. Momentum and NorMuon state of
+matrix i live only on its owner rank (checkpoints are written per rank).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-QUINTIC = ((3.4445, -4.7750, 2.0315),)
-# Polar Express (PR #1344): one minimax tuple per iteration, iterations 1..5.
-POLAR_EXPRESS = (
+Coefficients = tuple[tuple[float, float, float], ...]
+
+QUINTIC: Coefficients = ((3.4445, -4.7750, 2.0315),)
+# Polar Express (PR #1344, used from PR #1787): one minimax tuple per iteration, iterations 1..5.
+POLAR_EXPRESS: Coefficients = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
     (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
     (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
     (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
 )
-NS_COEFFICIENTS = {"quintic": QUINTIC, "polar_express": POLAR_EXPRESS}
+NS_COEFFICIENTS: dict[str, Coefficients] = {"quintic": QUINTIC, "polar_express": POLAR_EXPRESS}
+# The Polar Express tuples were fitted for inputs normalised by 1.02 |X|_F (a 2% cushion against bf16 rounding
+# pushing the top singular value past 1); the reference code divides by (1 + 2e-2)|X|_F. The quintic by |X|_F.
+NS_SAFETY: dict[str, float] = {"quintic": 0.0, "polar_express": 0.02}
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -46,14 +65,18 @@ def ns_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def newton_schulz(update: Tensor, steps: int, coeffs: tuple[tuple[float, float, float], ...] = QUINTIC,
-                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7) -> Tensor:
-    """Approximate orthogonal polar factor of a 2-D matrix. Per-iteration tuples past the list's end
-    are not repeated: a 5-tuple schedule (Polar Express) runs at most 5 iterations, as the reference does."""
+def newton_schulz(update: Tensor, steps: int, coeffs: Coefficients = QUINTIC,
+                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7, safety: float = 0.0) -> Tensor:
+    """Approximate orthogonal polar factor of a 2-D matrix: X <- a X + (b A + c A^2) X with A = X X^T.
+
+    X starts at U / ((1 + safety) |U|_F + eps), so every singular value is <= 1. A one-tuple schedule (quintic)
+    repeats its tuple `steps` times; a per-iteration schedule (Polar Express) runs at most len(coeffs)
+    iterations, as the reference does. The 5-step quintic maps singular values in [0.01, 1] (after the
+    normalisation) into about [0.68, 1.13]; Polar Express maps [0.001, 1] into about [0.86, 1.14]."""
     x = update.to(dtype)
-    x = x / (x.norm() + eps)
+    x = x / (x.norm() * (1.0 + safety) + eps)
     transposed = x.size(0) > x.size(1)
-    if transposed:
+    if transposed:  # iterate on the wide orientation: the Gram matrix is min(rows, cols) square
         x = x.T
     n_iter = steps if len(coeffs) == 1 else min(steps, len(coeffs))
     for i in range(n_iter):
@@ -64,18 +87,41 @@ def newton_schulz(update: Tensor, steps: int, coeffs: tuple[tuple[float, float, 
 
 
 def row_normalize(update: Tensor) -> Tensor:
-    """MuonEq-R: U_r / max(|U_r|_2, 1e-7), the norm taken in fp32."""
+    """MuonEq-R: U_r / max(|U_r|_2, 1e-7) for each row (output feature), the norm taken in fp32."""
     norms = update.float().norm(dim=-1, keepdim=True).clamp_min(1e-7)
     return (update.float() / norms).to(update.dtype)
 
 
+def normuon_normalize(update: Tensor, second_moment: Tensor, beta2: float) -> Tensor:
+    """#206's NorMuon, in place on `second_moment` (rows x 1, fp32, starts at 0, no bias correction):
+    v_r <- b2 v_r + (1 - b2) mean_j O_rj^2;  O <- O / (sqrt(v) + 1e-10);  then O *= |O_before|_F / |O|_F."""
+    o = update.float()
+    second_moment.mul_(beta2).add_(o.square().mean(dim=1, keepdim=True), alpha=1.0 - beta2)
+    norm_before = o.norm()
+    o = o / (second_moment.sqrt() + 1e-10)
+    return o * (norm_before / o.norm().clamp_min(1e-12))
+
+
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float = 0.95, nesterov: bool = True,
-                 momentum_style: str = "sum", ns_steps: int = 5, ns_coeffs: str = "quintic",
+    """Muon with the switches of the published submissions (see the module docstring for the equations).
+
+    `row_normalize` = MuonEq-R (#103's "NorMuon", #1536); `normuon_beta2 > 0` = #206's NorMuon.
+    Each param group may carry its own switches; the schedule sets `lr` and `momentum` per step."""
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.95,
+                 nesterov: bool = True, momentum_style: str = "sum", ns_steps: int = 5, ns_coeffs: str = "quintic",
                  ns_dtype: str = "auto", row_normalize: bool = False, normuon_beta2: float = 0.0,
                  weight_decay: float = 0.0):
         if momentum_style not in ("sum", "ema"):
             raise ValueError(f"momentum_style must be 'sum' or 'ema', got {momentum_style!r}")
+        if ns_coeffs not in NS_COEFFICIENTS:
+            raise ValueError(f"ns_coeffs must be one of {sorted(NS_COEFFICIENTS)}, got {ns_coeffs!r}")
+        if ns_dtype != "auto" and ns_dtype not in _DTYPES:
+            raise ValueError(f"ns_dtype must be 'auto', 'bfloat16' or 'float32', got {ns_dtype!r}")
+        if ns_steps < 1:
+            raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")
+        if not 0.0 <= normuon_beta2 < 1.0:
+            raise ValueError(f"normuon_beta2 must be in [0, 1) (0 = off), got {normuon_beta2}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, momentum_style=momentum_style,
                         ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype, row_normalize=row_normalize,
                         normuon_beta2=normuon_beta2, weight_decay=weight_decay)
@@ -86,7 +132,7 @@ class Muon(torch.optim.Optimizer):
                     raise ValueError(f"Muon takes 2-D matrices only; got a parameter of shape {tuple(p.shape)}")
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
-        """The orthogonalised, scaled update of one matrix (before lr)."""
+        """The orthogonalised, shape-scaled update of one matrix (before lr); advances its state."""
         g = p.grad
         state = self.state[p]
         mu = group["momentum"]
@@ -94,25 +140,21 @@ class Muon(torch.optim.Optimizer):
             state["momentum_buffer"] = torch.zeros_like(g)
         buf = state["momentum_buffer"]
         if group["momentum_style"] == "sum":
-            buf.mul_(mu).add_(g)
-            u = g.add(buf, alpha=mu) if group["nesterov"] else buf
+            buf.mul_(mu).add_(g)  # B <- mu B + G
+            u = g.add(buf, alpha=mu) if group["nesterov"] else buf  # U = G + mu B
         else:
-            buf.mul_(mu).add_(g, alpha=1 - mu)
-            u = g.mul(1 - mu).add_(buf, alpha=mu) if group["nesterov"] else buf
+            buf.mul_(mu).add_(g, alpha=1 - mu)  # B <- mu B + (1 - mu) G
+            u = g.mul(1 - mu).add_(buf, alpha=mu) if group["nesterov"] else buf  # U = (1 - mu) G + mu B
         dtype = ns_dtype(group["ns_dtype"], g.device)
         if group["row_normalize"]:
-            u = row_normalize(u.to(dtype))
-        o = newton_schulz(u, group["ns_steps"], NS_COEFFICIENTS[group["ns_coeffs"]], dtype)
+            u = row_normalize(u.to(dtype))  # on the NS-dtype update, as #103 (bf16) and #1536 do
+        coeffs = group["ns_coeffs"]
+        o = newton_schulz(u, group["ns_steps"], NS_COEFFICIENTS[coeffs], dtype, safety=NS_SAFETY[coeffs])
         beta2 = group["normuon_beta2"]
         if beta2 > 0:
-            o = o.float()
             if "row_second_moment" not in state:
                 state["row_second_moment"] = torch.zeros(o.size(0), 1, device=o.device, dtype=torch.float32)
-            v = state["row_second_moment"]
-            v.mul_(beta2).add_(o.square().mean(dim=1, keepdim=True), alpha=1 - beta2)
-            norm_before = o.norm()
-            o = o / (v.sqrt() + 1e-10)
-            o = o * (norm_before / o.norm().clamp_min(1e-12))
+            o = normuon_normalize(o, state["row_second_moment"], beta2)
         return o * math.sqrt(max(1.0, p.size(0) / p.size(1)))
 
     @torch.no_grad()
@@ -129,8 +171,9 @@ class Muon(torch.optim.Optimizer):
             if not params:
                 continue
             device = params[0].device
-            # gloo has no bf16 all-reduce; updates are bf16-exact either way
-            buf_dtype = torch.bfloat16 if device.type == "cuda" and ns_dtype(group["ns_dtype"], device) == torch.bfloat16 else torch.float32
+            # the baseline shares bf16 updates on GPUs; gloo has no bf16 all-reduce, and fp32 holds bf16 exactly
+            bf16_ns = ns_dtype(group["ns_dtype"], device) == torch.bfloat16
+            buf_dtype = torch.bfloat16 if device.type == "cuda" and bf16_ns else torch.float32
             flat = torch.zeros(sum(p.numel() for p in params), device=device, dtype=buf_dtype)
             offset = 0
             for i, p in enumerate(params):
@@ -144,7 +187,7 @@ class Muon(torch.optim.Optimizer):
             for p in params:
                 update = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
                 if wd:
-                    p.mul_(1 - lr * wd)
+                    p.mul_(1 - lr * wd)  # decoupled WD with the scheduled lr
                 p.add_(update, alpha=-lr)
                 offset += p.numel()
         return loss

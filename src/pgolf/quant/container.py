@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .compress import CompressionError, byte_shuffle, byte_unshuffle, compress_best, decompress
+from ..atomic import atomic_write_bytes
+from .compress import COMPRESSORS, CompressionError, byte_shuffle, byte_unshuffle, compress_best, decompress
 
 MAGIC = b"PGOLF\x00v1"
 TRAILER = b"PGOLFEND"
@@ -68,11 +68,7 @@ def write_container(path: str | Path, parts: list[Part], meta: dict[str, Any], c
     head = MAGIC + struct.pack("<I", len(header_bytes)) + hashlib.sha256(header_bytes).digest()
     blob = head + header_bytes + payload
     blob += hashlib.sha256(blob).digest() + TRAILER
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, blob)  # a failed write (full disk, read-only folder) keeps the previous file
     return {"model_bytes": len(blob), "compressor": used, "raw_bytes": len(raw)}
 
 
@@ -102,8 +98,9 @@ def read_container(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, st
         header = json.loads(header_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise fail("header", f"not valid JSON ({exc})") from exc
-    if header.get("format") != FORMAT_VERSION:
-        raise fail("header", f"unsupported format version {header.get('format')!r} (this pgolf reads {FORMAT_VERSION})")
+    problem = header_problem(header)
+    if problem:
+        raise fail("header", problem)
     payload_end = _PREAMBLE + header_len + header["payload_bytes"]
     if payload_end + _TAIL != len(blob):
         raise fail("payload", f"size mismatch: header promises {header['payload_bytes']} payload bytes, "
@@ -129,3 +126,49 @@ def read_container(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, st
     if not payload_ok:
         raise fail("payload", "checksum mismatch; the compressed payload is damaged")
     return header, arrays
+
+
+def header_problem(header: Any) -> str | None:
+    """What is wrong with a parsed header's structure (types, part table, dtypes), or None.
+
+    The checksums prove the bytes are the ones written; this proves they describe arrays pgolf can read
+    (numeric dtypes only, sizes that add up), so a crafted file is rejected as a header problem, not a crash.
+    """
+    if not isinstance(header, dict):
+        return f"expected a JSON object, got {type(header).__name__}"
+    if header.get("format") != FORMAT_VERSION:
+        return f"unsupported format version {header.get('format')!r} (this pgolf reads {FORMAT_VERSION})"
+    if header.get("compressor") not in (*COMPRESSORS, "none"):
+        return f"unknown compressor {header.get('compressor')!r}"
+    for key in ("raw_bytes", "payload_bytes"):
+        if not _count(header.get(key)):
+            return f"'{key}' must be a non-negative integer, got {header.get(key)!r}"
+    if not isinstance(header.get("payload_sha256"), str) or not isinstance(header.get("meta"), dict):
+        return "'payload_sha256' (a string) or 'meta' (an object) is missing"
+    parts = header.get("parts")
+    if not isinstance(parts, list):
+        return "'parts' (the part table) is missing"
+    for i, entry in enumerate(parts):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("tensor", "kind", "dtype")):
+            return f"part table entry {i} lacks tensor/kind/dtype names"
+        name = f"part table: tensor '{entry['tensor']}' ({entry['kind']})"
+        try:
+            dtype = np.dtype(entry["dtype"])
+        except TypeError:
+            return f"{name}: unknown dtype {entry['dtype']!r}"
+        if dtype.kind not in "iuf":
+            return f"{name}: dtype {entry['dtype']!r} is not a plain numeric type"
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(_count(d) for d in shape):
+            return f"{name}: bad shape {shape!r}"
+        if not all(_count(entry.get(k)) for k in ("offset", "nbytes", "crc32")):
+            return f"{name}: offset, nbytes and crc32 must be non-negative integers"
+        if entry["nbytes"] != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            return f"{name}: {entry['nbytes']} bytes do not hold shape {shape} of {dtype.name}"
+        if entry["offset"] + entry["nbytes"] > header["raw_bytes"]:
+            return f"{name}: ends past the {header['raw_bytes']} payload bytes"
+    return None
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

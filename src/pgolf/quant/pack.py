@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import __version__
-from ..config import Config, QuantConfig, config_from_dict, config_to_dict
+from ..config import Config, ConfigError, QuantConfig, config_from_dict, config_to_dict
 from ..model.gpt import GPT, build_model
 from ..model.layers import qclass_of
 from .container import ArtifactError, Part, read_container, write_container
@@ -61,7 +61,9 @@ def dequantized_state(header: dict[str, Any], arrays: dict[tuple[str, str], np.n
     state = {}
     for name, entry in header["meta"]["tensors"].items():
         shape = tuple(entry["shape"])
-        dtype = getattr(torch, entry["dtype"])
+        dtype = getattr(torch, entry["dtype"], None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"tensor '{name}': {entry['dtype']!r} is not a torch dtype")
         if entry["encoding"] == "int":
             scales = torch.from_numpy(arrays[(name, "scales")].copy())
             if (name, "packed_codes") in arrays:
@@ -84,7 +86,7 @@ def pack(model: nn.Module, cfg: Config, path: str | Path, hessians: dict[str, Te
     parts, table = quantize_model(model, cfg.quant, hessians)
     meta = {"pgolf_version": __version__, "config": config_to_dict(cfg), "tensors": table}
     written = write_container(path, parts, meta, cfg.quant.compressor, cfg.quant.byte_shuffle)
-    code = runtime_code_bytes() if code_bytes is None else code_bytes
+    code = runtime_code_bytes(cfg) if code_bytes is None else code_bytes
     total = written["model_bytes"] + code
     return {
         "model_bytes": written["model_bytes"], "code_bytes": code, "artifact_bytes": total,
@@ -101,9 +103,15 @@ def unpack(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, C
         state = dequantized_state(header, arrays)
     except KeyError as exc:
         raise ArtifactError(f"{path}: header: missing entry {exc}") from exc
+    except (ConfigError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # checksummed but ill-formed
+        raise ArtifactError(f"{path}: header: the tensor table or embedded config is invalid ({exc})") from exc
     model = build_model(cfg.model, cfg.data.bos_id)
     missing = set(model.state_dict()) ^ set(state)
     if missing:
         raise ArtifactError(f"{path}: header: tensors do not match the embedded config ({sorted(missing)[:5]})")
-    model.load_state_dict(state, strict=True)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # a tensor's shape disagrees with the embedded config
+        raise ArtifactError(f"{path}: header: tensor shapes do not match the embedded config ({exc})") from exc
+    model.set_looping(True)  # an artifact is the final model: looped schedule, as the trainer packs and scores it
     return model.to(device), cfg

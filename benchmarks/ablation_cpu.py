@@ -1,0 +1,121 @@
+"""Architecture ablation on CPU: the baseline at the core benchmark scale, each technique alone on top of it,
+then each recipe's tiny form — val_bpb (2 seeds), tokens/s and parameter count, on the FineWeb sample.
+
+    python benchmarks/ablation_cpu.py [--steps 300] [--seeds 1337 42] [--val-tokens 0] [--only NAME ...]
+
+Results are appended to benchmarks/results/ablation_cpu.json as each run finishes (a rerun skips finished
+entries), and a markdown table is written next to it (ablation_cpu.md). Every run uses the same data, steps,
+batch and evaluation; only the named switch differs. Quantization is the baseline's (int8, passthrough of
+tensors <= 65,536 values), so the scored artifact is close to the full-precision model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import pgolf
+from pgolf.config import recipe_names
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data"
+OUT = REPO / "benchmarks" / "results" / "ablation_cpu.json"
+
+# Each technique alone, at the 4 x 256 scale (4 physical layers, 4 heads / 2 KV heads, head dim 64).
+TECHNIQUES: dict[str, dict] = {
+    "baseline": {},
+    "leaky_relu2": {"model.mlp": "leaky_relu2"},
+    "swiglu": {"model.mlp": "swiglu", "model.mlp_hidden": 341},
+    "mlp3x": {"model.mlp_mult": 3.0},
+    "partial_rope16": {"model.rope_dims": 16},
+    "qk_gain5": {"model.qk_gain_init": 5.0},
+    "attn_gate": {"model.attn_gate": True},
+    "value_residual": {"model.value_residual": True},
+    "xsa_all": {"model.xsa_last_n": -1},
+    "doc_attention": {"model.doc_attention": True},
+    "bigram_hash": {"model.bigram_buckets": 2048, "model.bigram_dim": 64},
+    "smear_post": {"model.smear": "post_norm"},
+    "value_embed": {"model.value_embed_dim": 64, "model.value_embed_layers": [2, 3]},
+    "loop_2x": {"model.layer_schedule": [0, 1, 2, 3, 0, 1, 2, 3]},
+    "replay_1_2": {"model.layer_schedule": [0, 1, 1, 2, 2, 3], "model.encoder_layers": 2, "model.bridge_layers": 2,
+                   "model.bridge_modulation": True},
+    "lora_layer_scales": {"model.layer_schedule": [0, 1, 2, 3, 0, 1, 2, 3], "model.lora_rank": 4,
+                          "model.layer_scales": True},
+    "skip_gates": {"model.skip_gates": True},
+    "ln_scale": {"model.ln_scale": True},
+    "parallel_lanes": {"model.parallel_residual": "separate_lanes", "model.parallel_start_layer": 2},
+    "orthogonal_init": {"model.init": "orthogonal"},
+}
+
+
+def run_one(name: str, recipe: str, overrides: dict, seed: int, args) -> dict:
+    vocab = pgolf.load_recipe(recipe, scale="tiny").model.vocab_size
+    data = SHARED / "datasets" / f"fineweb10B_sp{vocab}_sample"
+    base = {"data.path": str(data), "data.tokenizer": str(SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model"),
+            "seed": seed, "train.steps": args.steps, "data.val_tokens_limit": args.val_tokens,
+            "quant.allow_over_budget": True}
+    cfg = pgolf.load_recipe(recipe, scale="tiny", overrides={**base, **overrides})
+    with tempfile.TemporaryDirectory() as tmp:
+        result = pgolf.train(cfg, Path(tmp) / "run", progress=False)
+    return {"name": name, "recipe": recipe, "seed": seed, "overrides": overrides,
+            "params": pgolf.count_parameters(cfg.model), "val_bpb": result["val_bpb"],
+            "val_bpb_prequant": result["val_bpb_prequant"], "tokens_per_second": result["tokens_per_second"],
+            "train_seconds": result["train_seconds"], "artifact_bytes": result["artifact_bytes"],
+            "legal": result["legal"], "eval_mode": result["eval_mode"], "val_targets": result["val_targets"]}
+
+
+def table(runs: list[dict]) -> str:
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(r["name"], []).append(r)
+    base = [r["val_bpb"] for r in groups.get("baseline", [])]
+    base_mean = statistics.mean(base) if base else None
+    lines = ["| config | seeds | val_bpb mean ± std | vs baseline | tokens/s | params |", "|---|---|---|---|---|---|"]
+    for name, rs in groups.items():
+        vals = [r["val_bpb"] for r in rs]
+        mean = statistics.mean(vals)
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        delta = f"{mean - base_mean:+.4f}" if base_mean is not None and name != "baseline" else ""
+        tps = statistics.mean(r["tokens_per_second"] for r in rs)
+        lines.append(f"| {name} | {len(rs)} | {mean:.4f} ± {std:.4f} | {delta} | {tps:,.0f} | {rs[0]['params']:,} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 42])
+    parser.add_argument("--val-tokens", type=int, default=0, help="score only this many validation tokens (0 = all)")
+    parser.add_argument("--only", nargs="*", help="names of techniques or recipes (recipe:<name>) to run")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {
+        "benchmark": "ablation_cpu", "steps": args.steps, "val_tokens": args.val_tokens, "runs": []}
+    if report["steps"] != args.steps or report["val_tokens"] != args.val_tokens:
+        raise SystemExit(f"{out} holds runs at another scale; pass --out for a new file")
+    plan = [(n, "baseline", o) for n, o in TECHNIQUES.items()]
+    plan += [(f"recipe:{r}", r, {}) for r in recipe_names() if r not in ("baseline", "tiny")]
+    if args.only:
+        plan = [p for p in plan if p[0] in args.only]
+    done = {(r["name"], r["seed"]) for r in report["runs"]}
+    for seed in args.seeds:
+        for name, recipe, overrides in plan:
+            if (name, seed) in done:
+                continue
+            entry = run_one(name, recipe, overrides, seed, args)
+            report["runs"].append(entry)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"{name} seed {seed}: val_bpb {entry['val_bpb']:.4f} ({entry['tokens_per_second']:,.0f} tok/s)", flush=True)
+    md = table(report["runs"])
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Full-model test-time training steps shared by chunk TTT and pre-scoring TTT.
+
+`eval.ttt_batch_seqs` is the GLOBAL number of sequences per optimizer step: each step's sequences are split
+contiguously over the ranks, every rank's loss is weighted by its share of the step's tokens and the gradients
+are summed (all-reduce), so a step is the same mean-CE step on any number of processes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .bpb import _rank_world, autocast_for, model_device
+from .deadline import Deadline
+from .windows import batches
+
+
+def trainable_parameters(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter]:
+    """Every parameter except those of the first `freeze_blocks` physical blocks (which get requires_grad False)."""
+    blocks = getattr(model, "blocks", None)
+    n_blocks = len(blocks) if blocks is not None else 0
+    if freeze_blocks < 0 or freeze_blocks > n_blocks:
+        raise ValueError(f"eval.ttt_freeze_blocks must be in 0..{n_blocks} (the model's physical blocks), got {freeze_blocks}")
+    frozen = {id(p) for b in range(freeze_blocks) for p in blocks[b].parameters()}
+    params = []
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+        if id(p) not in frozen:
+            params.append(p)
+    return params
+
+
+def train_on_sequences(model: nn.Module, stream: Tensor, spans: list[tuple[int, int]], batch_seqs: int,
+                       params: list[nn.Parameter], optimizer: torch.optim.Optimizer, grad_clip: float,
+                       deadline: Deadline, where: str) -> float:
+    """One pass over `spans` (input ranges of equal length; targets are shifted by one); returns the mean loss.
+
+    Step: loss = mean CE over the step's tokens (all ranks); grads all-reduced (sum of token-weighted
+    shares); global-norm clip `grad_clip` (0 = off); optimizer step.
+    """
+    device = model_device(model)
+    rank, world = _rank_world()
+    total, count = 0.0, 0
+    for step_spans in batches(spans, batch_seqs):
+        deadline.check(where)
+        step_tokens = sum(b - a for a, b in step_spans)
+        mine = step_spans[len(step_spans) * rank // world : len(step_spans) * (rank + 1) // world]
+        optimizer.zero_grad(set_to_none=True)
+        loss_value = torch.zeros((), device=device)
+        if mine:
+            inputs = torch.stack([stream[a:b] for a, b in mine]).to(device)
+            targets = torch.stack([stream[a + 1 : b + 1] for a, b in mine]).to(device)
+            with autocast_for(device):
+                loss = model(inputs, targets)
+            share = inputs.numel() / step_tokens  # this rank's fraction of the step's tokens
+            (loss * share).backward()
+            loss_value = loss.detach().float() * share
+        if world > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            dist.all_reduce(loss_value, op=dist.ReduceOp.SUM)
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        total += float(loss_value)
+        count += 1
+    optimizer.zero_grad(set_to_none=True)
+    return total / max(count, 1)

@@ -1,0 +1,112 @@
+"""Scale rules beyond a fixed percentile: clip search (GPTQ-lite), SDClip, and full GPTQ.
+
+All return (int8 codes, fp16 per-row scales) with W_hat = q * s_r, q in [-clip_max, clip_max]:
+- clip_search (GPTQ-lite, TECHNIQUES.md §9.5): for each candidate percentile p, c_r = quantile_p(|W_r|) and
+  s_r = fp16(c_r / clip_max) (floored as the percentile rule is); keep the p with the lowest whole-tensor
+  MSE mean((W - q s)^2) — one p per tensor — or, with quant.clip_search_scope = "row", the best p per row.
+- sdclip (§9.6 step 3): s_r = fp16(k * std(W_r) / clip_max), std unbiased; no floor.
+- gptq (§9.6): SDClip scales fixed first, then codes chosen column by column with OBS error feedback
+  (see gptq.gptq_quantize). A tensor without a Hessian (lookup tables, LoRA factors) is quantized with
+  H = I, for which GPTQ reduces exactly to SDClip round-to-nearest.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..config import QuantConfig
+from .quantize import clip_max, dequantize, quantize_with_scales, scales_from_clip
+
+TABLE_CLASSES = ("embed", "table")
+
+
+def method_for(qclass: str, cfg: QuantConfig) -> str:
+    """quant.embed_method for embeddings and tables, quant.method for everything else."""
+    return cfg.embed_method if qclass in TABLE_CLASSES else cfg.method
+
+
+def scale_floor_for(qclass: str, cfg: QuantConfig) -> bool:
+    return cfg.embed_scale_floor if qclass in TABLE_CLASSES else cfg.scale_floor
+
+
+def sdclip_k_for(qclass: str, cfg: QuantConfig) -> float:
+    return cfg.sdclip_k_embed if qclass in TABLE_CLASSES else cfg.sdclip_k
+
+
+def sdclip_scales(w: Tensor, bits: int, k: float) -> Tensor:
+    """fp16 s_r = k * std(W_r) / clip_max (unbiased row std); a constant row gets the smallest fp16 scale."""
+    std = torch.nan_to_num(w.float().std(dim=1), nan=0.0)
+    return scales_from_clip(k * std, bits, floor=False)
+
+
+def clip_search(w: Tensor, bits: int, percentiles: list[float], floor: bool,
+                per_row: bool = False) -> tuple[Tensor, Tensor]:
+    """GPTQ-lite: the candidate clip percentile with the lowest squared error (per tensor, or per row)."""
+    w = w.float()
+    levels = torch.tensor([p / 100.0 for p in percentiles], dtype=torch.float32, device=w.device)
+    clips = torch.quantile(w.abs(), levels, dim=1)                                    # (P, rows); 1.0 = row max
+    scales = torch.stack([scales_from_clip(c, bits, floor) for c in clips])           # (P, rows) fp16
+    codes = torch.stack([quantize_with_scales(w, s, bits) for s in scales])           # (P, rows, cols) int8
+    row_sq_err = torch.stack([(dequantize(q, s) - w).square().sum(dim=1) for q, s in zip(codes, scales)])  # (P, rows)
+    rows = torch.arange(w.shape[0], device=w.device)
+    if per_row:
+        best = row_sq_err.argmin(dim=0)                                               # (rows,)
+    else:  # whole-tensor MSE; the first candidate wins ties, as a sequential search keeps the first best
+        best = row_sq_err.sum(dim=1).argmin().expand(w.shape[0])
+    return codes[best, rows], scales[best, rows]
+
+
+def round_to_nearest_sdclip(w: Tensor, bits: int, k: float) -> tuple[Tensor, Tensor]:
+    scales = sdclip_scales(w, bits, k)
+    return quantize_with_scales(w.float(), scales, bits), scales
+
+
+def quantize_rows_advanced(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
+                           hessian: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(int8 codes, fp16 scales) of a 2-D tensor under clip_search / sdclip / gptq."""
+    method = method_for(qclass, cfg)
+    w = w.float()
+    if method == "clip_search":
+        return clip_search(w, bits, cfg.clip_search_percentiles, scale_floor_for(qclass, cfg),
+                           per_row=cfg.clip_search_scope == "row")
+    if method == "sdclip":
+        return round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
+    if method == "gptq":
+        if hessian is None:  # GPTQ with H = I is round-to-nearest on the same grid
+            return round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
+        from .gptq import gptq_quantize
+        scales = sdclip_scales(w, bits, sdclip_k_for(qclass, cfg))
+        device = hessian.device  # the sweep runs where the Hessian was collected (the GPU after GPU training)
+        codes = gptq_quantize(w.to(device), hessian, scales.to(device), bits, cfg.gptq_damp, cfg.gptq_block)
+        return codes.to(w.device), scales
+    raise ValueError(f"quant method {method!r} for a tensor of class {qclass!r} is unknown "
+                     f"(expected percentile, rowmax, clip_search, sdclip or gptq)")
+
+
+def fake_quantize_grid(w: Tensor, bits: int, cfg: QuantConfig, qclass: str) -> Tensor:
+    """W_hat on the export grid, for QAT: exactly the exported values for every method except gptq, where
+    the SDClip grid GPTQ will use is applied by rounding to nearest (error feedback needs the Hessian)."""
+    from .quantize import quantize_rows
+
+    if method_for(qclass, cfg) == "gptq":
+        codes, scales = round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
+    else:
+        codes, scales = quantize_rows(w, bits, cfg, qclass)
+    return dequantize(codes, scales)
+
+
+def code_entropy_bits(codes: Tensor) -> float:
+    """Empirical order-0 entropy of integer codes, bits per code: H = -sum p_i log2 p_i."""
+    values = codes.reshape(-1).to(torch.int64)
+    counts = torch.bincount(values - values.min()).double()
+    p = counts[counts > 0] / values.numel()
+    return float(-(p * p.log2()).sum())
+
+
+def reconstruction_mse(w: Tensor, codes: Tensor, scales: Tensor) -> float:
+    return float((dequantize(codes, scales) - w.float()).square().mean())
+
+
+__all__ = ["clip_max", "clip_search", "code_entropy_bits", "fake_quantize_grid", "method_for",
+           "quantize_rows_advanced", "reconstruction_mse", "round_to_nearest_sdclip", "sdclip_scales"]

@@ -1,0 +1,357 @@
+"""Sliding windows and test-time training: every target scored once, score-first, documents independent, budgets."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import pgolf
+from pgolf.config import ConfigError, EvalConfig
+from pgolf.data.shards import read_shard
+from pgolf.data.tokenizer import byte_tables, load_tokenizer, stream_bytes
+from pgolf.eval.deadline import EvalTimeExceeded
+from pgolf.eval.lora_adapters import BatchedLoRA
+from pgolf.eval.windows import clip_to_documents, document_starts, sliding_windows
+
+from conftest import REPO, SP1024_MODEL, VAL_SHARD
+from test_model import random_ids, small_model
+
+BOS = 1
+CTX = 64
+MODES = {
+    "plain": {},
+    "sliding": {"sliding_stride": 16},
+    "sliding_docs": {"sliding_stride": 16, "doc_boundaries": True},
+    "chunk": {"ttt": "chunk", "sliding_stride": 32, "ttt_chunk_tokens": 512, "ttt_epochs": 1, "ttt_batch_seqs": 4,
+              "ttt_lr": 0.05},
+    "lora": {"ttt": "lora", "ttt_lora_rank": 4, "ttt_lora_chunk": 32, "ttt_batch_docs": 3, "ttt_lora_lr": 0.01},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These forwards are tiny: one thread is fastest, and steady when the machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def stream() -> np.ndarray:
+    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
+        pytest.skip("needs the FineWeb sample and sp1024 tokenizer in ../shared/data")
+    return np.asarray(read_shard(VAL_SHARD))[:2200].astype(np.int64)  # 4 documents, the last one cut
+
+
+@pytest.fixture(scope="module")
+def tables(stream):
+    return byte_tables(load_tokenizer(SP1024_MODEL), 1024)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model({"model.vocab_size": 1024})
+
+
+def run(model, tokens, tables, **settings) -> pgolf.EvalResult:
+    cfg = EvalConfig(context_len=CTX, batch_seqs=8, **settings)
+    return pgolf.evaluate(model, tokens, None, cfg, tables=tables)
+
+
+def later_tokens_changed(tokens: np.ndarray, p: int, keep_bos: bool, seed: int = 0) -> np.ndarray:
+    """tokens with every token from position p on replaced (BOS positions kept if asked)."""
+    rng = np.random.default_rng(seed)
+    out = tokens.copy()
+    tail = rng.integers(2, 1024, size=tokens.size - p)
+    out[p:] = np.where(keep_bos & (tokens[p:] == BOS), BOS, tail)
+    return out
+
+
+# ----------------------------------------------------------------------------- tilings
+
+
+@pytest.mark.parametrize("n, window, stride", [(1, 8, 2), (7, 8, 2), (8, 8, 2), (9, 8, 2), (100, 8, 3), (100, 8, 8),
+                                                (33, 16, 5), (1000, 64, 64), (1000, 64, 1)])
+def test_sliding_tiling_scores_every_target_once_with_the_longest_context(n, window, stride):
+    w = sliding_windows(n, window, stride)
+    assert w.score[0] == 0 and w.end[-1] == n
+    assert np.array_equal(w.score[1:], w.end[:-1])       # scored ranges abut: each target exactly once
+    assert np.all(w.end - w.start <= window) and np.all(w.scored > 0)
+    for ws, we, ss in zip(w.start, w.end, w.score):
+        positions = np.arange(ss, we)
+        assert np.all(positions - ws >= np.minimum(positions, window - stride))  # >= C tokens of context
+
+
+def test_document_cut_windows_never_reach_before_the_targets_document(stream):
+    sliding = sliding_windows(stream.size - 1, 48, 16)
+    w = clip_to_documents(sliding, stream, BOS)
+    assert w.score[0] == 0 and w.end[-1] == stream.size - 1 and np.array_equal(w.score[1:], w.end[:-1])
+    starts = document_starts(stream, BOS)
+    assert len(w) == len(sliding) + int(np.sum(np.isin(starts[1:], sliding.score, invert=True)))
+    for ws, we, ss in zip(w.start, w.end, w.score):
+        doc = starts[np.searchsorted(starts, np.arange(ss, we), "right") - 1]
+        assert np.all(doc == doc[0])                       # one document per piece
+        original = sliding.start[np.searchsorted(sliding.score, ss, "right") - 1]
+        assert ws == max(doc[0], original)                 # the window's context, cut at the document start
+
+
+# ----------------------------------------------------------------------------- exactly once, exact bytes
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_every_target_is_scored_once_with_the_byte_rule(model, stream, tables, mode):
+    ev = run(model, stream, tables, **MODES[mode])
+    assert ev.targets == stream.size - 1 and np.all(np.isfinite(ev.token_nll))
+    assert np.array_equal(ev.token_bytes, stream_bytes(stream, tables))
+    assert ev.bytes == int(stream_bytes(stream, tables).sum())
+    assert ev.legal and ev.seconds > 0
+    assert ev.mode == {"sliding_docs": "sliding", "chunk": "ttt_chunk", "lora": "ttt_lora"}.get(mode, mode)
+
+
+def test_sliding_with_stride_equal_to_the_context_is_plain(model, stream, tables):
+    plain = run(model, stream, tables)
+    same = run(model, stream, tables, sliding_stride=CTX)
+    capped = run(model, stream, tables, max_seconds=1e6)  # plain windows through the budgeted path
+    np.testing.assert_allclose(same.token_nll, plain.token_nll, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(capped.token_nll, plain.token_nll, rtol=1e-5, atol=1e-5)
+    assert capped.mode == "plain"
+
+
+def test_sliding_scores_equal_a_forward_on_exactly_their_context(model, stream, tables):
+    tokens = stream[:300]
+    ev = run(model, tokens, tables, sliding_stride=16)
+    for t in (0, 5, 63, 64, 70, 79, 80, 150, 298):  # target t is tokens[t + 1]
+        start = (t - (CTX - 16)) // 16 * 16 if t >= CTX else 0  # window k >= 1 starts at 16k, scores [16k+48, 16k+64)
+        x = torch.from_numpy(tokens[start : t + 1])[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x)[0, -1].double(), -1)
+        assert ev.token_nll[t] == pytest.approx(-logp[tokens[t + 1]].item(), abs=1e-4)
+
+
+def test_cutting_windows_at_documents_equals_document_masked_attention(stream, tables):
+    """On a model that never attends across BOS, cutting the window there changes nothing; on one that does, it does."""
+    masked = small_model({"model.vocab_size": 1024, "model.doc_attention": True})
+    cut = run(masked, stream, tables, sliding_stride=16, doc_boundaries=True)
+    np.testing.assert_allclose(cut.token_nll, run(masked, stream, tables, sliding_stride=16).token_nll,
+                               rtol=1e-4, atol=1e-4)
+    plain = small_model({"model.vocab_size": 1024})
+    a = run(plain, stream, tables, sliding_stride=16, doc_boundaries=True)
+    b = run(plain, stream, tables, sliding_stride=16)
+    assert not np.allclose(a.token_nll, b.token_nll) and a.val_bpb != b.val_bpb
+
+
+# ----------------------------------------------------------------------------- score-first / causality
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_changing_later_tokens_never_changes_earlier_scores(model, stream, tables, mode):
+    p = 1300
+    changed = later_tokens_changed(stream, p, keep_bos=mode == "lora")
+    a, b = run(model, stream, tables, **MODES[mode]), run(model, changed, tables, **MODES[mode])
+    np.testing.assert_allclose(b.token_nll[: p - 1], a.token_nll[: p - 1], rtol=0, atol=1e-6)
+    assert not np.allclose(b.token_nll[p:], a.token_nll[p:])
+
+
+def test_chunk_ttt_with_one_chunk_is_sliding_and_with_more_it_learns(model, stream, tables):
+    sliding = run(model, stream, tables, sliding_stride=32)
+    one = run(model, stream, tables, **{**MODES["chunk"], "ttt_chunk_tokens": 10_000})
+    np.testing.assert_allclose(one.token_nll, sliding.token_nll, rtol=1e-5, atol=1e-5)
+    ttt = run(model, stream, tables, **MODES["chunk"])
+    np.testing.assert_allclose(ttt.token_nll[:512], sliding.token_nll[:512], rtol=1e-5, atol=1e-5)  # chunk 0
+    assert not np.allclose(ttt.token_nll[600:], sliding.token_nll[600:])  # updated weights score later chunks
+
+
+def test_ttt_never_changes_the_callers_model(stream, tables):
+    model = small_model({"model.vocab_size": 1024})
+    before = copy.deepcopy(model.state_dict())
+    for mode in ("chunk", "lora"):
+        run(model, stream[:700], tables, **MODES[mode])
+    run(model, stream[:700], tables, ttt="pre", ttt_epochs=1, ttt_batch_seqs=2, ttt_lr=0.01)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model.head_adapter is None and all(p.requires_grad for p in model.parameters())
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- LoRA TTT
+
+
+def test_lora_ttt_of_a_document_ignores_every_other_document(model, stream, tables):
+    starts = document_starts(stream, BOS)  # documents [0, 523), [523, 1782), [1782, 2113), [2113, ...)
+    a = run(model, stream, tables, **MODES["lora"])
+    other = stream.copy()
+    rng = np.random.default_rng(1)
+    other[2:523] = rng.integers(2, 1024, size=521)            # document 0 rewritten, same length
+    other[1783:2113] = rng.integers(2, 1024, size=330)        # document 2 rewritten, same length
+    b = run(model, other, tables, **MODES["lora"])
+    doc1 = slice(starts[1], starts[2])                         # targets of document 1 (its last is the next BOS)
+    np.testing.assert_allclose(b.token_nll[doc1], a.token_nll[doc1], rtol=0, atol=1e-6)
+    alone = stream[starts[1] : starts[2] + 1]                  # document 1 as the whole stream
+    c = run(model, alone, tables, **MODES["lora"])
+    np.testing.assert_allclose(c.token_nll, a.token_nll[doc1], rtol=1e-4, atol=1e-4)
+
+
+def test_lora_first_chunk_is_the_base_model_on_the_document_alone(model, stream, tables):
+    ev = run(model, stream, tables, **MODES["lora"])
+    for s in document_starts(stream, BOS):
+        x = torch.from_numpy(stream[s : s + 32])[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x)[0].double(), -1)
+        ref = -logp[torch.arange(32), torch.from_numpy(stream[s + 1 : s + 33])].numpy()
+        np.testing.assert_allclose(ev.token_nll[s : s + 32], ref, rtol=1e-4, atol=1e-4)
+    plain_docs = run(model, stream, tables, sliding_stride=32, doc_boundaries=True)
+    assert ev.val_bpb < plain_docs.val_bpb  # lr 0.01 on a random model: adapting to each document helps
+
+
+def test_lora_hooks_put_each_virtual_slot_in_its_place():
+    """The hooked adapters reproduce the model's own per-virtual-layer LoRA on a looped schedule."""
+    model = small_model({"model.layer_schedule": [0, 1, 2, 1, 2, 3], "model.lora_rank": 2})
+    ids = random_ids(2, 24)
+    with torch.no_grad():
+        ref = model(ids)
+        bare = copy.deepcopy(model)
+        bare.lora_b_q.zero_()
+        bare.lora_b_v.zero_()
+        lora = BatchedLoRA(bare, ["q", "v"], 2, n_docs=2)
+        for t in ("q", "v"):
+            lora.a[t].copy_(getattr(model, f"lora_a_{t}")[:, None].expand_as(lora.a[t]))
+            lora.b[t].copy_(getattr(model, f"lora_b_{t}")[:, None].expand_as(lora.b[t]))
+        with lora.attached():
+            lora.reset()
+            out = bare(ids)
+            lora.check_complete()
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        assert bare.head_adapter is None and not any(m._forward_hooks for m in bare.modules())
+
+
+@pytest.mark.parametrize("variant", [{}, {"model.layer_schedule": [0, 1, 2, 1, 2, 3]}, {"model.tie_embeddings": False},
+                                     {"model.parallel_residual": "separate_lanes", "model.parallel_start_layer": 2},
+                                     {"model.doc_attention": True}])
+def test_fresh_lora_adapters_are_a_no_op_on_every_target(variant):
+    model = small_model(variant)
+    ids = random_ids(3, 20)
+    lora = BatchedLoRA(model, ["q", "k", "v", "o", "mlp", "head"], 4, n_docs=3)
+    with torch.no_grad():
+        ref = model(ids)
+        with lora.attached():
+            lora.reset()
+            out = model(ids)
+            lora.check_complete()
+            with torch.no_grad():
+                for b in lora.b.values():
+                    b.normal_()
+            lora.reset()
+            moved = model(ids)
+    torch.testing.assert_close(out, ref)
+    assert not torch.allclose(moved, ref)
+
+
+# ----------------------------------------------------------------------------- legality, budget, config
+
+
+def test_pre_ttt_is_reported_not_legal(model, stream, tables):
+    ev = run(model, stream[:800], tables, ttt="pre", ttt_epochs=2, ttt_batch_seqs=4, ttt_lr=0.01, sliding_stride=32)
+    assert ev.legal is False and ev.mode == "ttt_pre+sliding" and ev.targets == 799
+    assert any("NOT LEGAL" in n for n in ev.notes)
+    plain = run(model, stream[:800], tables, ttt="pre", ttt_epochs=1, ttt_batch_seqs=4, ttt_lr=0.01)
+    assert plain.legal is False and plain.mode == "ttt_pre+plain"
+    assert ev.val_bpb < run(model, stream[:800], tables, sliding_stride=32).val_bpb  # it trained on what it scores
+
+
+@pytest.mark.parametrize("mode", ["plain", "sliding", "chunk", "lora", "pre"])
+def test_max_seconds_stops_with_an_error_not_a_partial_score(model, stream, tables, mode):
+    settings = {"pre": {"ttt": "pre", "ttt_epochs": 1}}.get(mode, MODES.get(mode, {}))
+    with pytest.raises(EvalTimeExceeded, match="eval.max_seconds"):
+        run(model, stream, tables, **settings, max_seconds=1e-6)
+
+
+@pytest.mark.parametrize("key, value, match", [("eval.ttt_lora_targets", ["q", "x"], "ttt_lora_targets"),
+                                               ("eval.ttt_lora_chunk", 10_000, "ttt_lora_chunk"),
+                                               ("eval.ttt_freeze_blocks", 99, "ttt_freeze_blocks"),
+                                               ("eval.max_seconds", -1.0, "max_seconds")])
+def test_bad_eval_settings_name_the_key(key, value, match):
+    ttt = {"eval.ttt": "chunk"} if "freeze" in key else {"eval.ttt": "lora"}
+    with pytest.raises(ConfigError, match=match):
+        pgolf.load_recipe("tiny", overrides={**ttt, key: value})
+
+
+@pytest.mark.parametrize("recipe, stride, ttt, context", [("pr103", 64, "none", 4096), ("pr206", 64, "none", 2048),
+                                                          ("pr1573", 64, "none", 2048), ("pr595", 64, "pre", 2048),
+                                                          ("pr1536", 0, "lora", 2048), ("baseline", 0, "none", 1024)])
+def test_recipes_evaluate_as_their_submissions_did(recipe, stride, ttt, context):
+    e = pgolf.load_recipe(recipe).eval
+    assert (e.sliding_stride, e.ttt, e.context_len) == (stride, ttt, context)
+
+
+# ----------------------------------------------------------------------------- CLI and ranks
+
+
+def test_cli_eval_flags(micro, tmp_path, capsys):
+    from pgolf.cli import main
+    cfg = micro()
+    torch.manual_seed(0)
+    pgolf.pack(pgolf.build_model(cfg.model), cfg, tmp_path / "a.pgolf")
+    results = {}
+    for name, flags in {"sliding": ["--sliding-stride", "16"], "pre": ["--ttt", "pre", "--sliding-stride", "64"]}.items():
+        assert main(["eval", str(tmp_path / "a.pgolf"), "--device", "cpu", "--json", "--set", "eval.ttt_epochs=1",
+                     *flags]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    assert results["sliding"]["eval_mode"] == "sliding" and results["sliding"]["legal"] is True
+    assert results["pre"]["eval_mode"] == "ttt_pre+sliding" and results["pre"]["legal"] is False
+    assert results["sliding"]["val_targets"] == results["pre"]["val_targets"] == 4096
+    assert main(["eval", str(tmp_path / "a.pgolf"), "--device", "cpu", "--ttt", "lora",
+                 "--set", "eval.ttt_lora_chunk=4096"]) != 0
+    assert "eval.ttt_lora_chunk" in capsys.readouterr().err
+
+
+RANKS_SCRIPT = """
+import json, sys
+import numpy as np, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+import pgolf
+from pgolf.config import EvalConfig
+from test_model import small_model
+torch.set_num_threads(1)
+dist.init_process_group("gloo")
+tokens = np.load({tokens!r})
+model = small_model({{"model.vocab_size": 1024}})
+out = {{}}
+for name, settings in json.loads({modes!r}).items():
+    cfg = EvalConfig(context_len={ctx}, batch_seqs=8, **settings)
+    ev = pgolf.evaluate(model, tokens, {sp!r}, cfg)
+    out[name] = [ev.val_bpb, ev.token_nll.tolist()]
+if dist.get_rank() == 0:
+    json.dump(out, open({result!r}, "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_score_as_one(model, stream, tables, tmp_path):
+    tokens = stream[:1500]
+    modes = {**{k: MODES[k] for k in ("sliding_docs", "chunk", "lora")},
+             "pre": {"ttt": "pre", "ttt_epochs": 1, "ttt_batch_seqs": 4, "ttt_lr": 0.01, "sliding_stride": 32}}
+    modes["chunk"] = {**modes["chunk"], "ttt_batch_seqs": 3}  # steps that do not split evenly over the ranks
+    np.save(tmp_path / "tokens.npy", tokens)
+    script = tmp_path / "ranks.py"
+    script.write_text(RANKS_SCRIPT.format(tests=str(REPO / "tests"), tokens=str(tmp_path / "tokens.npy"),
+                                          modes=json.dumps(modes), ctx=CTX, sp=str(SP1024_MODEL),
+                                          result=str(tmp_path / "out.json")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    for name, settings in modes.items():
+        one = run(model, tokens, tables, **settings)
+        assert len(two[name][1]) == one.targets == tokens.size - 1
+        np.testing.assert_allclose(two[name][1], one.token_nll, rtol=0, atol=2e-3, err_msg=name)
+        assert two[name][0] == pytest.approx(one.val_bpb, abs=1e-4), name
