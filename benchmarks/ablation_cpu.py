@@ -90,6 +90,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 42])
     parser.add_argument("--val-tokens", type=int, default=0, help="score only this many validation tokens (0 = all)")
     parser.add_argument("--only", nargs="*", help="names of techniques or recipes (recipe:<name>) to run")
+    parser.add_argument("--with-recipes", action="store_true",
+                        help="also train each recipe's tiny form at these steps (benchmarks/recipes_cpu.py runs them "
+                             "as published, 3 seeds)")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     out = Path(args.out)
@@ -98,7 +101,8 @@ def main() -> int:
     if report["steps"] != args.steps or report["val_tokens"] != args.val_tokens:
         raise SystemExit(f"{out} holds runs at another scale; pass --out for a new file")
     plan = [(n, "baseline", o) for n, o in TECHNIQUES.items()]
-    plan += [(f"recipe:{r}", r, {}) for r in recipe_names() if r not in ("baseline", "tiny")]
+    if args.with_recipes:
+        plan += [(f"recipe:{r}", r, {}) for r in recipe_names() if r not in ("baseline", "tiny")]
     if args.only:
         plan = [p for p in plan if p[0] in args.only]
     done = {(r["name"], r["seed"]) for r in report["runs"]}

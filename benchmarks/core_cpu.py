@@ -35,7 +35,11 @@ def main() -> int:
     parser.add_argument("--recipe", default="baseline")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "core_cpu.json"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--runs-root", default="", help="keep each run folder under this directory (default: discard)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = SHARED / "datasets" / "fineweb10B_sp1024_sample"
     tokenizer = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
     if not data.is_dir():
@@ -47,8 +51,9 @@ def main() -> int:
         overrides.update(pgolf.config.parse_set_args(args.overrides))
         cfg = pgolf.load_recipe(args.recipe, scale="tiny", overrides=overrides)
         with tempfile.TemporaryDirectory() as tmp:
+            run_dir = Path(args.runs_root) / f"seed{seed}" if args.runs_root else Path(tmp) / "run"
             start = time.perf_counter()
-            result = pgolf.train(cfg, Path(tmp) / "run", progress=True)
+            result = pgolf.train(cfg, run_dir, progress=True)
             result["wall_seconds"] = time.perf_counter() - start
         runs.append({k: result[k] for k in ("seed", "val_bpb", "val_loss", "val_bpb_prequant", "val_bpb_plain",
                                              "artifact_bytes", "model_bytes", "code_bytes", "steps", "train_seconds",

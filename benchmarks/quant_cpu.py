@@ -53,7 +53,10 @@ POLICIES: dict[str, dict[str, Any]] = {
     "int6 percentile": {"quant.matrix_bits": 6},
     "int6 clip_search": {"quant.matrix_bits": 6, "quant.method": "clip_search"},
     "int6 sdclip k12.85": {"quant.matrix_bits": 6, "quant.method": "sdclip"},
+    "int6 gptq k12.85": {"quant.matrix_bits": 6, "quant.method": "gptq"},
+    "int6 sdclip k12.85 + emb sdclip k20": {"quant.matrix_bits": 6, "quant.method": "sdclip", "quant.embed_method": "sdclip"},
     "int6 gptq k12.85 + emb gptq k20": {"quant.matrix_bits": 6, "quant.method": "gptq", "quant.embed_method": "gptq"},
+    "int5 sdclip k12.85": {"quant.matrix_bits": 5, "quant.method": "sdclip"},
     "int5 mlp / int6 attn rowmax (#595)": {"quant.attn_bits": 6, "quant.mlp_bits": 5, "quant.method": "rowmax",
                                            "quant.scale_floor": False},
     "int5 percentile": {"quant.matrix_bits": 5},
@@ -205,6 +208,7 @@ def main() -> int:
     train_result = train_or_reuse(run_dir)
     model, cfg = load_run(run_dir)
     cfg.data.path, cfg.data.tokenizer = str(DATA), str(TOKENIZER)  # the same data, wherever the run was started
+    cfg.quant.passthrough_max_numel = 4096  # a reused run may have kept more tensors in fp16: quantize every matrix
     tokens, tables = validation(cfg, args.val_tokens)
     prequant = eval_bpb(model, cfg, tokens, tables)
     print(f"pre-quant val_bpb on {tokens.size:,} tokens: {prequant:.4f}", flush=True)

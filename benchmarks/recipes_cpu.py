@@ -117,6 +117,9 @@ def main() -> int:
                         help="extra --set for every run (e.g. data.val_tokens_limit=65537)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipes_cpu.json"))
     parser.add_argument("--runs-root", help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse (recipe, seed) runs already finished under --runs-root instead of rerunning them "
+                             "(lets two processes split the recipes, then one more summarise them all)")
     args = parser.parse_args()
     if not (SHARED / "datasets" / "fineweb10B_sp1024_sample").is_dir():
         print(f"needs the FineWeb sample in {SHARED}", file=sys.stderr)
@@ -133,9 +136,14 @@ def main() -> int:
         per_recipe[recipe] = []
         for seed in args.seeds:
             out = root / f"{recipe}-s{seed}"
-            if out.exists():
-                shutil.rmtree(out)
-            result = run_one(recipe, seed, out, args.steps, args.overrides)
+            if args.reuse and (out / "result.json").is_file():
+                result = {**json.loads((out / "result.json").read_text()), "run_dir": str(out), "returncode": 0,
+                          "reused": True}
+                result.setdefault("wall_seconds", result["train_seconds"] + result["eval_seconds"])
+            else:
+                if out.exists():
+                    shutil.rmtree(out)
+                result = run_one(recipe, seed, out, args.steps, args.overrides)
             per_recipe[recipe].append(result)
             status = "FAILED" if result.get("failed") else f"val_bpb {result['val_bpb']:.4f}"
             print(f"{recipe} seed {seed}: {status} ({result['wall_seconds']:.0f} s)", flush=True)

@@ -58,8 +58,9 @@ def bundled_module_paths() -> list[str]:
         return sorted(_RUNNING["sources"])
     paths = []
     for path in PACKAGE_DIR.rglob("*.py"):
-        rel = path.relative_to(PACKAGE_DIR).as_posix()
-        if "__pycache__" in rel or rel in EXCLUDED_MODULES or any(part.startswith(".") for part in path.parts):
+        rel_parts = path.relative_to(PACKAGE_DIR).parts
+        rel = "/".join(rel_parts)
+        if rel in EXCLUDED_MODULES or any(part == "__pycache__" or part.startswith(".") for part in rel_parts):
             continue
         paths.append(rel)
     return sorted(paths)

@@ -32,6 +32,7 @@ from .eval.bpb import autocast_for, evaluate
 from .model.gpt import GPT, build_model
 from .optim.averaging import WeightAverager
 from .optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
+from .optim.muon import Muon
 from .optim.schedule import lr_multiplier, training_fraction
 from .quant.pack import pack, unpack
 from .quant.qat import attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
@@ -177,7 +178,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     loader = DistributedTokenLoader(dataset.train_files, rt.rank, rt.world_size, cfg.model.vocab_size)
     if rt.device.type == "cuda":  # next batches are read and pinned on a thread while the GPU works
         loader = PrefetchingLoader(loader, t.batch_tokens, t.seq_len, accum, pin_memory=True)
-    forward: nn.Module = torch.compile(model) if _use_compile(cfg, rt.device) else model
+    forward: nn.Module = model
+    if _use_compile(cfg, rt.device):
+        forward = torch.compile(model)
+        if isinstance(optimizers.get("matrix"), Muon):
+            optimizers["matrix"].compile_newton_schulz()
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
         forward = DDP(forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)

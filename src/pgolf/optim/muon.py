@@ -126,10 +126,16 @@ class Muon(torch.optim.Optimizer):
                         ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype, row_normalize=row_normalize,
                         normuon_beta2=normuon_beta2, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        self._newton_schulz = newton_schulz
         for group in self.param_groups:
             for p in group["params"]:
                 if p.ndim != 2:
                     raise ValueError(f"Muon takes 2-D matrices only; got a parameter of shape {tuple(p.shape)}")
+
+    def compile_newton_schulz(self) -> None:
+        """Run Newton–Schulz through torch.compile: on GPUs it fuses the scalings and adds between the matmuls
+        (one graph per matrix shape). The trainer turns this on wherever it compiles the model."""
+        self._newton_schulz = torch.compile(newton_schulz, dynamic=False)
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
         """The orthogonalised, shape-scaled update of one matrix (before lr); advances its state."""
@@ -149,7 +155,7 @@ class Muon(torch.optim.Optimizer):
         if group["row_normalize"]:
             u = row_normalize(u.to(dtype))  # on the NS-dtype update, as #103 (bf16) and #1536 do
         coeffs = group["ns_coeffs"]
-        o = newton_schulz(u, group["ns_steps"], NS_COEFFICIENTS[coeffs], dtype, safety=NS_SAFETY[coeffs])
+        o = self._newton_schulz(u, group["ns_steps"], NS_COEFFICIENTS[coeffs], dtype, safety=NS_SAFETY[coeffs])
         beta2 = group["normuon_beta2"]
         if beta2 > 0:
             if "row_second_moment" not in state:
