@@ -49,7 +49,8 @@ MODES: dict[str, dict] = {
 
 
 def train_artifact(steps: int, seed: int, out: Path) -> tuple[Path, dict]:
-    overrides = {"data.path": str(DATA), "data.tokenizer": str(TOKENIZER), "train.steps": steps, "seed": seed}
+    overrides = {"data.path": str(DATA), "data.tokenizer": str(TOKENIZER), "train.steps": steps, "seed": seed,
+                 "data.val_tokens_limit": 0}
     cfg = pgolf.load_recipe("baseline", scale="tiny", overrides=overrides)
     result = pgolf.train(cfg, out, progress=True)
     return out / "artifact.pgolf", result

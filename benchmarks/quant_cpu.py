@@ -74,7 +74,8 @@ def train_or_reuse(run_dir: Path) -> dict[str, Any]:
     if (run_dir / "model.safetensors").is_file():
         print(f"reusing {run_dir}", flush=True)
     else:
-        overrides = {"data.path": str(DATA), "data.tokenizer": str(TOKENIZER), "quant.passthrough_max_numel": 4096}
+        overrides = {"data.path": str(DATA), "data.tokenizer": str(TOKENIZER), "quant.passthrough_max_numel": 4096,
+                     "train.steps": 300, "data.val_tokens_limit": 0}
         cfg = pgolf.load_recipe("baseline", scale="tiny", overrides=overrides)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SystemExit(f"{run_dir} exists without model.safetensors; remove it or pick another --run-dir")
