@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -161,14 +161,9 @@ def main() -> int:
             record(run_one(*item, args))
     else:  # spawn: each run starts from a clean interpreter with its own torch thread pool
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            pending = set()
-            queue = list(todo)
-            while queue or pending:
-                while queue and len(pending) < args.jobs:
-                    pending.add(pool.submit(run_one, *queue.pop(0), args))
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    record(future.result())
+            futures = [pool.submit(run_one, *item, args) for item in todo]  # the pool starts them in order
+            for future in as_completed(futures):
+                record(future.result())
     print(table(report["runs"]))
     return 0
 
