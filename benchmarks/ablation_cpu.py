@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 import pgolf
+from pgolf.atomic import atomic_write_text
 from pgolf.config import recipe_names
+from pgolf.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -126,7 +128,7 @@ def main() -> int:
     if args.table:
         if not out.is_file():
             raise SystemExit(f"{out}: no results to tabulate yet (run without --table first)")
-        out.with_suffix(".md").write_text(table(json.loads(out.read_text())["runs"]) + "\n")
+        atomic_write_text(out.with_suffix(".md"), table(json.loads(out.read_text())["runs"]) + "\n")
         return 0
     report = json.loads(out.read_text()) if out.is_file() else {
         "benchmark": "ablation_cpu", "steps": args.steps, "val_tokens": args.val_tokens,
@@ -151,8 +153,8 @@ def main() -> int:
     def record(entry: dict) -> None:
         report["runs"].append(entry)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2) + "\n")
-        out.with_suffix(".md").write_text(table(report["runs"]) + "\n")
+        write_json(out, report)  # atomic: a kill mid-write must not lose hours of finished runs
+        atomic_write_text(out.with_suffix(".md"), table(report["runs"]) + "\n")
         print(f"{entry['name']} seed {entry['seed']}: val_bpb {entry['val_bpb']:.4f} "
               f"({entry['tokens_per_second']:,.0f} tok/s, {entry['wall_seconds']:.0f} s)", flush=True)
 
