@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import pgolf
+from pgolf.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -68,7 +69,7 @@ def main() -> int:
         "val_bpb_mean": sum(r["val_bpb"] for r in runs) / len(runs), "reference": REFERENCE,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(Path(args.out), report)
     print(f"wrote {args.out}")
     return 0
 

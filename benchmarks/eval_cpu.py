@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import pgolf
 from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import byte_tables, load_tokenizer
+from pgolf.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -105,7 +105,7 @@ def main() -> int:
         "load_average_1min_at_end": os.getloadavg()[0], "cpu_count": os.cpu_count(), "modes": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(Path(args.out), report)
     print(f"\nval prefix: {tokens.size - 1:,} targets ({report['val_tokens_limit']:,}-token limit), context "
           f"{cfg.eval.context_len}, {torch.get_num_threads()} CPU threads\n")
     print("| mode | val_bpb | vs plain | eval s | targets/s | legal |")

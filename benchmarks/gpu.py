@@ -32,6 +32,7 @@ from pgolf.data.shards import find_shards
 from pgolf.eval.bpb import autocast_for
 from pgolf.fastpath import check_fast_paths
 from pgolf.optim.groups import build_optimizers
+from pgolf.runs import write_json
 from pgolf.trainer import choose_attention_backend, grad_accum_steps
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,8 +152,8 @@ def main() -> int:
         print(json.dumps(result, indent=1), flush=True)
     out = Path(args.out or REPO / "benchmarks" / "results" / f"gpu_{name.replace(' ', '_').replace('/', '_')}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| recipe | tokens/s | ms/step | MFU | peak GiB | fast-path rel err |\n|---|---|---|---|---|---|")
+    write_json(out, report)
+    print("| recipe | tokens/s | ms/step | MFU | peak GiB | fast-path rel err |\n|---|---|---|---|---|---|")
     for r in report["recipes"]:
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         mem = f"{r.get('peak_memory_gib', 0):.1f}"

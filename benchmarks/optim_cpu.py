@@ -32,7 +32,6 @@ The loop mirrors pgolf.trainer's step (schedule, momentum, zero_grad, forward/ba
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from typing import Any
 import torch
 
 import pgolf
+from pgolf.atomic import atomic_write_text
 from pgolf.data.dataset import load_validation, resolve_dataset
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.tokenizer import byte_tables, load_tokenizer
@@ -53,6 +53,7 @@ from pgolf.optim.averaging import WeightAverager
 from pgolf.optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
 from pgolf.optim.schedule import lr_multiplier
 from pgolf.quant.pack import pack, unpack
+from pgolf.runs import write_json
 from pgolf.runtime import seed_everything
 from pgolf.trainer import plain_eval_config
 
@@ -284,9 +285,9 @@ def main() -> int:
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     table = markdown(report)
-    out.with_suffix(".md").write_text(table)
+    atomic_write_text(out.with_suffix(".md"), table)
     print(table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

@@ -41,6 +41,7 @@ from pgolf.quant.container import Part, write_container
 from pgolf.quant.methods import code_entropy_bits
 from pgolf.quant.pack import quantize_model
 from pgolf.repack import calibration_loader, load_run
+from pgolf.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -236,7 +237,7 @@ def main() -> int:
         "policies": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(Path(args.out), report)
     print(markdown(report))
     print(f"wrote {args.out}")
     return 0

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from pgolf.report import ComparisonError, compare_runs
+from pgolf.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -182,7 +183,7 @@ def main() -> int:
     for row in report["summary"]:
         row["failed"] = [{k: r[k] for k in ("seed", "returncode", "error") if k in r} for r in row["failed"]]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(Path(args.out), report)
     print(f"wrote {args.out} (runs in {root})")
     return 0 if all("val_bpb_mean" in row for row in rows) else 1
 

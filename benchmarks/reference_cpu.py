@@ -34,6 +34,7 @@ import pgolf
 from pgolf.config import EvalConfig
 from pgolf.data.shards import read_shard
 from pgolf.optim.muon import QUINTIC, newton_schulz
+from pgolf.runs import write_json
 from pgolf.runtime import seed_everything
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,7 +153,7 @@ def main() -> int:
               "newton_schulz_dtype": args.ns_dtype, "initial_weights": "pgolf's" if args.pgolf_init else "its own",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": runs,
               "design_md_figures": {"1337": 2.583, "42": 2.594}}
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(Path(args.out), report)
     print(f"wrote {args.out}")
     return 0
 

@@ -17,7 +17,7 @@ from pgolf.config import save_config
 from pgolf.runs import RESULT_KEYS
 from pgolf.trainer import TrainingInterrupted
 
-from conftest import REPO, SP1024_DIR, SP1024_MODEL, micro_config
+from conftest import REPO, SP1024_DIR, SP1024_MODEL
 
 
 def _weights(run_dir):
