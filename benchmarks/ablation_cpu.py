@@ -108,6 +108,10 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_table(out: Path, runs: list[dict]) -> None:
+    atomic_write_text(out.with_suffix(".md"), table(runs) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=300)
@@ -128,7 +132,7 @@ def main() -> int:
     if args.table:
         if not out.is_file():
             raise SystemExit(f"{out}: no results to tabulate yet (run without --table first)")
-        atomic_write_text(out.with_suffix(".md"), table(json.loads(out.read_text())["runs"]) + "\n")
+        write_table(out, json.loads(out.read_text())["runs"])
         return 0
     report = json.loads(out.read_text()) if out.is_file() else {
         "benchmark": "ablation_cpu", "steps": args.steps, "val_tokens": args.val_tokens,
@@ -150,11 +154,12 @@ def main() -> int:
     todo = [(name, recipe, overrides, seed) for seed in args.seeds for name, recipe, overrides in plan
             if (name, seed) not in done]
 
+    out.parent.mkdir(parents=True, exist_ok=True)
+
     def record(entry: dict) -> None:
         report["runs"].append(entry)
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, report)  # atomic: a kill mid-write must not lose hours of finished runs
-        atomic_write_text(out.with_suffix(".md"), table(report["runs"]) + "\n")
+        write_table(out, report["runs"])
         print(f"{entry['name']} seed {entry['seed']}: val_bpb {entry['val_bpb']:.4f} "
               f"({entry['tokens_per_second']:,.0f} tok/s, {entry['wall_seconds']:.0f} s)", flush=True)
 
