@@ -14,7 +14,7 @@ that one function is swapped for pgolf's fp32 Newton–Schulz (the same quintic)
 The challenge's file is not part of pgolf; point at a copy, e.g. from a clone of openai/parameter-golf:
 
     git -C parameter-golf show main:train_gpt.py > /tmp/train_gpt.py
-    python benchmarks/reference_cpu.py --train-gpt /tmp/train_gpt.py [--seeds 1337] [--threads 1]
+    python benchmarks/reference_cpu.py --train-gpt /tmp/train_gpt.py [--seeds 1337 42 7 2024] [--threads 1]
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def train_reference(ref, seed: int, data: Path, pgolf_init: bool) -> tuple[torch
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-gpt", required=True, help="path to the challenge's train_gpt.py")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 42, 7, 2024])
     parser.add_argument("--ns-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="Newton–Schulz dtype (bfloat16 = the challenge's function, unchanged)")
     parser.add_argument("--pgolf-init", action="store_true",
