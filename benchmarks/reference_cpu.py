@@ -37,6 +37,8 @@ from pgolf.optim.muon import QUINTIC, newton_schulz
 from pgolf.runs import write_json
 from pgolf.runtime import seed_everything
 
+from core_cpu import REFERENCE, SEEDS  # same seeds and DESIGN.md figures as pgolf's side
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 STEPS, WARMDOWN, MOMENTUM_WARMUP, TOKENS_PER_STEP, SEQ_LEN = 300, 90, 50, 4096, 512
@@ -117,7 +119,7 @@ def train_reference(ref, seed: int, data: Path, pgolf_init: bool) -> tuple[torch
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-gpt", required=True, help="path to the challenge's train_gpt.py")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 42, 7, 2024])
+    parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--ns-dtype", choices=("float32", "bfloat16"), default="float32",
                         help="Newton–Schulz dtype (bfloat16 = the challenge's function, unchanged)")
     parser.add_argument("--pgolf-init", action="store_true",
@@ -152,7 +154,8 @@ def main() -> int:
     report = {"benchmark": "reference_cpu", "code": "the challenge's train_gpt.py (GPT, Muon, loader), fp32 on CPU",
               "newton_schulz_dtype": args.ns_dtype, "initial_weights": "pgolf's" if args.pgolf_init else "its own",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "runs": runs,
-              "design_md_figures": {"1337": 2.583, "42": 2.594}}
+              "design_md_figures": REFERENCE["val_bpb"],
+              "command": " ".join(["python", "benchmarks/reference_cpu.py", *sys.argv[1:]])}
     write_json(Path(args.out), report)
     print(f"wrote {args.out}")
     return 0
