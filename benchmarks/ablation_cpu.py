@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 import pgolf
-from pgolf.atomic import atomic_write_text
+from pgolf.data.atomic import atomic_write_text
 from pgolf.config import recipe_names
-from pgolf.runs import write_json
+from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import pgolf
-from pgolf.runs import write_json
+from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

@@ -24,7 +24,7 @@ import torch
 import pgolf
 from pgolf.data.shards import load_tokens
 from pgolf.data.tokenizer import byte_tables, load_tokenizer
-from pgolf.runs import write_json
+from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

@@ -24,7 +24,7 @@ The loop reproduces pgolf.train bit for bit (checked: identical final weights at
 
 The machine is shared and noisy, so all variants of a seed train in lockstep: step s of every variant runs before
 step s + 1 of any, and the seconds-per-step ratios are medians of per-step ratios taken seconds apart.
-The loop mirrors pgolf.trainer's step (schedule, momentum, zero_grad, forward/backward, clip, step, averaging).
+The loop mirrors pgolf.training.loop's step (schedule, momentum, zero_grad, forward/backward, clip, step, averaging).
 
     python benchmarks/optim_cpu.py [--steps 70] [--seeds 1337 42] [--val-tokens 65536] [--jobs 2] [--threads 1]
 """
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 import pgolf
-from pgolf.atomic import atomic_write_text
+from pgolf.data.atomic import atomic_write_text
 from pgolf.data.dataset import load_validation, resolve_dataset
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.tokenizer import byte_tables, load_tokenizer
@@ -53,9 +53,9 @@ from pgolf.optim.averaging import WeightAverager
 from pgolf.optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
 from pgolf.optim.schedule import lr_multiplier
 from pgolf.quant.pack import pack, unpack
-from pgolf.runs import write_json
-from pgolf.runtime import seed_everything
-from pgolf.trainer import plain_eval_config
+from pgolf.training.runs import write_json
+from pgolf.training.runtime import seed_everything
+from pgolf.training.loop import plain_eval_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -94,7 +94,7 @@ class Run:
         self.losses: list[float] = []
 
     def train_step(self) -> None:
-        """One step exactly as pgolf.trainer takes it (single process, no accumulation at this scale)."""
+        """One step exactly as pgolf.training.loop takes it (single process, no accumulation at this scale)."""
         t, device = self.cfg.train, torch.device("cpu")
         start = time.perf_counter()
         mult = lr_multiplier(self.step, self.elapsed, t, self.cfg.quant.gptq_reserve_s)

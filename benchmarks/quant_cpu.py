@@ -40,8 +40,8 @@ from pgolf.quant.compress import byte_shuffle, compress
 from pgolf.quant.container import Part, write_container
 from pgolf.quant.methods import code_entropy_bits
 from pgolf.quant.pack import quantize_model
-from pgolf.repack import calibration_loader, load_run
-from pgolf.runs import write_json
+from pgolf.cli.repack import calibration_loader, load_run
+from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -94,7 +94,7 @@ def validation(cfg: pgolf.Config, limit: int):
 
 
 def eval_bpb(model: torch.nn.Module, cfg: pgolf.Config, tokens: np.ndarray, tables) -> float:
-    from pgolf.trainer import plain_eval_config
+    from pgolf.training.loop import plain_eval_config
     return pgolf.evaluate(model, tokens, None, plain_eval_config(cfg), tables=tables).val_bpb
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from pgolf.report import ComparisonError, compare_runs
-from pgolf.runs import write_json
+from pgolf.cli.report import ComparisonError, compare_runs
+from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -34,8 +34,8 @@ import pgolf
 from pgolf.config import EvalConfig
 from pgolf.data.shards import read_shard
 from pgolf.optim.muon import QUINTIC, newton_schulz
-from pgolf.runs import write_json
-from pgolf.runtime import seed_everything
+from pgolf.training.runs import write_json
+from pgolf.training.runtime import seed_everything
 
 from core_cpu import REFERENCE, SEEDS  # same seeds and DESIGN.md figures as pgolf's side
 

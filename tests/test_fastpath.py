@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from pgolf.data.loader import DistributedTokenLoader, PrefetchingLoader
 from pgolf.data.shards import write_shard
-from pgolf.fastpath import assert_fast_paths, check_fast_paths
+from pgolf.training.fastpath import assert_fast_paths, check_fast_paths
 from pgolf.model.attention import attention_flash3, attention_math, document_mask, flash3_available, segment_offsets
 from pgolf.model.loss import softcapped_cross_entropy
 

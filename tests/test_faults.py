@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 import pgolf
-from pgolf import trainer as trainer_module
-from pgolf.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
+from pgolf.training import loop as trainer_module
+from pgolf.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
 from pgolf.cli import main as cli_main
 from pgolf.config import ConfigError, save_config
 from pgolf.data.dataset import DataMismatchError
@@ -37,8 +37,8 @@ from pgolf.model.gpt import GPT
 from pgolf.optim.groups import build_optimizers
 from pgolf.quant.container import MAGIC, TRAILER, ArtifactError
 from pgolf.quant.pack import quantize_model
-from pgolf.runs import LogWriter, read_log, write_json
-from pgolf.trainer import TrainingDiverged, TrainingInterrupted
+from pgolf.training.runs import LogWriter, read_log, write_json
+from pgolf.training.loop import TrainingDiverged, TrainingInterrupted
 
 from conftest import REPO, SHARED, SP1024_DIR, SP1024_MODEL, micro_config, random_stream
 from test_model import SMALL, small_model
@@ -632,7 +632,7 @@ class TestTraining:
 
     def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resume_loses_nothing(self, straight_run, tmp_path,
                                                                                        monkeypatch):
-        import pgolf.checkpoint as ckpt
+        import pgolf.training.checkpoint as ckpt
         real_save = ckpt.save_file
         run = tmp_path / "run"
 
@@ -688,7 +688,7 @@ class TestWrites:
                                        "rename checkpoint -> checkpoint.old, read-only",
                                        "rename checkpoint.new -> checkpoint, read-only"])
     def test_failed_checkpoint_write_keeps_the_previous_checkpoint(self, tmp_path, monkeypatch, where):
-        import pgolf.checkpoint as ckpt
+        import pgolf.training.checkpoint as ckpt
         model, optimizers = _checkpoint_parts()
         _save(tmp_path, model, optimizers, step=10)
         good = {k: v.clone() for k, v in model.state_dict().items()}

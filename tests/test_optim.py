@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import pgolf
-from pgolf.checkpoint import load_checkpoint, save_checkpoint
+from pgolf.training.checkpoint import load_checkpoint, save_checkpoint
 from pgolf.config import ConfigError, ModelConfig, OptimConfig, TrainConfig
 from pgolf.model.gpt import build_model
 from pgolf.optim.averaging import WeightAverager
@@ -442,5 +442,5 @@ def test_run_logs_and_reports_the_exported_weights(micro, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     logged = [x for x in lines if "averaging" in x]
     assert len(logged) == 1 and logged[0]["averaging"] == "swa" and logged[0]["swa_snapshots"] == 2
-    from pgolf.runs import summary
+    from pgolf.training.runs import summary
     assert "weights    swa = uniform mean of 2 SWA snapshots" in summary(saved, tmp_path / "run")

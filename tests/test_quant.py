@@ -329,7 +329,7 @@ def test_late_qat_really_switches_under_torch_compile():
 # ----------------------------------------------------------------------------- training and `pgolf pack`
 
 def test_training_with_late_qat_and_gptq_end_to_end(micro, tmp_path, monkeypatch):
-    import pgolf.trainer as trainer
+    import pgolf.training.loop as trainer
 
     switched: list[bool] = []
     real = trainer.set_qat_enabled
@@ -389,7 +389,7 @@ def test_pgolf_pack_rejects_bad_input_by_name(run_folder, tmp_path, capsys):
 
 
 def test_pgolf_pack_gptq_calibrates_on_training_data_and_eval_scores_it(micro, tmp_path, capsys):
-    from pgolf.evaluate_artifact import evaluate_artifact
+    from pgolf.cli.evaluate_artifact import evaluate_artifact
 
     cfg = micro(quant__passthrough_max_numel=1024)
     torch.manual_seed(0)

@@ -13,10 +13,10 @@ import json
 import pytest
 
 import pgolf
-from pgolf.bundle import bundle_source
+from pgolf.artifact.bundle import bundle_source
 from pgolf.cli import main
 from pgolf.config import load_config, recipe_names
-from pgolf.runs import RESULT_KEYS
+from pgolf.training.runs import RESULT_KEYS
 
 from conftest import SHARED
 

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pgolf.cli import main
-from pgolf.report import (ComparisonError, RunFolderError, compare_runs, load_runs, markdown_table, report_rows,
+from pgolf.cli.report import (ComparisonError, RunFolderError, compare_runs, load_runs, markdown_table, report_rows,
                           split_sides, welch_one_sided)
 
 VAL_SHA = {"fineweb_val_000000.bin": "9550dedf"}

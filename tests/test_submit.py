@@ -16,12 +16,12 @@ import tomli_w
 import torch
 
 import pgolf
-from pgolf import bundle
-from pgolf.bundle import EXCLUDED_MODULES, PACKAGE_DIR, bundle_source, bundled_module_paths, slim_source
+from pgolf.artifact import bundle
+from pgolf.artifact.bundle import EXCLUDED_MODULES, PACKAGE_DIR, bundle_source, bundled_module_paths, slim_source
 from pgolf.cli import main
-from pgolf.codesize import runtime_code_bytes
+from pgolf.artifact.codesize import runtime_code_bytes
 from pgolf.config import load_config
-from pgolf.submit import SubmissionError, make_submission
+from pgolf.cli.submit import SubmissionError, make_submission
 
 from conftest import micro_config
 
@@ -54,7 +54,7 @@ def test_bundle_is_deterministic_and_its_size_is_the_counted_code_bytes(micro_ru
 
 
 def test_budget_estimate_counts_the_bundle():
-    from pgolf.budget import estimate_artifact_bytes
+    from pgolf.artifact.budget import estimate_artifact_bytes
 
     cfg = pgolf.load_recipe("tiny", scale="tiny")
     small = estimate_artifact_bytes(cfg)
@@ -64,7 +64,7 @@ def test_budget_estimate_counts_the_bundle():
 def test_bundle_carries_every_module_except_the_cli_and_report_ones():
     on_disk = {p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     assert set(bundled_module_paths()) == on_disk - EXCLUDED_MODULES
-    for needed in ("trainer.py", "config.py", "quant/pack.py", "eval/bpb.py", "model/gpt.py", "bundle.py"):
+    for needed in ("training/loop.py", "config/schema.py", "quant/pack.py", "eval/bpb.py", "model/gpt.py", "artifact/bundle.py"):
         assert needed in bundled_module_paths()
 
 
@@ -99,7 +99,7 @@ def test_no_bundled_module_imports_an_excluded_one():
         except SyntaxError:
             continue  # a module being edited right now; its own tests report it
         leaked = imported & EXCLUDED_MODULES
-        assert not leaked, (f"pgolf/{rel} imports {sorted(leaked)}, which pgolf.bundle.EXCLUDED_MODULES leaves out of "
+        assert not leaked, (f"pgolf/{rel} imports {sorted(leaked)}, which pgolf.artifact.bundle.EXCLUDED_MODULES leaves out of "
                             f"train_gpt.py: remove it from EXCLUDED_MODULES")
 
 
@@ -120,12 +120,12 @@ def test_slimming_keeps_line_numbers_and_drops_comments_and_docstrings():
 def test_bundled_script_imports_pgolf_from_itself(micro_run, tmp_path):
     script = tmp_path / "train_gpt.py"
     bundle.write_bundle(load_config(micro_run / "config.toml"), script)
-    probe = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); import pgolf.trainer, inspect; "
-             "print(pgolf.trainer.__file__); print(len(inspect.getsource(pgolf.trainer.grad_accum_steps)))")
+    probe = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); import pgolf.training.loop, inspect; "
+             "print(pgolf.training.loop.__file__); print(len(inspect.getsource(pgolf.training.loop.grad_accum_steps)))")
     out = subprocess.run([sys.executable, "-c", probe, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
-    assert lines[0] == f"{script}/pgolf/trainer.py" and int(lines[1]) > 50
+    assert lines[0] == f"{script}/pgolf/training/loop.py" and int(lines[1]) > 50
 
 
 def test_requirements_pin_the_third_party_imports():

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import pgolf
 from pgolf.config import save_config
-from pgolf.runs import RESULT_KEYS
-from pgolf.trainer import TrainingInterrupted
+from pgolf.training.runs import RESULT_KEYS
+from pgolf.training.loop import TrainingInterrupted
 
 from conftest import REPO, SP1024_DIR, SP1024_MODEL
 
@@ -39,7 +39,7 @@ def test_tiny_run_writes_every_output(micro, tmp_path):
     env = json.loads((run / "env.json").read_text())
     assert env["tokenizer_sha256"] and env["world_size"] == 1
     # the artifact scores the same number through `pgolf eval`
-    from pgolf.evaluate_artifact import evaluate_artifact
+    from pgolf.cli.evaluate_artifact import evaluate_artifact
     again = evaluate_artifact(run / "artifact.pgolf", device="cpu")
     assert again["val_bpb"] == pytest.approx(saved["val_bpb"], abs=1e-9)
     assert not (run / "checkpoint").exists()

@@ -17,7 +17,7 @@ from .quant.pack import pack, unpack  # noqa: E402
 
 def train(cfg: Config, out_dir=None, **kwargs):
     """Train `cfg` into `out_dir` (default runs/<recipe>-<time>-s<seed>); returns the result.json dict."""
-    from .trainer import train as _train
+    from .training.loop import train as _train
     return _train(cfg, out_dir, **kwargs)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
+from .atomic import atomic_write
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1

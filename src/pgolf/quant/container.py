@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write_bytes
+from ..data.atomic import atomic_write_bytes
 from .compress import COMPRESSORS, CompressionError, byte_shuffle, byte_unshuffle, compress_best, decompress
 
 MAGIC = b"PGOLF\x00v1"

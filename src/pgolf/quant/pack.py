@@ -81,7 +81,7 @@ def dequantized_state(header: dict[str, Any], arrays: dict[tuple[str, str], np.n
 def pack(model: nn.Module, cfg: Config, path: str | Path, hessians: dict[str, Tensor] | None = None,
          code_bytes: int | None = None) -> dict[str, Any]:
     """Write the artifact; returns byte counts against the 16,000,000-byte limit."""
-    from ..codesize import runtime_code_bytes
+    from ..artifact.codesize import runtime_code_bytes
 
     parts, table = quantize_model(model, cfg.quant, hessians)
     meta = {"pgolf_version": __version__, "config": config_to_dict(cfg), "tensors": table}

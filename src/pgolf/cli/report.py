@@ -46,7 +46,7 @@ class Run:
         return self.path.name
 
     def log(self) -> list[dict[str, Any]]:
-        from .runs import read_log
+        from ..training.runs import read_log
         return read_log(self.path / "log.jsonl")
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from .config import Config, ConfigError
-from .quant.quantize import as_rows, clip_max, plan_tensor
+from ..config import Config, ConfigError
+from ..quant.quantize import as_rows, clip_max, plan_tensor
 
 LIMIT_BYTES = 16_000_000
 FAR_OVER_FACTOR = 1.5  # configs estimated beyond 1.5x the limit are rejected unless quant.allow_over_budget
@@ -32,8 +32,8 @@ def estimate_artifact_bytes(cfg: Config) -> int:
     import torch
 
     from .codesize import runtime_code_bytes
-    from .model.gpt import GPT
-    from .model.layers import qclass_of
+    from ..model.gpt import GPT
+    from ..model.layers import qclass_of
 
     with torch.device("meta"):
         model = GPT(cfg.model)

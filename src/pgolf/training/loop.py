@@ -21,21 +21,21 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .atomic import atomic_write
+from ..data.atomic import atomic_write
 from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
-from .codesize import runtime_code_bytes
-from .config import Config, ConfigError, save_config
-from .data.dataset import Dataset, load_validation, resolve_dataset
-from .data.loader import DistributedTokenLoader, PrefetchingLoader
-from .data.tokenizer import byte_tables, load_tokenizer
-from .eval.bpb import autocast_for, evaluate
-from .model.gpt import GPT, build_model
-from .optim.averaging import WeightAverager
-from .optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
-from .optim.muon import Muon
-from .optim.schedule import lr_multiplier, training_fraction
-from .quant.pack import pack, unpack
-from .quant.qat import attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
+from ..artifact.codesize import runtime_code_bytes
+from ..config import Config, ConfigError, save_config
+from ..data.dataset import Dataset, load_validation, resolve_dataset
+from ..data.loader import DistributedTokenLoader, PrefetchingLoader
+from ..data.tokenizer import byte_tables, load_tokenizer
+from ..eval.bpb import autocast_for, evaluate
+from ..model.gpt import GPT, build_model
+from ..optim.averaging import WeightAverager
+from ..optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
+from ..optim.muon import Muon
+from ..optim.schedule import lr_multiplier, training_fraction
+from ..quant.pack import pack, unpack
+from ..quant.qat import attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
 from .runs import (LogWriter, Progress, environment, is_finite, new_run_dir, plot_losses, summary, write_json,
                    device_name)
 from .runtime import Runtime, any_rank, barrier, broadcast_object, init_runtime, seed_everything
@@ -94,7 +94,7 @@ def choose_attention_backend(requested: str, device: torch.device, doc_attention
         return requested
     if device.type != "cuda":
         return "sdpa"
-    from .model.attention import flash3_available
+    from ..model.attention import flash3_available
     if flash3_available():
         return "fa3"
     return "flex" if doc_attention else "sdpa"
@@ -204,7 +204,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     log = LogWriter(run_dir / "log.jsonl", resume_step=step if resume else None) if rt.is_main else None
     bar = Progress(t.steps, show, t.log_every)
     if show:
-        from .model.gpt import count_parameters
+        from ..model.gpt import count_parameters
         bar.message(f"pgolf: {cfg.recipe} ({cfg.scale}) | {count_parameters(cfg.model):,} params | "
                     f"{rt.world_size} x {device_name(rt.device)} | {t.batch_tokens:,} tokens/step "
                     f"({accum} micro-step{'s' if accum > 1 else ''}) | run {run_dir}")
@@ -352,7 +352,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     prequant = evaluate(model, val_tokens, None, plain, tables=tables)
     hessians = None
     if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
-        from .quant.gptq import collect_hessians
+        from ..quant.gptq import collect_hessians
         hessians = collect_hessians(model, loader, cfg, rt.device)
     artifact = run_dir / "artifact.pgolf"
     # code_bytes = the exact size of the self-contained train_gpt.py `pgolf submit` writes for this config

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .atomic import atomic_write_text
+from .. import __version__
+from ..data.atomic import atomic_write_text
 
 RESULT_KEYS = (
     "recipe", "seed", "val_loss", "val_bpb", "val_bpb_prequant", "artifact_bytes", "code_bytes", "model_bytes",

@@ -2,7 +2,7 @@
 
 The folder holds README.md (written from the config and the results), submission.json (the challenge's
 fields), the training logs (log.jsonl and a readable train.log per seed), requirements.txt and one
-self-contained train_gpt.py (pgolf.bundle) whose size is the counted code bytes.
+self-contained train_gpt.py (pgolf.artifact.bundle) whose size is the counted code bytes.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
-from .bundle import config_delta, requirements, write_bundle
+from .. import __version__
+from ..artifact.bundle import config_delta, requirements, write_bundle
 from .report import Run, RunFolderError, load_run
 
 LIMIT_BYTES = 16_000_000
@@ -93,7 +93,7 @@ def _flat(delta: dict[str, Any]) -> dict[str, Any]:
 
 def _same_config(runs: list[Run]) -> None:
     """The runs must be seeds of one config, scored on the same validation data the same way."""
-    from .config import load_config
+    from ..config import load_config
     from .report import comparability_problems
 
     ignored = {"seed", "data.path", "data.tokenizer"}  # paths may differ between machines; checksums are checked
@@ -185,7 +185,7 @@ def submission_record(runs: list[Run], code_bytes: int, *, name: str | None, aut
 
 
 def render_readme(runs: list[Run], record: dict[str, Any], delta_toml: str, log_names: list[str]) -> str:
-    from .config import load_config
+    from ..config import load_config
     from .recipes_info import switches
 
     cfg = load_config(runs[0].path / "config.toml")
@@ -266,7 +266,7 @@ def make_submission(run_dirs: Sequence[str | Path], out: str | Path, *, name: st
     """Write the submission folder; returns {'out', 'files', 'record', 'warnings'}."""
     import tomli_w
 
-    from .config import load_config
+    from ..config import load_config
 
     runs = _load(run_dirs)
     _same_config(runs)

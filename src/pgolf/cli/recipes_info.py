@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .budget import LIMIT_BYTES, estimate_artifact_bytes
-from .config import SECTIONS, Config, load_recipe, recipe_names
-from .model.gpt import count_parameters
+from ..artifact.budget import LIMIT_BYTES, estimate_artifact_bytes
+from ..config import SECTIONS, Config, load_recipe, recipe_names
+from ..model.gpt import count_parameters
 
 # Keys that describe techniques (not sizes or rates); shown when a recipe moves them off the default.
 TECHNIQUE_KEYS = {

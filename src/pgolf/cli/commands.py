@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, load_config, load_recipe, parse_set_args
+from ..config import ConfigError, load_config, load_recipe, parse_set_args
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -41,7 +41,7 @@ def config_from_args(args: argparse.Namespace):
 # ----------------------------------------------------------------------------- commands
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .trainer import TrainingDiverged, TrainingInterrupted, train
+    from ..training.loop import TrainingDiverged, TrainingInterrupted, train
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -62,7 +62,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
     except RuntimeError as exc:
-        from .runtime import collective_failure
+        from ..training.runtime import collective_failure
         message = collective_failure(exc)
         if message is None:
             raise
@@ -91,7 +91,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import tomli_w
 
-    from .config import config_to_dict, describe_keys
+    from ..config import config_to_dict, describe_keys
 
     if args.keys:
         for key, typ, default, help_text in describe_keys():
@@ -103,7 +103,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "prepare":
-        from .data.prepare import prepare_documents, read_documents
+        from ..data.prepare import prepare_documents, read_documents
 
         docs = read_documents(args.input, args.text_key)
         meta = prepare_documents(docs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
@@ -112,7 +112,7 @@ def cmd_data(args: argparse.Namespace) -> int:
               f"{meta['train']['docs']:,} train docs ({meta['train']['tokens']:,} tokens), vocab {meta['vocab_size']}")
         return 0
     if args.data_command == "stats":
-        from .data.stats import shard_stats
+        from ..data.stats import shard_stats
 
         stats = shard_stats(args.shard, args.tokenizer, check_decode=args.check_decode)
         if args.json:
@@ -122,7 +122,7 @@ def cmd_data(args: argparse.Namespace) -> int:
                 print(f"{key:<20} {value:,}" if isinstance(value, int) else f"{key:<20} {value}")
         return 0
     if args.data_command == "download":
-        from .data.download import download
+        from ..data.download import download
 
         info = download(args.variant, args.train_shards, args.out, args.repo_id)
         print(f"data in {info['data']}; tokenizer {info['tokenizer']}")
@@ -132,8 +132,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from .quant.breakdown import format_breakdown
-    from .quant.gptq import GPTQError
+    from ..quant.breakdown import format_breakdown
+    from ..quant.gptq import GPTQError
     from .repack import repack_run
 
     try:
@@ -345,13 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.dataset import DataMismatchError
-    from .data.download import DownloadError
-    from .data.prepare import InputError
-    from .data.shards import ShardError
-    from .data.tokenizer import TokenizerError
-    from .quant.container import ArtifactError
-    from .checkpoint import CheckpointError
+    from ..data.dataset import DataMismatchError
+    from ..data.download import DownloadError
+    from ..data.prepare import InputError
+    from ..data.shards import ShardError
+    from ..data.tokenizer import TokenizerError
+    from ..quant.container import ArtifactError
+    from ..training.checkpoint import CheckpointError
 
     try:
         return args.func(args)

@@ -383,7 +383,7 @@ def finalize(cfg: Config) -> Config:
     if cfg.eval.context_len <= 0:
         cfg.eval.context_len = cfg.train.seq_len
     validate(cfg)
-    from .budget import check_budget
+    from ..artifact.budget import check_budget
     check_budget(cfg)
     return cfg
 
@@ -429,7 +429,7 @@ def config_from_dict(table: dict[str, Any], where: str = "config") -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .atomic import atomic_write_text
+    from ..data.atomic import atomic_write_text
     atomic_write_text(path, tomli_w.dumps(config_to_dict(cfg)))
 
 
@@ -547,7 +547,7 @@ def validate(cfg: Config) -> None:
     ctx = e.context_len or t.seq_len
     if e.sliding_stride > ctx:
         raise ConfigError(f"'eval.sliding_stride' ({e.sliding_stride}) must not exceed the eval context ({ctx})")
-    from .eval.checks import check_eval_config  # the eval.ttt_* keys; imported here: eval imports config
+    from ..eval.checks import check_eval_config  # the eval.ttt_* keys; imported here: eval imports config
     check_eval_config(e, ctx, m.num_layers)
     for key in ("matrix_bits", "attn_bits", "mlp_bits", "embed_bits", "table_bits", "other_bits"):
         bits = getattr(q, key)

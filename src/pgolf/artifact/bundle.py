@@ -33,12 +33,12 @@ import tokenize
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # Used only by the command line, `pgolf eval`, `pgolf recipes`, downloads and reports; no module that trains,
 # packs or scores a model imports them (tests/test_submit.py checks that).
 EXCLUDED_MODULES = frozenset({
-    "__main__.py", "cli.py", "recipes_info.py", "evaluate_artifact.py", "repack.py", "report.py", "submit.py",
-    "data/download.py", "data/stats.py",
+    "__main__.py", "cli/__init__.py", "cli/commands.py", "cli/recipes_info.py", "cli/evaluate_artifact.py",
+    "cli/repack.py", "cli/report.py", "cli/submit.py", "data/download.py", "data/stats.py",
 })
 LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 # Environment variables the generated script reads (the challenge's names where it has one).
@@ -105,7 +105,7 @@ def slim_source(source: str) -> str:
 
 
 def module_sources() -> dict[str, str]:
-    """{'pgolf/config.py': slimmed source, ...} for every bundled module."""
+    """{'pgolf/config/schema.py': slimmed source, ...} for every bundled module."""
     if _RUNNING is not None:
         return dict(_RUNNING["sources"])
     return {f"pgolf/{rel}": slim_source((PACKAGE_DIR / rel).read_text(encoding="utf-8"))
@@ -124,7 +124,7 @@ def _code_blob() -> str:
 
 def config_delta(cfg: Any) -> dict[str, Any]:
     """The fields of `cfg` that differ from pgolf's defaults, as nested tables (what the script embeds)."""
-    from .config import SECTIONS, Config
+    from ..config import SECTIONS, Config
 
     default = dataclasses.asdict(Config())
     current = dataclasses.asdict(cfg)
@@ -177,14 +177,14 @@ class PackedModules(importlib.abc.MetaPathFinder,importlib.abc.Loader):
         return SOURCES[self.path(name)]
 sys.meta_path.insert(0,PackedModules())
 if __name__=="__main__":
-    from pgolf.bundle import run_bundle
+    from pgolf.artifact.bundle import run_bundle
     sys.exit(run_bundle(CONFIG,__file__,SOURCES))
 '''
 
 
 def bundle_source(cfg: Any) -> str:
     """The complete text of the self-contained train_gpt.py for `cfg` (deterministic)."""
-    from . import __version__
+    from .. import __version__
 
     title = f"pgolf recipe {Path(str(cfg.recipe)).name} (scale {cfg.scale}, seed {cfg.seed})"
     return _BOOTSTRAP.format(title=title.replace("\n", " "), version=__version__, config=_config_literal(cfg),
@@ -248,7 +248,7 @@ def requirements() -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------- running inside the script
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    from .config import ConfigError, parse_override_value
+    from ..config import ConfigError, parse_override_value
 
     overrides: dict[str, Any] = {}
     for var, key in ENV_VARS.items():
@@ -266,7 +266,7 @@ def bundle_config(config: str, environ: dict[str, str] | None = None) -> Any:
     """The embedded config (TOML text) with the environment's overrides applied."""
     import tomllib
 
-    from .config import apply_overrides, config_from_dict, finalize
+    from ..config import apply_overrides, config_from_dict, finalize
 
     environ = dict(os.environ if environ is None else environ)
     cfg = config_from_dict(tomllib.loads(config), "train_gpt.py (embedded config)")
@@ -279,7 +279,7 @@ def bundle_config(config: str, environ: dict[str, str] | None = None) -> Any:
 def run_bundle(config: str, script: str, sources: dict[str, str]) -> int:
     """Entry point of a generated train_gpt.py: train and evaluate the embedded config; 4 if over the limit."""
     global _RUNNING
-    from .config import ConfigError
+    from ..config import ConfigError
 
     _RUNNING = {"script_bytes": Path(script).stat().st_size, "sources": sources}
     try:
@@ -287,8 +287,8 @@ def run_bundle(config: str, script: str, sources: dict[str, str]) -> int:
     except ConfigError as exc:
         print(f"train_gpt.py: error: {exc}", file=sys.stderr)
         return 2
-    from .runtime import init_runtime, shutdown_runtime
-    from .trainer import train
+    from ..training.runtime import init_runtime, shutdown_runtime
+    from ..training.loop import train
 
     device = os.environ.get("PGOLF_DEVICE") or None
     result = train(cfg, os.environ.get("RUN_DIR") or None, device=device)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, apply_overrides, finalize, load_config
+from ..config import Config, ConfigError, apply_overrides, finalize, load_config
 
 
 def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Config]:
@@ -22,7 +22,7 @@ def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tu
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .model.gpt import build_model
+    from ..model.gpt import build_model
 
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / "config.toml", run_dir / "model.safetensors"
@@ -50,8 +50,8 @@ def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tu
 
 def calibration_loader(cfg: Config, data: str | None = None):
     """A training-token loader over the run's (or `data`'s) training shards, for GPTQ."""
-    from .data.dataset import resolve_dataset
-    from .data.loader import DistributedTokenLoader
+    from ..data.dataset import resolve_dataset
+    from ..data.loader import DistributedTokenLoader
 
     lookup = copy.deepcopy(cfg)
     if data:
@@ -63,9 +63,9 @@ def calibration_loader(cfg: Config, data: str | None = None):
 def repack_run(run_dir: str | Path, out: str | Path, overrides: dict[str, Any] | None = None,
                data: str | None = None, device: str | None = None) -> dict[str, Any]:
     """Quantize + pack a run's weights under the (overridden) policy; sizes plus a per-class breakdown."""
-    from .codesize import runtime_code_bytes
-    from .quant import pack as pack_module
-    from .quant.breakdown import artifact_breakdown
+    from ..artifact.codesize import runtime_code_bytes
+    from ..quant import pack as pack_module
+    from ..quant.breakdown import artifact_breakdown
 
     model, cfg = load_run(run_dir, overrides)
     dev = torch.device(device or "cpu")
@@ -73,7 +73,7 @@ def repack_run(run_dir: str | Path, out: str | Path, overrides: dict[str, Any] |
     start = time.perf_counter()
     hessians = None
     if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
-        from .quant.gptq import collect_hessians
+        from ..quant.gptq import collect_hessians
         hessians = collect_hessians(model, calibration_loader(cfg, data), cfg, dev)
     model.cpu()
     sizes = pack_module.pack(model, cfg, out, hessians)
