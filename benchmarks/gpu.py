@@ -29,11 +29,11 @@ import pgolf
 from pgolf.config import layer_schedule, mlp_hidden_dim
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.shards import find_shards
-from pgolf.eval.bpb import autocast_for
-from pgolf.training.fastpath import check_fast_paths
+from pgolf.model.precision import autocast_for
 from pgolf.optim.groups import build_optimizers
-from pgolf.training.runs import write_json
+from pgolf.training.fastpath import check_fast_paths
 from pgolf.training.loop import choose_attention_backend, grad_accum_steps
+from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED_PER_GPU = {"baseline": 524_288 / 0.04354 / 8, "pr1536": 786_432 / 0.1220 / 8}

@@ -43,19 +43,21 @@ from typing import Any
 import torch
 
 import pgolf
+from pgolf.artifact.sizes import pack
 from pgolf.data.atomic import atomic_write_text
 from pgolf.data.dataset import load_validation, resolve_dataset
 from pgolf.data.loader import DistributedTokenLoader
 from pgolf.data.tokenizer import byte_tables, load_tokenizer
-from pgolf.eval.bpb import autocast_for, evaluate
+from pgolf.eval.bpb import evaluate
 from pgolf.model.gpt import build_model
+from pgolf.model.precision import autocast_for
 from pgolf.optim.averaging import WeightAverager
 from pgolf.optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
 from pgolf.optim.schedule import lr_multiplier
-from pgolf.quant.pack import pack, unpack
+from pgolf.quant.pack import unpack
+from pgolf.training.loop import plain_eval_config
 from pgolf.training.runs import write_json
 from pgolf.training.runtime import seed_everything
-from pgolf.training.loop import plain_eval_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import pgolf
+from pgolf.cli.repack import calibration_loader, load_run
 from pgolf.config import apply_overrides, config_to_dict, finalize
 from pgolf.data.dataset import Dataset, load_validation
 from pgolf.data.shards import find_shards
@@ -40,8 +41,7 @@ from pgolf.quant.compress import byte_shuffle, compress
 from pgolf.quant.container import Part, write_container
 from pgolf.quant.methods import code_entropy_bits
 from pgolf.quant.pack import quantize_model
-from pgolf.cli.repack import calibration_loader, load_run
-from pgolf.training.runs import write_json
+from pgolf.training.runs import save_config, write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -217,7 +217,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        pgolf.config.save_config(cfg, workdir / "config.toml")
+        save_config(cfg, workdir / "config.toml")
         for name, overrides in POLICIES.items():
             if args.policies and name not in args.policies:
                 continue

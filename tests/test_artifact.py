@@ -10,11 +10,13 @@ import pytest
 import torch
 
 import pgolf
+from pgolf.artifact.sizes import LIMIT_BYTES
 from pgolf.quant.bitpack import pack_codes, unpack_codes
 from pgolf.quant.compress import byte_shuffle, byte_unshuffle, compress, decompress
 from pgolf.quant.container import ArtifactError
-from pgolf.quant.pack import SIZE_LIMIT_BYTES, quantize_model
-from pgolf.quant.quantize import clip_max, dequantize, quantize_rows
+from pgolf.quant.methods import quantize_rows
+from pgolf.quant.pack import quantize_model
+from pgolf.quant.quantize import clip_max, dequantize
 
 from test_model import SMALL, small_model
 
@@ -52,7 +54,7 @@ def test_round_trip_is_exact_on_the_quantized_values(tmp_path, quant):
         torch.testing.assert_close(p.detach().float(), expected[name], rtol=0, atol=0, msg=name)
     assert sizes["model_bytes"] == (tmp_path / "a.pgolf").stat().st_size
     assert sizes["artifact_bytes"] == sizes["model_bytes"] + sizes["code_bytes"]
-    assert sizes["under_limit"] == (sizes["artifact_bytes"] <= SIZE_LIMIT_BYTES)
+    assert sizes["under_limit"] == (sizes["artifact_bytes"] <= LIMIT_BYTES)
 
 
 def test_quantization_error_is_within_half_a_step():

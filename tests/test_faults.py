@@ -26,10 +26,8 @@ import torch
 from safetensors.torch import load_file
 
 import pgolf
-from pgolf.training import loop as trainer_module
-from pgolf.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
 from pgolf.cli import main as cli_main
-from pgolf.config import ConfigError, save_config
+from pgolf.config import ConfigError
 from pgolf.data.dataset import DataMismatchError
 from pgolf.data.shards import HEADER_BYTES, ShardError, read_shard, write_shard
 from pgolf.data.tokenizer import TokenizerError
@@ -37,8 +35,10 @@ from pgolf.model.gpt import GPT
 from pgolf.optim.groups import build_optimizers
 from pgolf.quant.container import MAGIC, TRAILER, ArtifactError
 from pgolf.quant.pack import quantize_model
-from pgolf.training.runs import LogWriter, read_log, write_json
+from pgolf.training import loop as trainer_module
+from pgolf.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
 from pgolf.training.loop import TrainingDiverged, TrainingInterrupted
+from pgolf.training.runs import LogWriter, read_log, save_config, write_json
 
 from conftest import REPO, SHARED, SP1024_DIR, SP1024_MODEL, micro_config, random_stream
 from test_model import SMALL, small_model

@@ -10,16 +10,17 @@ import torch
 from safetensors.torch import save_file
 
 import pgolf
+from pgolf.artifact import sizes as sizes_module
 from pgolf.cli import EXIT_OVER_LIMIT, EXIT_USAGE, main
-from pgolf.config import ConfigError, save_config
+from pgolf.config import ConfigError
 from pgolf.model.layers import Linear, qclass_of
-from pgolf.quant import pack as pack_module
 from pgolf.quant.breakdown import artifact_breakdown
 from pgolf.quant.gptq import GPTQError, collect_hessians, gptq_quantize
-from pgolf.quant.methods import (clip_search, code_entropy_bits, fake_quantize_grid, round_to_nearest_sdclip,
-                                 sdclip_scales)
+from pgolf.quant.methods import (clip_search, code_entropy_bits, fake_quantize_grid, quantize_rows,
+                                 round_to_nearest_sdclip, sdclip_scales)
 from pgolf.quant.qat import FakeQuantizer, attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
-from pgolf.quant.quantize import clip_max, dequantize, plan_tensor, quantize_rows
+from pgolf.quant.quantize import clip_max, dequantize, plan_tensor
+from pgolf.training.runs import save_config
 
 from test_model import SMALL, small_model
 
@@ -366,14 +367,14 @@ def test_pgolf_pack_repacks_and_prints_the_breakdown(run_folder, tmp_path, capsy
         assert word in text
     model, cfg = pgolf.unpack(out)
     assert cfg.quant.matrix_bits == 5 and cfg.quant.compressor == "zstd"
-    b = artifact_breakdown(out, 1000, pack_module.SIZE_LIMIT_BYTES)
+    b = artifact_breakdown(out, 1000, sizes_module.LIMIT_BYTES)
     assert b["model_bytes"] == out.stat().st_size == b["header_bytes"] + b["framing_bytes"] + b["payload_bytes"]
     assert b["classes"]["mlp"]["encodings"] == ["int5"] and b["classes"]["control"]["encodings"] == ["float32"]
     assert b["params"] == sum(p.numel() for p in model.parameters())
 
 
 def test_pgolf_pack_over_the_limit_exits_4_loudly(run_folder, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pack_module, "SIZE_LIMIT_BYTES", 10_000)
+    monkeypatch.setattr(sizes_module, "LIMIT_BYTES", 10_000)
     code = main(["pack", str(run_folder), "--set", "quant.matrix_bits=8", "--out", str(tmp_path / "big.pgolf")])
     captured = capsys.readouterr()
     assert code == EXIT_OVER_LIMIT

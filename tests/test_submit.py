@@ -18,10 +18,11 @@ import torch
 import pgolf
 from pgolf.artifact import bundle
 from pgolf.artifact.bundle import EXCLUDED_MODULES, PACKAGE_DIR, bundle_source, bundled_module_paths, slim_source
+from pgolf.artifact.sizes import runtime_code_bytes
 from pgolf.cli import main
-from pgolf.artifact.codesize import runtime_code_bytes
-from pgolf.config import load_config
 from pgolf.cli.submit import SubmissionError, make_submission
+from pgolf.config import load_config
+from pgolf.training.bundle_entry import bundle_config
 
 from conftest import micro_config
 
@@ -64,7 +65,8 @@ def test_budget_estimate_counts_the_bundle():
 def test_bundle_carries_every_module_except_the_cli_and_report_ones():
     on_disk = {p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
     assert set(bundled_module_paths()) == on_disk - EXCLUDED_MODULES
-    for needed in ("training/loop.py", "config/schema.py", "quant/pack.py", "eval/bpb.py", "model/gpt.py", "artifact/bundle.py"):
+    for needed in ("training/loop.py", "training/bundle_entry.py", "config/schema.py", "quant/pack.py", "eval/bpb.py",
+                   "model/gpt.py", "artifact/bundle.py"):
         assert needed in bundled_module_paths()
 
 
@@ -140,14 +142,14 @@ def test_requirements_pin_the_third_party_imports():
 def test_environment_overrides_of_the_embedded_config(micro_run):
     cfg = load_config(micro_run / "config.toml")
     config_text = tomli_w.dumps(bundle.config_delta(cfg))
-    same = bundle.bundle_config(config_text, {})
+    same = bundle_config(config_text, {})
     assert same == cfg
-    moved = bundle.bundle_config(config_text, {"DATA_PATH": "/elsewhere/data", "SEED": "42",
+    moved = bundle_config(config_text, {"DATA_PATH": "/elsewhere/data", "SEED": "42",
                                                "PGOLF_SET": "train.steps=2 eval.sliding_stride=0"})
     assert (moved.data.path, moved.seed, moved.train.steps) == ("/elsewhere/data", 42, 2)
     assert moved.data.tokenizer == cfg.data.tokenizer  # the run's tokenizer file still exists here
     with pytest.raises(pgolf.ConfigError, match="PGOLF_SET"):
-        bundle.bundle_config(config_text, {"PGOLF_SET": "train.steps"})
+        bundle_config(config_text, {"PGOLF_SET": "train.steps"})
 
 
 # ----------------------------------------------------------------------------- pgolf submit

@@ -13,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 import pgolf
-from pgolf.config import save_config
-from pgolf.training.runs import RESULT_KEYS
 from pgolf.training.loop import TrainingInterrupted
+from pgolf.training.runs import save_config
+from pgolf.training.runs import RESULT_KEYS
 
 from conftest import REPO, SP1024_DIR, SP1024_MODEL
 

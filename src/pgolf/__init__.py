@@ -5,20 +5,41 @@
     result = pgolf.train(cfg, out_dir="runs/x")
     sizes = pgolf.pack(model, cfg, "a.pgolf"); model, cfg = pgolf.unpack("a.pgolf")
     ev = pgolf.evaluate(model, tokens, tokenizer_path, cfg.eval)
+
+This module is the Python API: it sits above every layer (README: "How the code is laid out") and only gathers
+their entry points. A config loaded here is also checked against the byte budget, as the trainer checks it.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .config import Config, ConfigError, load_config, load_recipe  # noqa: E402
-from .eval.bpb import EvalResult, evaluate  # noqa: E402
-from .model.gpt import build_model, count_parameters  # noqa: E402
-from .quant.pack import pack, unpack  # noqa: E402
+from pathlib import Path
+from typing import Any
+
+from . import config as _config
+from ._version import __version__
+from .artifact.budget import check_budget
+from .artifact.sizes import pack
+from .config import Config, ConfigError
+from .eval.bpb import evaluate
+from .eval.result import EvalResult
+from .model.gpt import build_model, count_parameters
+from .quant.pack import unpack
+from .training.loop import train
 
 
-def train(cfg: Config, out_dir=None, **kwargs):
-    """Train `cfg` into `out_dir` (default runs/<recipe>-<time>-s<seed>); returns the result.json dict."""
-    from .training.loop import train as _train
-    return _train(cfg, out_dir, **kwargs)
+def load_recipe(name_or_path: str = "baseline", scale: str = "full",
+                overrides: dict[str, Any] | None = None) -> Config:
+    """A shipped recipe or TOML file, resolved (`extends`, `[tiny]`, overrides), validated and budget-checked."""
+    cfg = _config.load_recipe(name_or_path, scale, overrides)
+    check_budget(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """A fully resolved config file (a run folder's config.toml), validated and budget-checked."""
+    cfg = _config.load_config(path)
+    check_budget(cfg)
+    return cfg
 
 
 __all__ = ["Config", "ConfigError", "EvalResult", "build_model", "count_parameters", "evaluate", "load_config",

@@ -11,30 +11,28 @@ from __future__ import annotations
 
 import math
 
-from ..config import Config, ConfigError
-from ..quant.quantize import as_rows, clip_max, plan_tensor
+import torch
 
-LIMIT_BYTES = 16_000_000
+from ..config import Config, ConfigError
+from ..model.gpt import GPT
+from ..model.layers import qclass_of
+from ..quant.quantize import as_rows, clip_max, method_for, plan_tensor, sdclip_k_for
+from .sizes import LIMIT_BYTES, runtime_code_bytes
+
 FAR_OVER_FACTOR = 1.5  # configs estimated beyond 1.5x the limit are rejected unless quant.allow_over_budget
 
 
 def bits_per_code(bits: int, qclass: str, cfg: Config) -> float:
     """Expected compressed bits of one b-bit code under the tensor's scale rule."""
-    table = qclass in ("embed", "table")
-    method = cfg.quant.embed_method if table else cfg.quant.method
+    method = method_for(qclass, cfg.quant)
     if method in ("sdclip", "gptq"):
-        k = cfg.quant.sdclip_k_embed if table else cfg.quant.sdclip_k
+        k = sdclip_k_for(qclass, cfg.quant)
         return min(bits - 0.7, math.log2(clip_max(bits) / k) + 2.05)
     return bits - (1.0 if method == "clip_search" else 0.7)
 
 
 def estimate_artifact_bytes(cfg: Config) -> int:
-    import torch
-
-    from .codesize import runtime_code_bytes
-    from ..model.gpt import GPT
-    from ..model.layers import qclass_of
-
+    """Estimated code + model bytes of `cfg`'s artifact (module docstring: how each tensor is costed)."""
     with torch.device("meta"):
         model = GPT(cfg.model)
     total = 0.0
@@ -49,6 +47,8 @@ def estimate_artifact_bytes(cfg: Config) -> int:
 
 
 def check_budget(cfg: Config) -> None:
+    """Refuse a config estimated far over the limit (unless quant.allow_over_budget): called by whoever finalizes
+    a run — the trainer, the command line, the API's load_recipe / load_config, a generated train_gpt.py."""
     if cfg.quant.allow_over_budget:
         return
     estimate = estimate_artifact_bytes(cfg)

@@ -4,7 +4,7 @@ The challenge counts the bytes of the submitted `train_gpt.py`, so pgolf counts 
 in every result.json is `len(bundle_source(cfg).encode())`, the size of the script `pgolf submit` writes.
 
 What goes in: every `.py` file of the pgolf package, discovered at run time (new modules are picked up without
-a list), except the modules that only the command line and reports use (`EXCLUDED_MODULES`); nothing that
+a list), except the command-line layer and the modules only it uses (`EXCLUDED_MODULES`); nothing that
 trains, packs or evaluates is left out. Each module is slimmed — comments dropped, docstrings replaced by
 `""` — keeping every line number, so tracebacks point at the same lines as the repository. The sources are
 packed as JSON, lzma-compressed and base85-encoded; a short bootstrap imports them from memory (a meta-path
@@ -27,30 +27,39 @@ import functools
 import io
 import json
 import lzma
-import os
 import sys
 import tokenize
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent
-# Used only by the command line, `pgolf eval`, `pgolf recipes`, downloads and reports; no module that trains,
-# packs or scores a model imports them (tests/test_submit.py checks that).
-EXCLUDED_MODULES = frozenset({
-    "__main__.py", "cli/__init__.py", "cli/commands.py", "cli/recipes_info.py", "cli/evaluate_artifact.py",
-    "cli/repack.py", "cli/report.py", "cli/submit.py", "data/download.py", "data/stats.py",
-})
-LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-# Environment variables the generated script reads (the challenge's names where it has one).
-ENV_VARS = {
-    "DATA_PATH": "data.path", "TOKENIZER_PATH": "data.tokenizer", "SEED": "seed",
-}
+import tomli_w
 
-# Set by `run_bundle` when this module runs inside a generated train_gpt.py.
+from .._version import __version__
+from ..config import SECTIONS, Config
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+# Used only by the command line (the whole cli/ layer: commands, `pgolf eval`, `pgolf recipes`, reports,
+# submissions) and by downloads and shard statistics; no module that trains, packs or scores a model imports them
+# (tests/test_submit.py checks that).
+EXCLUDED_PACKAGES = ("cli",)
+EXCLUDED_MODULES = frozenset({"__main__.py", "data/download.py", "data/stats.py"} | {
+    path.relative_to(PACKAGE_DIR).as_posix()
+    for package in EXCLUDED_PACKAGES for path in (PACKAGE_DIR / package).rglob("*.py")})
+LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+# Set (by `running_in_script`) when this module runs inside a generated train_gpt.py.
 _RUNNING: dict[str, Any] | None = None
 
 
 # ----------------------------------------------------------------------------- sources
+
+def running_in_script(script_bytes: int, sources: dict[str, str]) -> None:
+    """Called by the entry point of a generated train_gpt.py: from now on the carried sources are the ones
+    packed in that script (the package folder does not exist there) and code_bytes is the script's size."""
+    global _RUNNING
+    _RUNNING = {"script_bytes": script_bytes, "sources": sources}
+
 
 def bundled_module_paths() -> list[str]:
     """Package-relative paths ('quant/pack.py', ...) of every module the bundle carries, sorted."""
@@ -122,10 +131,8 @@ def _code_blob() -> str:
 
 # ----------------------------------------------------------------------------- config
 
-def config_delta(cfg: Any) -> dict[str, Any]:
+def config_delta(cfg: Config) -> dict[str, Any]:
     """The fields of `cfg` that differ from pgolf's defaults, as nested tables (what the script embeds)."""
-    from ..config import SECTIONS, Config
-
     default = dataclasses.asdict(Config())
     current = dataclasses.asdict(cfg)
     delta: dict[str, Any] = {}
@@ -139,9 +146,7 @@ def config_delta(cfg: Any) -> dict[str, Any]:
     return delta
 
 
-def _config_literal(cfg: Any) -> str:
-    import tomli_w
-
+def _config_literal(cfg: Config) -> str:
     text = tomli_w.dumps(config_delta(cfg))
     if "'''" in text or text.endswith("\\"):
         return repr(text)
@@ -177,28 +182,26 @@ class PackedModules(importlib.abc.MetaPathFinder,importlib.abc.Loader):
         return SOURCES[self.path(name)]
 sys.meta_path.insert(0,PackedModules())
 if __name__=="__main__":
-    from pgolf.artifact.bundle import run_bundle
+    from pgolf.training.bundle_entry import run_bundle
     sys.exit(run_bundle(CONFIG,__file__,SOURCES))
 '''
 
 
-def bundle_source(cfg: Any) -> str:
+def bundle_source(cfg: Config) -> str:
     """The complete text of the self-contained train_gpt.py for `cfg` (deterministic)."""
-    from .. import __version__
-
     title = f"pgolf recipe {Path(str(cfg.recipe)).name} (scale {cfg.scale}, seed {cfg.seed})"
     return _BOOTSTRAP.format(title=title.replace("\n", " "), version=__version__, config=_config_literal(cfg),
                              blob=_code_blob())
 
 
-def code_bytes(cfg: Any) -> int:
+def code_bytes(cfg: Config) -> int:
     """Bytes of the train_gpt.py that carries `cfg`: the `code_bytes` of every result and artifact."""
     if _RUNNING is not None:
         return _RUNNING["script_bytes"]
     return len(bundle_source(cfg).encode("utf-8"))
 
 
-def write_bundle(cfg: Any, path: str | Path) -> int:
+def write_bundle(cfg: Config, path: str | Path) -> int:
     """Write train_gpt.py for `cfg` (UTF-8, '\\n' line ends); returns its size in bytes."""
     data = bundle_source(cfg).encode("utf-8")
     Path(path).write_bytes(data)
@@ -230,8 +233,6 @@ def requirements() -> tuple[list[str], list[str]]:
     A module that is imported but not installed is an optional fast path guarded at run time; it is listed
     as a comment, not a requirement.
     """
-    from importlib import metadata
-
     owners = metadata.packages_distributions()
     lines, missing = set(), []
     for module in third_party_imports():
@@ -243,58 +244,3 @@ def requirements() -> tuple[list[str], list[str]]:
             version = metadata.version(dist).split("+")[0]
             lines.add(f"{dist}=={version}")
     return sorted(lines, key=str.lower), missing
-
-
-# ----------------------------------------------------------------------------- running inside the script
-
-def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    from ..config import ConfigError, parse_override_value
-
-    overrides: dict[str, Any] = {}
-    for var, key in ENV_VARS.items():
-        if environ.get(var):
-            overrides[key] = environ[var] if key.startswith("data.") else parse_override_value(environ[var])
-    for item in environ.get("PGOLF_SET", "").split():
-        if "=" not in item:
-            raise ConfigError(f"PGOLF_SET: expected key=value items separated by spaces, got '{item}'")
-        key, text = item.split("=", 1)
-        overrides[key] = parse_override_value(text)
-    return overrides
-
-
-def bundle_config(config: str, environ: dict[str, str] | None = None) -> Any:
-    """The embedded config (TOML text) with the environment's overrides applied."""
-    import tomllib
-
-    from ..config import apply_overrides, config_from_dict, finalize
-
-    environ = dict(os.environ if environ is None else environ)
-    cfg = config_from_dict(tomllib.loads(config), "train_gpt.py (embedded config)")
-    overrides = _env_overrides(environ)
-    if "data.path" in overrides and "data.tokenizer" not in overrides and not Path(cfg.data.tokenizer).is_file():
-        overrides["data.tokenizer"] = ""  # the new data folder's own tokenizer (challenge layout)
-    return finalize(apply_overrides(cfg, overrides, "environment"))
-
-
-def run_bundle(config: str, script: str, sources: dict[str, str]) -> int:
-    """Entry point of a generated train_gpt.py: train and evaluate the embedded config; 4 if over the limit."""
-    global _RUNNING
-    from ..config import ConfigError
-
-    _RUNNING = {"script_bytes": Path(script).stat().st_size, "sources": sources}
-    try:
-        cfg = bundle_config(config)
-    except ConfigError as exc:
-        print(f"train_gpt.py: error: {exc}", file=sys.stderr)
-        return 2
-    from ..training.runtime import init_runtime, shutdown_runtime
-    from ..training.loop import train
-
-    device = os.environ.get("PGOLF_DEVICE") or None
-    result = train(cfg, os.environ.get("RUN_DIR") or None, device=device)
-    if init_runtime(device).is_main:
-        print(f"final val_loss:{result['val_loss']:.8f} val_bpb:{result['val_bpb']:.8f} "
-              f"artifact_bytes:{result['artifact_bytes']} code_bytes:{result['code_bytes']} "
-              f"model_bytes:{result['model_bytes']} eval_mode:{result['eval_mode']}", flush=True)
-    shutdown_runtime()
-    return 0 if result["under_limit"] else 4

@@ -1,4 +1,8 @@
-"""The `pgolf` command line: thin wrappers that parse arguments, load a config and call the library."""
+"""The `pgolf` command line: thin wrappers that parse arguments, load a config and call the library.
+
+Everything is imported at the top: `import pgolf` already loads torch and the trainer (the package's API), so
+importing the commands' modules lazily would save `pgolf --help` about 0.03 s of its ~1.6 s (measured).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, load_config, load_recipe, parse_set_args
+import torch.distributed as dist
+
+from ..artifact.budget import check_budget
+from ..config import ConfigError, config_to_toml, describe_keys, load_config, load_recipe, parse_set_args
+from ..data.dataset import DataMismatchError
+from ..data.download import DownloadError, download
+from ..data.prepare import InputError, prepare_documents, read_documents
+from ..data.shards import ShardError
+from ..data.stats import shard_stats
+from ..data.tokenizer import TokenizerError
+from ..quant.breakdown import format_breakdown
+from ..quant.container import ArtifactError
+from ..quant.gptq import GPTQError
+from ..training.checkpoint import CheckpointError
+from ..training.loop import TrainingDiverged, TrainingInterrupted, train
+from ..training.runtime import collective_failure
+from .evaluate_artifact import evaluate_artifact
+from .recipes_info import recipe_table
+from .repack import repack_run
+from .report import (ComparisonError, RunFolderError, compare_runs, load_runs, markdown_table, plot_comparison,
+                     plot_runs, report_rows, split_sides)
+from .submit import SubmissionError, make_submission
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -35,14 +60,14 @@ def config_from_args(args: argparse.Namespace):
         overrides["data.path"] = args.data
     if args.tokenizer:
         overrides["data.tokenizer"] = args.tokenizer
-    return load_recipe(args.recipe, scale=args.scale, overrides=overrides)
+    cfg = load_recipe(args.recipe, scale=args.scale, overrides=overrides)
+    check_budget(cfg)  # a config estimated far over the byte limit is refused before anything starts
+    return cfg
 
 
 # ----------------------------------------------------------------------------- commands
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..training.loop import TrainingDiverged, TrainingInterrupted, train
-
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.toml").is_file():
@@ -62,7 +87,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
     except RuntimeError as exc:
-        from ..training.runtime import collective_failure
         message = collective_failure(exc)
         if message is None:
             raise
@@ -74,8 +98,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from .recipes_info import recipe_table
-
     rows = recipe_table()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -89,22 +111,16 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    import tomli_w
-
-    from ..config import config_to_dict, describe_keys
-
     if args.keys:
         for key, typ, default, help_text in describe_keys():
             print(f"{key:<34} {typ:<6} {default!r:<22} {help_text}")
         return 0
-    print(tomli_w.dumps(config_to_dict(config_from_args(args))), end="")
+    print(config_to_toml(config_from_args(args)), end="")
     return 0
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "prepare":
-        from ..data.prepare import prepare_documents, read_documents
-
         docs = read_documents(args.input, args.text_key)
         meta = prepare_documents(docs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                                  val_docs=args.val_docs, progress=not args.quiet)
@@ -112,8 +128,6 @@ def cmd_data(args: argparse.Namespace) -> int:
               f"{meta['train']['docs']:,} train docs ({meta['train']['tokens']:,} tokens), vocab {meta['vocab_size']}")
         return 0
     if args.data_command == "stats":
-        from ..data.stats import shard_stats
-
         stats = shard_stats(args.shard, args.tokenizer, check_decode=args.check_decode)
         if args.json:
             print(json.dumps(stats, indent=2))
@@ -122,8 +136,6 @@ def cmd_data(args: argparse.Namespace) -> int:
                 print(f"{key:<20} {value:,}" if isinstance(value, int) else f"{key:<20} {value}")
         return 0
     if args.data_command == "download":
-        from ..data.download import download
-
         info = download(args.variant, args.train_shards, args.out, args.repo_id)
         print(f"data in {info['data']}; tokenizer {info['tokenizer']}")
         print(f"train with: pgolf train --recipe baseline --data {info['data']} --tokenizer {info['tokenizer']}")
@@ -132,10 +144,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from ..quant.breakdown import format_breakdown
-    from ..quant.gptq import GPTQError
-    from .repack import repack_run
-
     try:
         result = repack_run(args.run_dir, args.out, parse_set_args(args.overrides), data=args.data, device=args.device)
     except GPTQError as exc:
@@ -156,15 +164,12 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate_artifact import evaluate_artifact
-
     overrides = parse_set_args(args.overrides)
     if args.sliding_stride is not None:  # convenience flags for eval.* overrides
         overrides["eval.sliding_stride"] = args.sliding_stride
     if args.ttt is not None:
         overrides["eval.ttt"] = args.ttt
     result = evaluate_artifact(args.artifact, args.data, args.tokenizer, overrides, device=args.device)
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return 0  # under torchrun every rank has the same result: rank 0 prints it
     if args.json:
@@ -177,8 +182,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import ComparisonError, RunFolderError, compare_runs, plot_comparison, split_sides
-
     try:
         a_tokens, b_tokens = split_sides(args.runs)
         options = argparse.ArgumentParser(prog="pgolf compare", add_help=False)  # options written after the runs
@@ -208,8 +211,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import RunFolderError, load_runs, markdown_table, plot_runs, report_rows
-
     try:
         runs = load_runs(args.runs)
     except RunFolderError as exc:
@@ -223,9 +224,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .report import RunFolderError
-    from .submit import SubmissionError, make_submission
-
     try:
         made = make_submission(args.runs, args.out, name=args.name, author=args.author, github_id=args.github_id,
                                blurb=args.blurb, force=args.force)
@@ -345,14 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..data.dataset import DataMismatchError
-    from ..data.download import DownloadError
-    from ..data.prepare import InputError
-    from ..data.shards import ShardError
-    from ..data.tokenizer import TokenizerError
-    from ..quant.container import ArtifactError
-    from ..training.checkpoint import CheckpointError
-
     try:
         return args.func(args)
     except (ConfigError, ShardError, TokenizerError, DataMismatchError, InputError, ArtifactError,

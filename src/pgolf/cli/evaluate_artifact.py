@@ -11,6 +11,7 @@ from ..data.shards import find_shards
 from ..data.tokenizer import byte_tables, load_tokenizer
 from ..eval.bpb import evaluate
 from ..quant.pack import unpack
+from ..training.loop import choose_attention_backend
 from ..training.runtime import init_runtime
 
 
@@ -29,7 +30,6 @@ def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: 
     check_vocabularies(Dataset(folder, val_files[:1], val_files, tok_path, int(sp.vocab_size())), cfg.model.vocab_size)
     dataset = Dataset(folder, [], val_files, tok_path, int(sp.vocab_size()))
     tokens = load_validation(dataset, cfg.model.vocab_size, cfg.data.val_tokens_limit)
-    from ..training.loop import choose_attention_backend
     model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
     ev = evaluate(model, tokens, None, cfg.eval, tables=byte_tables(sp, cfg.model.vocab_size))
     return {"artifact": str(artifact), "val_loss": ev.val_loss, "val_bpb": ev.val_bpb, "val_targets": ev.targets,

@@ -13,17 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
+from ..artifact.sizes import pack
 from ..config import Config, ConfigError, apply_overrides, finalize, load_config
+from ..data.dataset import resolve_dataset
+from ..data.loader import DistributedTokenLoader
+from ..model.gpt import build_model
+from ..quant.breakdown import artifact_breakdown
+from ..quant.gptq import collect_hessians
 
 
 def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Config]:
     """(model with the run's full-precision weights, its config with quant.* overrides applied)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from ..model.gpt import build_model
-
     run_dir = Path(run_dir)
     config_path, weights_path = run_dir / "config.toml", run_dir / "model.safetensors"
     if not config_path.is_file():
@@ -50,9 +53,6 @@ def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tu
 
 def calibration_loader(cfg: Config, data: str | None = None):
     """A training-token loader over the run's (or `data`'s) training shards, for GPTQ."""
-    from ..data.dataset import resolve_dataset
-    from ..data.loader import DistributedTokenLoader
-
     lookup = copy.deepcopy(cfg)
     if data:
         lookup.data.path, lookup.data.tokenizer = str(data), ""
@@ -63,21 +63,16 @@ def calibration_loader(cfg: Config, data: str | None = None):
 def repack_run(run_dir: str | Path, out: str | Path, overrides: dict[str, Any] | None = None,
                data: str | None = None, device: str | None = None) -> dict[str, Any]:
     """Quantize + pack a run's weights under the (overridden) policy; sizes plus a per-class breakdown."""
-    from ..artifact.codesize import runtime_code_bytes
-    from ..quant import pack as pack_module
-    from ..quant.breakdown import artifact_breakdown
-
     model, cfg = load_run(run_dir, overrides)
     dev = torch.device(device or "cpu")
     model.to(dev)
     start = time.perf_counter()
     hessians = None
     if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
-        from ..quant.gptq import collect_hessians
         hessians = collect_hessians(model, calibration_loader(cfg, data), cfg, dev)
     model.cpu()
-    sizes = pack_module.pack(model, cfg, out, hessians)
+    sizes = pack(model, cfg, out, hessians)
     seconds = time.perf_counter() - start
-    breakdown = artifact_breakdown(out, runtime_code_bytes(), sizes["limit_bytes"])
+    breakdown = artifact_breakdown(out, sizes["code_bytes"], sizes["limit_bytes"])
     return {**sizes, "pack_seconds": seconds, "breakdown": breakdown, "artifact": str(out),
             "quant": {k: v for k, v in vars(cfg.quant).items()}}

@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+from ..training.runs import read_log
 
 MARGIN_NATS = 0.005     # the challenge's bar for a new record
 SIGNIFICANCE = 0.01     # ... at p < 0.01
@@ -46,7 +49,6 @@ class Run:
         return self.path.name
 
     def log(self) -> list[dict[str, Any]]:
-        from ..training.runs import read_log
         return read_log(self.path / "log.jsonl")
 
 
@@ -62,8 +64,6 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def load_run(path: str | Path) -> Run:
     """A finished run folder: result.json (required), env.json and config.toml (when present)."""
-    import tomllib
-
     path = Path(path)
     result_file = path / "result.json"
     if not result_file.is_file():

@@ -14,11 +14,15 @@ import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import __version__
-from ..artifact.bundle import config_delta, requirements, write_bundle
-from .report import Run, RunFolderError, load_run
+import tomli_w
 
-LIMIT_BYTES = 16_000_000
+from .._version import __version__
+from ..artifact.bundle import config_delta, requirements, write_bundle
+from ..artifact.sizes import LIMIT_BYTES
+from ..config import load_config
+from .recipes_info import switches
+from .report import Run, RunFolderError, comparability_problems, load_run
+
 TIME_LIMIT_S = 600.0
 
 
@@ -93,9 +97,6 @@ def _flat(delta: dict[str, Any]) -> dict[str, Any]:
 
 def _same_config(runs: list[Run]) -> None:
     """The runs must be seeds of one config, scored on the same validation data the same way."""
-    from ..config import load_config
-    from .report import comparability_problems
-
     ignored = {"seed", "data.path", "data.tokenizer"}  # paths may differ between machines; checksums are checked
 
     def settings(run: Run) -> dict[str, Any]:
@@ -185,9 +186,6 @@ def submission_record(runs: list[Run], code_bytes: int, *, name: str | None, aut
 
 
 def render_readme(runs: list[Run], record: dict[str, Any], delta_toml: str, log_names: list[str]) -> str:
-    from ..config import load_config
-    from .recipes_info import switches
-
     cfg = load_config(runs[0].path / "config.toml")
     first = runs[0].result
     rows = ["| seed | val_loss (nats) | val_bpb | artifact bytes | steps | train s | eval s |",
@@ -264,10 +262,6 @@ def make_submission(run_dirs: Sequence[str | Path], out: str | Path, *, name: st
                     author: str | None = None, github_id: str | None = None, blurb: str | None = None,
                     force: bool = False) -> dict[str, Any]:
     """Write the submission folder; returns {'out', 'files', 'record', 'warnings'}."""
-    import tomli_w
-
-    from ..config import load_config
-
     runs = _load(run_dirs)
     _same_config(runs)
     out = Path(out)

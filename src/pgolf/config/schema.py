@@ -1,23 +1,22 @@
-"""Typed run configuration: dataclasses, TOML recipes (with `extends` and a `[tiny]` scale), `--set` overrides.
+"""The schema of a run configuration: one dataclass per section, every field with its default, help and choices.
 
-Every technique is a field whose default turns it off. Unknown keys, wrong types and values
-outside a field's choices are errors that name the key (and the nearest valid key).
+Every technique is a field whose default turns it off. The functions here read a config without changing it:
+its keys, its dictionary and TOML forms, and the quantities derived from the model section (layer schedule,
+U-Net layout, MLP width).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import tomllib
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-RECIPES_DIR = Path(__file__).parent / "recipes"
 SCALES = ("full", "tiny")
+# The adapters LoRA test-time training can attach (eval.ttt_lora_targets); eval/lora_adapters.py hooks each one.
+LORA_TARGETS = ("q", "k", "v", "o", "mlp", "head")
 
 
 class ConfigError(ValueError):
@@ -225,12 +224,11 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
     "train": TrainConfig, "quant": QuantConfig, "eval": EvalConfig,
 }
-_RECIPE_ONLY_KEYS = ("extends", "tiny")
 # Resolved once at import: resolving string annotations evaluates source text, which loading must never do.
-_TYPE_HINTS: dict[type, dict[str, Any]] = {cls: typing.get_type_hints(cls) for cls in (Config, *SECTIONS.values())}
+TYPE_HINTS: dict[type, dict[str, Any]] = {cls: typing.get_type_hints(cls) for cls in (Config, *SECTIONS.values())}
 
 
-# ----------------------------------------------------------------------------- keys and types
+# ----------------------------------------------------------------------------- keys and forms
 
 def all_keys() -> list[str]:
     """Every settable dotted key, e.g. 'model.num_layers'."""
@@ -240,208 +238,20 @@ def all_keys() -> list[str]:
     return keys
 
 
-def _field_info(cls: type, name: str) -> tuple[Any, dataclasses.Field]:
-    fld = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return _TYPE_HINTS[cls][name], fld
-
-
-def _unknown_key(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
-
-
-def _coerce(key: str, value: Any, typ: Any, choices: tuple | None, where: str) -> Any:
-    """Check `value` against the field type; ints are accepted for floats."""
-    origin = typing.get_origin(typ)
-    if origin is list:
-        (item_type,) = typing.get_args(typ)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: '{key}' must be a list of {item_type.__name__}, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item_type, None, where) for i, v in enumerate(value)]
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
-    elif typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
-    elif typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
-        value = float(value)
-    elif typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
-    if choices is not None and value not in choices:
-        raise ConfigError(f"{where}: '{key}' must be one of {', '.join(map(str, choices))}; got {value!r}")
-    return value
-
-
-def _set_value(cfg: Config, key: str, value: Any, where: str) -> None:
-    parts = key.split(".")
-    if len(parts) == 1 and parts[0] not in SECTIONS and hasattr(cfg, parts[0]):
-        typ, fld = _field_info(Config, parts[0])
-        setattr(cfg, parts[0], _coerce(key, value, typ, fld.metadata.get("choices"), where))
-        return
-    if len(parts) != 2 or parts[0] not in SECTIONS:
-        raise _unknown_key(key, where)
-    section, name = parts
-    cls = SECTIONS[section]
-    if name not in {f.name for f in dataclasses.fields(cls)}:
-        raise _unknown_key(key, where)
-    typ, fld = _field_info(cls, name)
-    setattr(getattr(cfg, section), name, _coerce(key, value, typ, fld.metadata.get("choices"), where))
-
-
-def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
-    """{'model': {'num_layers': 4}} -> {'model.num_layers': 4}; top-level scalars stay as they are."""
-    flat: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in SECTIONS:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: [{key}] must be a table")
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        elif isinstance(value, dict):
-            raise _unknown_key(key, where)
-        else:
-            flat[key] = value
-    return flat
-
-
-# ----------------------------------------------------------------------------- recipes
-
-def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
-
-
-def recipe_path(name_or_path: str) -> Path:
-    """A shipped recipe name ('pr1536') or a path to a user's TOML file."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" and path.is_file():
-        return path
-    shipped = RECIPES_DIR / f"{name_or_path}.toml"
-    if shipped.is_file():
-        return shipped
-    close = difflib.get_close_matches(name_or_path, recipe_names(), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ConfigError(f"unknown recipe '{name_or_path}' (shipped: {', '.join(recipe_names())}; or give a .toml path){hint}")
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-
-
-def _recipe_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict[str, Any]]]:
-    """[(root_path, root_table), ..., (path, table)] following `extends`."""
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'extends' forms a cycle")
-    table = _read_toml(path)
-    parent = table.get("extends")
-    if parent is None:
-        return [(path, table)]
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: 'extends' must be a recipe name or path")
-    parent_path = (path.parent / parent) if parent.endswith(".toml") else recipe_path(parent)
-    return _recipe_chain(parent_path, seen + (path.resolve(),)) + [(path, table)]
-
-
-def load_recipe(name_or_path: str = "baseline", scale: str = "full",
-                overrides: dict[str, Any] | None = None) -> Config:
-    """Resolve a recipe: parents first, then (for scale='tiny') every `[tiny]` table, then overrides."""
-    if scale not in SCALES:
-        raise ConfigError(f"scale must be one of {', '.join(SCALES)}; got {scale!r}")
-    path = recipe_path(name_or_path)
-    chain = _recipe_chain(path)
-    cfg = Config()
-    for p, table in chain:
-        body = {k: v for k, v in table.items() if k not in _RECIPE_ONLY_KEYS}
-        for key, value in _flatten(body, str(p)).items():
-            _set_value(cfg, key, value, str(p))
-    if scale == "tiny":
-        # A recipe's [tiny] values apply after every full table, except where a recipe further down the
-        # chain sets the key itself: a child stating num_layers = 12 is not shrunk by its parent's tiny size.
-        for i, (p, table) in enumerate(chain):
-            tiny = table.get("tiny", {})
-            if not isinstance(tiny, dict):
-                raise ConfigError(f"{p}: [tiny] must be a table")
-            set_later = {k for _, t in chain[i + 1:] for k in _flatten({k: v for k, v in t.items() if k not in _RECIPE_ONLY_KEYS}, str(p))}
-            for key, value in _flatten(tiny, f"{p} [tiny]").items():
-                if key not in set_later:
-                    _set_value(cfg, key, value, f"{p} [tiny]")
-    cfg.recipe = path.stem if path.parent == RECIPES_DIR else str(path)
-    cfg.scale = scale
-    apply_overrides(cfg, overrides or {})
-    return finalize(cfg)
-
-
-def finalize(cfg: Config) -> Config:
-    """Resolve derived defaults (eval.context_len 0 -> train.seq_len) and validate."""
-    if cfg.eval.context_len <= 0:
-        cfg.eval.context_len = cfg.train.seq_len
-    validate(cfg)
-    from ..artifact.budget import check_budget
-    check_budget(cfg)
-    return cfg
-
-
-def parse_override_value(text: str) -> Any:
-    """'11' -> 11, '0.5' -> 0.5, 'true' -> True, '[3,4]' -> [3, 4]; anything else is a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(cfg: Config, overrides: dict[str, Any], where: str = "--set") -> Config:
-    for key, value in overrides.items():
-        if isinstance(value, str):
-            value = parse_override_value(value)
-        _set_value(cfg, key, value, where)
-    return cfg
-
-
-def parse_set_args(items: list[str]) -> dict[str, Any]:
-    """['model.num_layers=11', ...] -> {'model.num_layers': 11}."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        key, text = item.split("=", 1)
-        out[key.strip()] = parse_override_value(text.strip())
-    return out
-
-
-# ----------------------------------------------------------------------------- (de)serialisation
-
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def config_from_dict(table: dict[str, Any], where: str = "config") -> Config:
-    cfg = Config()
-    for key, value in _flatten(table, where).items():
-        _set_value(cfg, key, value, where)
-    return finalize(cfg)
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    from ..data.atomic import atomic_write_text
-    atomic_write_text(path, tomli_w.dumps(config_to_dict(cfg)))
-
-
-def load_config(path: str | Path) -> Config:
-    return config_from_dict(_read_toml(Path(path)), str(path))
+def config_to_toml(cfg: Config) -> str:
+    """The fully resolved config as TOML text (what a run folder's config.toml holds)."""
+    return tomli_w.dumps(config_to_dict(cfg))
 
 
 def describe_keys() -> list[tuple[str, str, Any, str]]:
     """(key, type, default, help) for every key — the reference table of the README."""
     rows = []
     for section, cls in [("", Config)] + list(SECTIONS.items()):
-        hints = _TYPE_HINTS[cls]
+        hints = TYPE_HINTS[cls]
         for f in dataclasses.fields(cls):
             if f.name in SECTIONS:
                 continue
@@ -455,7 +265,7 @@ def describe_keys() -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-# ----------------------------------------------------------------------------- semantic checks
+# ----------------------------------------------------------------------------- derived from the model section
 
 def layer_schedule(model: ModelConfig) -> list[int]:
     """The full (looped) virtual -> physical schedule."""
@@ -472,131 +282,5 @@ def virtual_layout(model: ModelConfig, looped: bool = True) -> tuple[int, int]:
     return (n - model.bridge_layers) // 2, model.bridge_layers
 
 
-def _check_lanes(model: ModelConfig) -> None:
-    """Separate lanes (#1536): once the lanes split, every later decoder position must run in lane mode."""
-    for looped in (False, True):
-        schedule = layer_schedule(model) if looped or model.recurrence_start_frac == 0 else list(range(model.num_layers))
-        enc, bridge = virtual_layout(model, looped)
-        started = False
-        for pos, phys in enumerate(schedule):
-            lane = pos >= enc + bridge and phys >= model.parallel_start_layer
-            if started and not lane:
-                raise ConfigError(
-                    f"'model.parallel_start_layer' = {model.parallel_start_layer}: virtual position {pos} runs block "
-                    f"{phys} after the lanes split; every later decoder position must run a block >= the start layer")
-            started = started or lane
-
-
 def mlp_hidden_dim(model: ModelConfig) -> int:
     return model.mlp_hidden if model.mlp_hidden > 0 else int(round(model.mlp_mult * model.model_dim))
-
-
-def validate(cfg: Config) -> None:
-    """Reject impossible combinations, naming the key."""
-    m, t, e, q = cfg.model, cfg.train, cfg.eval, cfg.quant
-    positive = {
-        "model.vocab_size": m.vocab_size, "model.num_layers": m.num_layers, "model.model_dim": m.model_dim,
-        "model.num_heads": m.num_heads, "model.num_kv_heads": m.num_kv_heads,
-        "train.batch_tokens": t.batch_tokens, "train.seq_len": t.seq_len, "train.steps": t.steps,
-        "train.micro_batch_tokens": t.micro_batch_tokens,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"'{key}' must be positive, got {value}")
-    if m.vocab_size > 65536:
-        raise ConfigError(f"'model.vocab_size' must fit uint16 shards (<= 65536), got {m.vocab_size}")
-    if m.model_dim % m.num_heads:
-        raise ConfigError(f"'model.num_heads' ({m.num_heads}) must divide 'model.model_dim' ({m.model_dim})")
-    if m.num_heads % m.num_kv_heads:
-        raise ConfigError(f"'model.num_kv_heads' ({m.num_kv_heads}) must divide 'model.num_heads' ({m.num_heads})")
-    head_dim = m.model_dim // m.num_heads
-    if head_dim % 2:
-        raise ConfigError(f"head dim {head_dim} (model.model_dim / model.num_heads) must be even for RoPE")
-    if m.rope_dims < 0 or m.rope_dims > head_dim or m.rope_dims % 2:
-        raise ConfigError(f"'model.rope_dims' must be an even number in [0, {head_dim}], got {m.rope_dims}")
-    schedule = layer_schedule(m)
-    bad = [i for i in schedule if not 0 <= i < m.num_layers]
-    if bad:
-        raise ConfigError(f"'model.layer_schedule' names block {bad[0]}, but model.num_layers = {m.num_layers} (valid: 0..{m.num_layers - 1})")
-    unused = sorted(set(range(m.num_layers)) - set(schedule))
-    if unused:
-        raise ConfigError(f"'model.layer_schedule' never runs block(s) {unused}: their weights would be dead bytes")
-    if m.encoder_layers > len(schedule) or m.encoder_layers + max(m.bridge_layers, 0) > len(schedule):
-        raise ConfigError(f"'model.encoder_layers' + 'model.bridge_layers' exceed the {len(schedule)} virtual layers")
-    if m.bridge_layers < 0:
-        raise ConfigError(f"'model.bridge_layers' must be >= 0, got {m.bridge_layers}")
-    if m.bridge_layers and m.recurrence_start_frac > 0:
-        raise ConfigError("'model.bridge_layers' with 'model.recurrence_start_frac' > 0 is not supported (replays are on from step 0)")
-    if not 0.0 <= m.recurrence_start_frac < 1.0:
-        raise ConfigError(f"'model.recurrence_start_frac' must be in [0, 1), got {m.recurrence_start_frac}")
-    bad_ve = [i for i in m.value_embed_layers if not 0 <= i < m.num_layers]
-    if bad_ve:
-        raise ConfigError(f"'model.value_embed_layers' names layer {bad_ve[0]} outside 0..{m.num_layers - 1}")
-    if m.value_embed_layers and m.value_embed_dim <= 0:
-        raise ConfigError("'model.value_embed_layers' is set but 'model.value_embed_dim' is 0")
-    if m.mlp_hidden < 0 or (m.mlp_hidden == 0 and m.mlp_mult <= 0):
-        raise ConfigError("'model.mlp_mult' (or 'model.mlp_hidden') must be positive")
-    if m.bigram_buckets < 0 or m.bigram_buckets == 1:
-        raise ConfigError(f"'model.bigram_buckets' must be 0 (off) or >= 2, got {m.bigram_buckets}")
-    if m.parallel_residual == "separate_lanes":
-        _check_lanes(m)
-    if t.batch_tokens % t.seq_len:
-        raise ConfigError(f"'train.batch_tokens' ({t.batch_tokens}) must be a multiple of 'train.seq_len' ({t.seq_len})")
-    if e.sliding_stride < 0:
-        raise ConfigError(f"'eval.sliding_stride' must be >= 0, got {e.sliding_stride}")
-    ctx = e.context_len or t.seq_len
-    if e.sliding_stride > ctx:
-        raise ConfigError(f"'eval.sliding_stride' ({e.sliding_stride}) must not exceed the eval context ({ctx})")
-    from ..eval.checks import check_eval_config  # the eval.ttt_* keys; imported here: eval imports config
-    check_eval_config(e, ctx, m.num_layers)
-    for key in ("matrix_bits", "attn_bits", "mlp_bits", "embed_bits", "table_bits", "other_bits"):
-        bits = getattr(q, key)
-        if bits and not 2 <= bits <= 8:
-            raise ConfigError(f"'quant.{key}' must be 0 or in 2..8, got {bits}")
-    if q.matrix_bits == 0:
-        raise ConfigError("'quant.matrix_bits' must be in 2..8")
-    _validate_quant_numbers(q)
-    _validate_optim(cfg.optim, cfg.train)
-
-
-def _validate_quant_numbers(q: QuantConfig) -> None:
-    """Scale-rule parameters: percentiles in (0, 100], positive k, block and calibration sizes."""
-    if not 0.0 < q.clip_percentile <= 100.0:
-        raise ConfigError(f"'quant.clip_percentile' must be in (0, 100], got {q.clip_percentile}")
-    bad = [p for p in q.clip_search_percentiles if not 0.0 < p <= 100.0]
-    if not q.clip_search_percentiles or bad:
-        raise ConfigError(f"'quant.clip_search_percentiles' must be a non-empty list of values in (0, 100], "
-                          f"got {q.clip_search_percentiles}")
-    for key in ("sdclip_k", "sdclip_k_embed"):
-        if getattr(q, key) <= 0:
-            raise ConfigError(f"'quant.{key}' must be positive, got {getattr(q, key)}")
-    if q.gptq_block <= 0 or q.gptq_calib_batches <= 0:
-        raise ConfigError(f"'quant.gptq_block' and 'quant.gptq_calib_batches' must be positive, "
-                          f"got {q.gptq_block} and {q.gptq_calib_batches}")
-    if q.gptq_damp < 0 or q.gptq_reserve_s < 0:
-        raise ConfigError(f"'quant.gptq_damp' and 'quant.gptq_reserve_s' must be >= 0, got {q.gptq_damp} and {q.gptq_reserve_s}")
-    if not 0.0 <= q.qat_start_lr <= 1.0:
-        raise ConfigError(f"'quant.qat_start_lr' must be in [0, 1], got {q.qat_start_lr}")
-
-
-def _validate_optim(o: OptimConfig, t: TrainConfig) -> None:
-    """Optimizer, schedule and averaging numbers; Muon-only switches are an error under the Adam baseline."""
-    if o.matrix_optimizer == "adam":
-        muon_only = {"muon_row_normalize": o.muon_row_normalize, "muon_normuon_beta2": o.muon_normuon_beta2 > 0,
-                     "muon_ns_coeffs": o.muon_ns_coeffs != "quintic", "muon_momentum_style": o.muon_momentum_style != "sum"}
-        for key, on in muon_only.items():
-            if on:
-                raise ConfigError(f"'optim.{key}' is a Muon switch and does nothing with optim.matrix_optimizer = 'adam'; "
-                                  f"reset it (--set optim.{key}=...) or use matrix_optimizer = 'muon'")
-    if o.muon_ns_steps < 1:
-        raise ConfigError(f"'optim.muon_ns_steps' must be >= 1, got {o.muon_ns_steps}")
-    if not 0.0 <= o.muon_normuon_beta2 < 1.0:
-        raise ConfigError(f"'optim.muon_normuon_beta2' must be in [0, 1) (0 = off), got {o.muon_normuon_beta2}")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"'train.ema_decay' must be in [0, 1), got {t.ema_decay}")
-    if t.swa_every < 1:
-        raise ConfigError(f"'train.swa_every' must be >= 1, got {t.swa_every}")
-    if not 0.0 <= t.warmdown_frac <= 1.0 or not 0.0 <= t.min_lr_frac <= 1.0:
-        raise ConfigError(f"'train.warmdown_frac' and 'train.min_lr_frac' must be in [0, 1], got {t.warmdown_frac} and {t.min_lr_frac}")
-    if t.warmup_steps < 0 or t.warmdown_steps < 0:
-        raise ConfigError(f"'train.warmup_steps' and 'train.warmdown_steps' must be >= 0, got {t.warmup_steps} and {t.warmdown_steps}")

@@ -15,6 +15,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from .prepare import prepare_documents
+
 CORPUS_NAME = "python-docs"
 VAL_DOCS = 48
 VOCAB_SIZE = 1024
@@ -66,8 +68,6 @@ def corpus_dir() -> Path:
 
 def ensure_corpus(progress: bool = True) -> Path:
     """Prepare the embedded corpus on first use; returns the folder with shards and tokenizer.model."""
-    from .prepare import prepare_documents
-
     out = corpus_dir()
     if (out / "meta.json").is_file():
         return out

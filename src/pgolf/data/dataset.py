@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
+from .corpus import ensure_corpus
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
 from .tokenizer import TokenizerError, file_sha256, load_tokenizer
 
@@ -52,7 +53,6 @@ def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) 
     if cfg.data.path:
         folder = Path(cfg.data.path)
     else:
-        from .corpus import ensure_corpus
         folder = ensure_corpus(progress)
     train_files = find_shards(folder, cfg.data.train_pattern, "training")
     val_files = find_shards(folder, cfg.data.val_pattern, "validation")

@@ -9,6 +9,8 @@ The loader only ever opens the training files it is given.
 
 from __future__ import annotations
 
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +94,6 @@ class PrefetchingLoader:
         self._start()
 
     def _start(self) -> None:
-        import queue
-        import threading
-
         self._queue: "queue.Queue" = queue.Queue(maxsize=self.depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, daemon=True)

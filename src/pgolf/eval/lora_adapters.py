@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from .checks import LORA_TARGETS as TARGETS
+from ..config import LORA_TARGETS as TARGETS
 
 
 def _hooked_module(block: nn.Module, target: str) -> nn.Module:

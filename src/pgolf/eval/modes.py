@@ -12,16 +12,17 @@ Test-time training always runs on a deep copy of the model: the caller's model i
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 from torch import nn
 
-from ..config import EvalConfig
-from .bpb import EvalResult, summarize
-from .checks import check_eval_config
+from ..config import EvalConfig, check_eval_config
 from .deadline import Deadline
+from .result import EvalResult, summarize
 from .sliding import sliding_nll
+from .ttt_chunk import chunk_ttt_nll
+from .ttt_lora import lora_ttt_nll
+from .ttt_pre import pre_ttt
 
 
 def mode_name(cfg: EvalConfig) -> str:
@@ -44,13 +45,10 @@ def evaluate_mode(model: nn.Module, tokens: np.ndarray, token_bytes: np.ndarray,
     else:
         work = copy.deepcopy(model)  # TTT changes weights (or hooks modules): never the caller's model
         if cfg.ttt == "chunk":
-            from .ttt_chunk import chunk_ttt_nll
             nll, notes = chunk_ttt_nll(work, tokens, cfg, deadline, bos_id)
         elif cfg.ttt == "lora":
-            from .ttt_lora import lora_ttt_nll
             nll, notes = lora_ttt_nll(work, tokens, cfg, deadline, bos_id)
         elif cfg.ttt == "pre":
-            from .ttt_pre import pre_ttt
             notes = pre_ttt(work, tokens, cfg, deadline)
             nll, scoring = sliding_nll(work, tokens, cfg, deadline, bos_id)
             notes += scoring

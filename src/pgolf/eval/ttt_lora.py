@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import EvalConfig
-from .bpb import _rank_world, autocast_for, gather_concat, model_device
+from ..model.precision import autocast_for
 from .deadline import Deadline
 from .lora_adapters import BatchedLoRA
+from .ranks import gather_concat, model_device, rank_world
 from .windows import batches, document_starts
 
 
@@ -87,7 +88,7 @@ def lora_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadline
     n_targets = tokens.size - 1
     starts = document_starts(tokens, bos_id)
     lengths = np.diff(np.append(starts, n_targets))  # targets (= inputs) per document
-    rank, world = _rank_world()
+    rank, world = rank_world()
     # contiguous share of documents per rank, balanced by targets
     cum = np.concatenate(([0], np.cumsum(lengths)))
     cuts = [int(np.searchsorted(cum, n_targets * r / world)) for r in range(world)] + [len(starts)]

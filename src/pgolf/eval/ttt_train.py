@@ -11,8 +11,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .bpb import _rank_world, autocast_for, model_device
+from ..model.precision import autocast_for
 from .deadline import Deadline
+from .ranks import model_device, rank_world
 from .windows import batches
 
 
@@ -40,7 +41,7 @@ def train_on_sequences(model: nn.Module, stream: Tensor, spans: list[tuple[int, 
     shares); global-norm clip `grad_clip` (0 = off); optimizer step.
     """
     device = model_device(model)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     total, count = 0.0, 0
     for step_spans in batches(spans, batch_seqs):
         deadline.check(where)

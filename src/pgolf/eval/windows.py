@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bpb import _rank_world, autocast_for, gather_concat, model_device
+from ..model.precision import autocast_for
 from .deadline import Deadline
+from .ranks import gather_concat, model_device, rank_world
 
 
 @dataclass
@@ -148,14 +149,14 @@ def score_windows(model: nn.Module, stream: Tensor, windows: Windows, batch_seqs
 
 def rank_range(n: int) -> tuple[int, int]:
     """This rank's contiguous share [first, last) of n items."""
-    rank, world = _rank_world()
+    rank, world = rank_world()
     return n * rank // world, n * (rank + 1) // world
 
 
 def score_distributed(model: nn.Module, stream: Tensor, windows: Windows, batch_seqs: int, deadline: Deadline,
                       where: str = "scoring") -> Tensor:
     """score_windows with the windows split contiguously over ranks; every rank gets all NLLs in window order."""
-    _, world = _rank_world()
+    _, world = rank_world()
     first, last = rank_range(len(windows))
     local = score_windows(model, stream, windows[first:last], batch_seqs, deadline, where)
     if world == 1:

@@ -17,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, QuantConfig
-from .quantize import clip_max
+from ..model.layers import Linear, qclass_of
+from ..model.precision import autocast_for
+from .quantize import clip_max, method_for, plan_tensor
 
 
 class GPTQError(ValueError):
@@ -85,10 +87,6 @@ def gptq_quantize(w: Tensor, hessian: Tensor, scales: Tensor, bits: int, damp: f
 
 def hessian_targets(model: nn.Module, qcfg: QuantConfig) -> dict[str, nn.Module]:
     """{parameter name: Linear module} of every weight that the export quantizes with GPTQ."""
-    from ..model.layers import Linear, qclass_of
-    from .methods import method_for
-    from .quantize import plan_tensor
-
     targets = {}
     for module_name, module in model.named_modules():
         if isinstance(module, Linear):
@@ -100,9 +98,6 @@ def hessian_targets(model: nn.Module, qcfg: QuantConfig) -> dict[str, nn.Module]
 
 
 def _tied_embedding_quantized_by_gptq(model: nn.Module, qcfg: QuantConfig) -> bool:
-    from .methods import method_for
-    from .quantize import plan_tensor
-
     emb = getattr(model, "tok_emb", None)
     if emb is None or getattr(model, "lm_head", None) is not None:
         return False
@@ -143,8 +138,6 @@ def collect_hessians(model: nn.Module, loader: Any, cfg: Config, device: torch.d
     The tied embedding is quantized as the output layer: its H is built from the final-norm output.
     Never validation data.
     """
-    from ..eval.bpb import autocast_for
-
     qcfg = cfg.quant
     device = torch.device(device)
     targets = hessian_targets(model, qcfg)

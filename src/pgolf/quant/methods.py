@@ -1,6 +1,7 @@
 """Scale rules beyond a fixed percentile: clip search (GPTQ-lite), SDClip, and full GPTQ.
 
-All return (int8 codes, fp16 per-row scales) with W_hat = q * s_r, q in [-clip_max, clip_max]:
+`quantize_rows` applies the rule quant.method (or quant.embed_method) names: percentile and rowmax (quantize.py),
+or one of these. All return (int8 codes, fp16 per-row scales) with W_hat = q * s_r, q in [-clip_max, clip_max]:
 - clip_search (GPTQ-lite, TECHNIQUES.md §9.5): for each candidate percentile p, c_r = quantile_p(|W_r|) and
   s_r = fp16(c_r / clip_max) (floored as the percentile rule is); keep the p with the lowest whole-tensor
   MSE mean((W - q s)^2) — one p per tensor — or, with quant.clip_search_scope = "row", the best p per row.
@@ -16,22 +17,9 @@ import torch
 from torch import Tensor
 
 from ..config import QuantConfig
-from .quantize import clip_max, dequantize, quantize_with_scales, scales_from_clip
-
-TABLE_CLASSES = ("embed", "table")
-
-
-def method_for(qclass: str, cfg: QuantConfig) -> str:
-    """quant.embed_method for embeddings and tables, quant.method for everything else."""
-    return cfg.embed_method if qclass in TABLE_CLASSES else cfg.method
-
-
-def scale_floor_for(qclass: str, cfg: QuantConfig) -> bool:
-    return cfg.embed_scale_floor if qclass in TABLE_CLASSES else cfg.scale_floor
-
-
-def sdclip_k_for(qclass: str, cfg: QuantConfig) -> float:
-    return cfg.sdclip_k_embed if qclass in TABLE_CLASSES else cfg.sdclip_k
+from .gptq import gptq_quantize
+from .quantize import (clip_max, dequantize, method_for, quantize_with_scales, row_clip, scale_floor_for,
+                       scales_from_clip, sdclip_k_for)
 
 
 def sdclip_scales(w: Tensor, bits: int, k: float) -> Tensor:
@@ -62,11 +50,14 @@ def round_to_nearest_sdclip(w: Tensor, bits: int, k: float) -> tuple[Tensor, Ten
     return quantize_with_scales(w.float(), scales, bits), scales
 
 
-def quantize_rows_advanced(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
-                           hessian: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(int8 codes, fp16 scales) of a 2-D tensor under clip_search / sdclip / gptq."""
-    method = method_for(qclass, cfg)
+def quantize_rows(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
+                  hessian: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(int8 codes, fp16 scales) of a 2-D fp32 tensor under quant.method; `hessian` feeds GPTQ."""
     w = w.float()
+    method = method_for(qclass, cfg)
+    if method in ("percentile", "rowmax"):
+        scales = scales_from_clip(row_clip(w, method, cfg.clip_percentile), bits, scale_floor_for(qclass, cfg))
+        return quantize_with_scales(w, scales, bits), scales
     if method == "clip_search":
         return clip_search(w, bits, cfg.clip_search_percentiles, scale_floor_for(qclass, cfg),
                            per_row=cfg.clip_search_scope == "row")
@@ -75,7 +66,6 @@ def quantize_rows_advanced(w: Tensor, bits: int, cfg: QuantConfig, qclass: str =
     if method == "gptq":
         if hessian is None:  # GPTQ with H = I is round-to-nearest on the same grid
             return round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
-        from .gptq import gptq_quantize
         scales = sdclip_scales(w, bits, sdclip_k_for(qclass, cfg))
         device = hessian.device  # the sweep runs where the Hessian was collected (the GPU after GPU training)
         codes = gptq_quantize(w.to(device), hessian, scales.to(device), bits, cfg.gptq_damp, cfg.gptq_block)
@@ -87,8 +77,6 @@ def quantize_rows_advanced(w: Tensor, bits: int, cfg: QuantConfig, qclass: str =
 def fake_quantize_grid(w: Tensor, bits: int, cfg: QuantConfig, qclass: str) -> Tensor:
     """W_hat on the export grid, for QAT: exactly the exported values for every method except gptq, where
     the SDClip grid GPTQ will use is applied by rounding to nearest (error feedback needs the Hessian)."""
-    from .quantize import quantize_rows
-
     if method_for(qclass, cfg) == "gptq":
         codes, scales = round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
     else:
@@ -108,5 +96,5 @@ def reconstruction_mse(w: Tensor, codes: Tensor, scales: Tensor) -> float:
     return float((dequantize(codes, scales) - w.float()).square().mean())
 
 
-__all__ = ["clip_max", "clip_search", "code_entropy_bits", "fake_quantize_grid", "method_for",
-           "quantize_rows_advanced", "reconstruction_mse", "round_to_nearest_sdclip", "sdclip_scales"]
+__all__ = ["clip_max", "clip_search", "code_entropy_bits", "fake_quantize_grid", "method_for", "quantize_rows",
+           "reconstruction_mse", "round_to_nearest_sdclip", "sdclip_scales"]

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import __version__
+from .._version import __version__
 from ..config import Config, ConfigError, QuantConfig, config_from_dict, config_to_dict
 from ..model.gpt import GPT, build_model
 from ..model.layers import qclass_of
+from .bitpack import pack_codes, unpack_codes
 from .container import ArtifactError, Part, read_container, write_container
-from .quantize import Plan, as_rows, dequantize, plan_tensor, quantize_rows
-
-SIZE_LIMIT_BYTES = 16_000_000
+from .methods import quantize_rows
+from .quantize import Plan, as_rows, dequantize, plan_tensor
 
 
 def quantize_model(model: nn.Module, qcfg: QuantConfig,
@@ -51,7 +51,6 @@ def quantize_model(model: nn.Module, qcfg: QuantConfig,
 def _code_parts(name: str, codes: Tensor, plan: Plan, qcfg: QuantConfig) -> list[Part]:
     arr = codes.numpy()
     if qcfg.bit_pack and plan.bits < 8:
-        from .bitpack import pack_codes
         packed = pack_codes(arr, plan.bits)
         return [Part(name, "packed_codes", "uint8", (packed.size,), packed.tobytes())]
     return [Part(name, "codes", "int8", tuple(arr.shape), arr.tobytes())]
@@ -67,7 +66,6 @@ def dequantized_state(header: dict[str, Any], arrays: dict[tuple[str, str], np.n
         if entry["encoding"] == "int":
             scales = torch.from_numpy(arrays[(name, "scales")].copy())
             if (name, "packed_codes") in arrays:
-                from .bitpack import unpack_codes
                 codes_np = unpack_codes(arrays[(name, "packed_codes")], entry["bits"], int(np.prod(shape)))
                 codes = torch.from_numpy(codes_np.reshape(scales.numel(), -1))
             else:
@@ -78,21 +76,15 @@ def dequantized_state(header: dict[str, Any], arrays: dict[tuple[str, str], np.n
     return state
 
 
-def pack(model: nn.Module, cfg: Config, path: str | Path, hessians: dict[str, Tensor] | None = None,
-         code_bytes: int | None = None) -> dict[str, Any]:
-    """Write the artifact; returns byte counts against the 16,000,000-byte limit."""
-    from ..artifact.codesize import runtime_code_bytes
+def write_artifact(model: nn.Module, cfg: Config, path: str | Path,
+                   hessians: dict[str, Tensor] | None = None) -> dict[str, Any]:
+    """Quantize, pack and write the weights with their config; {model_bytes, compressor, raw_bytes} as written.
 
+    pgolf.pack (pgolf.artifact.sizes) adds the code bytes and the limit check.
+    """
     parts, table = quantize_model(model, cfg.quant, hessians)
     meta = {"pgolf_version": __version__, "config": config_to_dict(cfg), "tensors": table}
-    written = write_container(path, parts, meta, cfg.quant.compressor, cfg.quant.byte_shuffle)
-    code = runtime_code_bytes(cfg) if code_bytes is None else code_bytes
-    total = written["model_bytes"] + code
-    return {
-        "model_bytes": written["model_bytes"], "code_bytes": code, "artifact_bytes": total,
-        "under_limit": total <= SIZE_LIMIT_BYTES, "limit_bytes": SIZE_LIMIT_BYTES,
-        "compressor": written["compressor"], "raw_bytes": written["raw_bytes"],
-    }
+    return write_container(path, parts, meta, cfg.quant.compressor, cfg.quant.byte_shuffle)
 
 
 def unpack(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Config]:

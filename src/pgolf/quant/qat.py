@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import QuantConfig
+from ..model.layers import Linear, qclass_of
+from .methods import fake_quantize_grid
 from .quantize import as_rows, plan_tensor
 
 QAT_CLASSES = ("attn", "mlp")
@@ -37,8 +39,6 @@ class FakeQuantizer(nn.Module):
     @torch.no_grad()
     def export_values(self, w: Tensor) -> Tensor:
         """W_hat = q * s exactly as the export quantizer stores it."""
-        from .methods import fake_quantize_grid
-
         return fake_quantize_grid(as_rows(w.detach().float()), self.bits, self.qcfg, self.qclass).reshape(w.shape).to(w.dtype)
 
     @torch.no_grad()
@@ -65,8 +65,6 @@ def attach_qat(model: nn.Module, qcfg: QuantConfig) -> int:
 
     quant.qat = "always" enables them now; "late" attaches them disabled (see `late_qat_due`, `set_qat_enabled`).
     """
-    from ..model.layers import Linear, qclass_of
-
     if qcfg.qat == "none":
         return 0
     count = 0
@@ -92,8 +90,6 @@ def set_qat_enabled(model: nn.Module, on: bool) -> None:
 
 def refresh_qat(model: nn.Module) -> None:
     """Recompute every enabled W_hat buffer from the current weights (call after each optimizer step)."""
-    from ..model.layers import Linear
-
     for module in model.modules():
         if isinstance(module, Linear) and isinstance(module.fake_quant, FakeQuantizer):
             module.fake_quant.refresh(module.weight)

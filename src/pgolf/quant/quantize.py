@@ -4,7 +4,8 @@ For a 2-D weight W (rows = output features) and b bits, clip_max = 2^(b-1) - 1:
     s_r = fp16(c_r / clip_max)  (floored at 1/clip_max when quant.scale_floor, as the baseline does)
     q   = clamp(round(W_r / s_r), -clip_max, clip_max)        W_hat = q * s_r
 The clip value c_r is chosen by quant.method: 'percentile' (the baseline's 99.99984th percentile of |W_r|) or
-'rowmax' (max |W_r|). Quantization uses the stored fp16 scale, so dequantization reproduces it exactly.
+'rowmax' (max |W_r|), or by the rules of methods.py. Quantization uses the stored fp16 scale, so dequantization
+reproduces it exactly. The per-class policy (bits, float passthrough, which scale rule) lives here too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ def bits_for_class(qclass: str, cfg: QuantConfig) -> int:
     if qclass in ("other", "lora"):
         return cfg.other_bits
     return 0
+
+
+TABLE_CLASSES = ("embed", "table")
+
+
+def method_for(qclass: str, cfg: QuantConfig) -> str:
+    """quant.embed_method for embeddings and tables, quant.method for everything else."""
+    return cfg.embed_method if qclass in TABLE_CLASSES else cfg.method
+
+
+def scale_floor_for(qclass: str, cfg: QuantConfig) -> bool:
+    return cfg.embed_scale_floor if qclass in TABLE_CLASSES else cfg.scale_floor
+
+
+def sdclip_k_for(qclass: str, cfg: QuantConfig) -> float:
+    return cfg.sdclip_k_embed if qclass in TABLE_CLASSES else cfg.sdclip_k
 
 
 def plan_tensor(tensor: Tensor, qclass: str, cfg: QuantConfig, name: str = "") -> Plan:
@@ -89,17 +106,3 @@ def quantize_with_scales(w: Tensor, scales: Tensor, bits: int) -> Tensor:
 def dequantize(codes: Tensor, scales: Tensor) -> Tensor:
     """W_hat = q * s_r, fp32."""
     return codes.float() * scales.float()[:, None]
-
-
-def quantize_rows(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
-                  hessian: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """(int8 codes, fp16 scales) of a 2-D fp32 tensor under quant.method; `hessian` feeds GPTQ."""
-    w = w.float()
-    is_table = qclass in ("embed", "table")
-    method = cfg.embed_method if is_table else cfg.method
-    if method in ("percentile", "rowmax"):
-        floor = cfg.embed_scale_floor if is_table else cfg.scale_floor
-        scales = scales_from_clip(row_clip(w, method, cfg.clip_percentile), bits, floor)
-        return quantize_with_scales(w, scales, bits), scales
-    from . import methods  # clip search, SDClip, GPTQ
-    return methods.quantize_rows_advanced(w, bits, cfg, qclass, hessian)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..eval.bpb import autocast_for
+from ..model.precision import autocast_for
 
 # bf16 carries 8 mantissa bits: outputs of a whole model agree to about 1e-2 relative, fp32 to 1e-4.
 TOLERANCE = {"bfloat16": 5e-2, "float32": 2e-3}

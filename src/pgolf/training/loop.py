@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -20,24 +21,30 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..artifact.budget import check_budget
+from ..artifact.sizes import pack
+from ..config import Config, ConfigError
 from ..data.atomic import atomic_write
-from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
-from ..artifact.codesize import runtime_code_bytes
-from ..config import Config, ConfigError, save_config
 from ..data.dataset import Dataset, load_validation, resolve_dataset
 from ..data.loader import DistributedTokenLoader, PrefetchingLoader
 from ..data.tokenizer import byte_tables, load_tokenizer
-from ..eval.bpb import autocast_for, evaluate
-from ..model.gpt import GPT, build_model
+from ..eval.bpb import evaluate
+from ..model.attention import flash3_available
+from ..model.gpt import GPT, build_model, count_parameters
+from ..model.precision import autocast_for
 from ..optim.averaging import WeightAverager
 from ..optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
 from ..optim.muon import Muon
 from ..optim.schedule import lr_multiplier, training_fraction
-from ..quant.pack import pack, unpack
+from ..quant.gptq import collect_hessians
+from ..quant.pack import unpack
 from ..quant.qat import attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
-from .runs import (LogWriter, Progress, environment, is_finite, new_run_dir, plot_losses, summary, write_json,
-                   device_name)
+from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
+from .fastpath import assert_fast_paths, check_fast_paths
+from .runs import (LogWriter, Progress, device_name, environment, is_finite, new_run_dir, plot_losses, save_config,
+                   summary, write_json)
 from .runtime import Runtime, any_rank, barrier, broadcast_object, init_runtime, seed_everything
 
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -94,7 +101,6 @@ def choose_attention_backend(requested: str, device: torch.device, doc_attention
         return requested
     if device.type != "cuda":
         return "sdpa"
-    from ..model.attention import flash3_available
     if flash3_available():
         return "fa3"
     return "flex" if doc_attention else "sdpa"
@@ -157,6 +163,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
           runs_root: str | Path = "runs", step_callback: StepCallback | None = None,
           device: str | None = None) -> dict[str, Any]:
     """Train `cfg`, write the run folder, and return the result.json dict."""
+    check_budget(cfg)  # a config estimated far over the byte limit is refused before anything starts
     rt = init_runtime(device)
     run_dir = _prepare_run_dir(rt, cfg, out_dir, resume, runs_root)
     dataset = _resolve_data(rt, cfg, progress)
@@ -184,7 +191,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
         if isinstance(optimizers.get("matrix"), Muon):
             optimizers["matrix"].compile_newton_schulz()
     if rt.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
         forward = DDP(forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     if t.check_fast_paths:
@@ -204,7 +210,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     log = LogWriter(run_dir / "log.jsonl", resume_step=step if resume else None) if rt.is_main else None
     bar = Progress(t.steps, show, t.log_every)
     if show:
-        from ..model.gpt import count_parameters
         bar.message(f"pgolf: {cfg.recipe} ({cfg.scale}) | {count_parameters(cfg.model):,} params | "
                     f"{rt.world_size} x {device_name(rt.device)} | {t.batch_tokens:,} tokens/step "
                     f"({accum} micro-step{'s' if accum > 1 else ''}) | run {run_dir}")
@@ -291,8 +296,6 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
 
 def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Config, rt: Runtime) -> None:
     """Debug mode: the chosen kernels against the plain reference on one real batch, before training."""
-    from .fastpath import assert_fast_paths, check_fast_paths
-
     probe = DistributedTokenLoader(dataset.train_files[:1], 0, 1)
     x, _ = probe.next_batch(min(cfg.train.batch_tokens, 4 * cfg.train.seq_len), cfg.train.seq_len, 1)
     compiled = forward if forward is not model and not hasattr(forward, "module") else None
@@ -352,11 +355,10 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     prequant = evaluate(model, val_tokens, None, plain, tables=tables)
     hessians = None
     if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
-        from ..quant.gptq import collect_hessians
         hessians = collect_hessians(model, loader, cfg, rt.device)
     artifact = run_dir / "artifact.pgolf"
     # code_bytes = the exact size of the self-contained train_gpt.py `pgolf submit` writes for this config
-    sizes = pack(model, cfg, artifact, hessians, code_bytes=runtime_code_bytes(cfg)) if rt.is_main else None
+    sizes = pack(model, cfg, artifact, hessians) if rt.is_main else None
     sizes = broadcast_object(sizes)
     barrier()
     scored_model, _ = unpack(artifact, rt.device)
@@ -390,7 +392,6 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         if show:
             print(summary(result, run_dir))
         if not result["under_limit"]:
-            import sys
             print(f"WARNING: the artifact is OVER the 16,000,000-byte limit by {result['artifact_bytes'] - 16_000_000:,} "
                   f"bytes; this run cannot be submitted as it is.", file=sys.stderr)
     barrier()

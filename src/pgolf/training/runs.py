@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._version import __version__
+from ..config import Config, config_to_toml
 from ..data.atomic import atomic_write_text
 
 RESULT_KEYS = (
@@ -65,6 +66,11 @@ def environment(device: torch.device, world_size: int, data: dict[str, Any]) -> 
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **data,
     }
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """config.toml of a run folder: the fully resolved config, written atomically."""
+    atomic_write_text(path, config_to_toml(cfg))
 
 
 def write_json(path: Path, obj: Any) -> None:

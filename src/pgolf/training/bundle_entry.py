@@ -1,0 +1,68 @@
+"""The entry point of a generated train_gpt.py: the embedded config, the environment's overrides, one run.
+
+The script (pgolf.artifact.bundle builds it) imports pgolf from the sources packed in it and calls `run_bundle`.
+It reads the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED), RUN_DIR, PGOLF_SET (any key)
+and PGOLF_DEVICE.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ..artifact.budget import check_budget
+from ..artifact.bundle import running_in_script
+from ..config import Config, ConfigError, apply_overrides, config_from_dict, finalize, parse_override_value
+from .loop import train
+from .runtime import init_runtime, shutdown_runtime
+
+# Environment variables the generated script reads (the challenge's names where it has one).
+ENV_VARS = {
+    "DATA_PATH": "data.path", "TOKENIZER_PATH": "data.tokenizer", "SEED": "seed",
+}
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for var, key in ENV_VARS.items():
+        if environ.get(var):
+            overrides[key] = environ[var] if key.startswith("data.") else parse_override_value(environ[var])
+    for item in environ.get("PGOLF_SET", "").split():
+        if "=" not in item:
+            raise ConfigError(f"PGOLF_SET: expected key=value items separated by spaces, got '{item}'")
+        key, text = item.split("=", 1)
+        overrides[key] = parse_override_value(text)
+    return overrides
+
+
+def bundle_config(config: str, environ: dict[str, str] | None = None) -> Config:
+    """The embedded config (TOML text) with the environment's overrides applied, checked against the budget."""
+    environ = dict(os.environ if environ is None else environ)
+    cfg = config_from_dict(tomllib.loads(config), "train_gpt.py (embedded config)")
+    overrides = _env_overrides(environ)
+    if "data.path" in overrides and "data.tokenizer" not in overrides and not Path(cfg.data.tokenizer).is_file():
+        overrides["data.tokenizer"] = ""  # the new data folder's own tokenizer (challenge layout)
+    cfg = finalize(apply_overrides(cfg, overrides, "environment"))
+    check_budget(cfg)
+    return cfg
+
+
+def run_bundle(config: str, script: str, sources: dict[str, str]) -> int:
+    """Entry point of a generated train_gpt.py: train and evaluate the embedded config; 4 if over the limit."""
+    running_in_script(Path(script).stat().st_size, sources)
+    try:
+        cfg = bundle_config(config)
+    except ConfigError as exc:
+        print(f"train_gpt.py: error: {exc}", file=sys.stderr)
+        return 2
+    device = os.environ.get("PGOLF_DEVICE") or None
+    result = train(cfg, os.environ.get("RUN_DIR") or None, device=device)
+    if init_runtime(device).is_main:
+        print(f"final val_loss:{result['val_loss']:.8f} val_bpb:{result['val_bpb']:.8f} "
+              f"artifact_bytes:{result['artifact_bytes']} code_bytes:{result['code_bytes']} "
+              f"model_bytes:{result['model_bytes']} eval_mode:{result['eval_mode']}", flush=True)
+    shutdown_runtime()
+    return 0 if result["under_limit"] else 4
