@@ -223,6 +223,43 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .sweep import SpecError, StudyMismatch, load_spec, run_sweep, write_report
+
+    fixed = parse_set_args(args.overrides)
+    if args.data:
+        fixed["data.path"] = args.data
+    if args.tokenizer:
+        fixed["data.tokenizer"] = args.tokenizer
+    try:
+        spec = load_spec(args.spec, fixed)
+        if args.report:
+            summary = write_report(spec, args.out, storage=args.storage)
+        else:
+            command = tuple(shlex.split(args.train_command)) if args.train_command else None
+            summary = run_sweep(spec, args.out, storage=args.storage, worker=args.worker, jobs=args.jobs,
+                                threads=args.threads, gpus_per_trial=args.gpus_per_trial,
+                                say=(lambda _: None) if args.quiet else (lambda line: print(line, flush=True)),
+                                **({"train_command": command} if command else {}))
+    except SpecError as exc:
+        for problem in exc.problems:
+            print(f"pgolf: error: {exc.path}: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except (StudyMismatch, ValueError) as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    if summary is not None:
+        best = summary["best"]
+        print(f"wrote {Path(summary['spec']['path']).name} results: sweep.md, sweep.json, sweep.png"
+              + (f", best.toml (trial {best['trial']}, val_bpb {best['val_bpb']:.4f})" if best else "")
+              + (", compare.txt" if summary["compare"] and "error" not in summary["compare"] else ""))
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     try:
         made = make_submission(args.runs, args.out, name=args.name, author=args.author, github_id=args.github_id,
@@ -328,6 +365,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--plot", metavar="FILE", help="write the runs' training-loss curves, overlaid, to this PNG")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="search configs x seeds with Optuna (grid | random | tpe | greedy), one machine or many",
+                       description="Run the trials of a sweep spec (TOML): each trial trains every seed of one "
+                                   "config as an ordinary run folder; objective = mean val_bpb of the artifact. "
+                                   "Resumable: run the same command again to continue.")
+    p.add_argument("spec", metavar="SPEC.toml", help="the sweep spec (see README: Search)")
+    p.add_argument("--out", metavar="DIR", help="sweep folder: runs, logs, study.db, results (default: sweeps/<name>)")
+    p.add_argument("--storage", metavar="URL", help="Optuna RDB URL shared by many machines, e.g. "
+                   "postgresql://user:pw@host/db (default: sqlite:///<out>/study.db)")
+    p.add_argument("--worker", action="store_true", help="only run trials of the (shared) study; write no results")
+    p.add_argument("--report", action="store_true", help="only write the results from the study as it stands")
+    p.add_argument("--jobs", type=int, default=1, help="trials side by side (one GPU each, else --threads CPU threads each)")
+    p.add_argument("--threads", type=int, help="CPU threads per trial (default: CPU cores / --jobs)")
+    p.add_argument("--gpus-per-trial", type=int, default=1, help="GPUs per trial when GPUs exist (default 1)")
+    p.add_argument("--train-command", metavar="CMD", help="what trains one run, given pgolf train's arguments "
+                   "(default: python -m pgolf train; e.g. 'torchrun --standalone --nproc_per_node=8 -m pgolf train')")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra [fixed] override for every trial (repeatable)")
+    p.add_argument("--data", help="= --set data.path=DIR")
+    p.add_argument("--tokenizer", help="= --set data.tokenizer=MODEL")
+    p.add_argument("--quiet", action="store_true", help="no line per finished trial")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("submit", help="the challenge's submission folder from a run (or several seeds of one config)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folder(s) of one config, one per seed")

@@ -254,7 +254,13 @@ def comparability_problems(runs: Sequence[Run]) -> list[str]:
 def compare_runs(a_paths: Sequence[str | Path], b_paths: Sequence[str | Path], *, force: bool = False,
                  margin: float = MARGIN_NATS) -> Comparison:
     """Compare side A with side B (several seeds each). Raises ComparisonError for incomparable runs unless forced."""
-    a_runs, b_runs = load_runs(a_paths), load_runs(b_paths)
+    return compare_loaded(load_runs(a_paths), load_runs(b_paths), force=force, margin=margin)
+
+
+def compare_loaded(a_runs: Sequence[Run], b_runs: Sequence[Run], *, force: bool = False,
+                   margin: float = MARGIN_NATS) -> Comparison:
+    """`compare_runs` on runs already loaded (or rebuilt from a sweep's study records)."""
+    a_runs, b_runs = list(a_runs), list(b_runs)
     problems = comparability_problems(a_runs + b_runs)
     if problems and not force:
         raise ComparisonError("refusing to compare: " + "; ".join(problems) + " (pass --force to compare anyway)")
