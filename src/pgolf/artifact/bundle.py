@@ -41,8 +41,8 @@ from ..config import SECTIONS, Config
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # Used only by the command line (the whole cli/ layer: commands, `pgolf eval`, `pgolf recipes`, reports,
 # submissions) and by downloads and shard statistics; no module that trains, packs or scores a model imports them
-# (tests/test_submit.py checks that).
-EXCLUDED_PACKAGES = ("cli",)
+# (tests/test_submit.py checks that). `pgolf sweep` (sweep/) only starts `pgolf train` in child processes.
+EXCLUDED_PACKAGES = ("cli", "sweep")
 EXCLUDED_MODULES = frozenset({"__main__.py", "data/download.py", "data/stats.py"} | {
     path.relative_to(PACKAGE_DIR).as_posix()
     for package in EXCLUDED_PACKAGES for path in (PACKAGE_DIR / package).rglob("*.py")})

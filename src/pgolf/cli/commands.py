@@ -226,7 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
-    from .sweep import SpecError, StudyMismatch, load_spec, run_sweep, write_report
+    from .sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
 
     fixed = parse_set_args(args.overrides)
     if args.data:
@@ -247,7 +247,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"pgolf: error: {exc.path}: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    except (StudyMismatch, ValueError) as exc:
+    except (StudyMismatch, SlotError) as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

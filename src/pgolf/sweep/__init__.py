@@ -13,9 +13,9 @@ from .outputs import write_outputs
 from .runner import DEFAULT_TRAIN_COMMAND
 from .spec import SpecError, SweepSpec, load_spec, parse_spec
 from .study import StudyMismatch, default_storage_url, open_study
-from .worker import Say, device_slots, run_trials
+from .worker import Say, SlotError, device_slots, run_trials
 
-__all__ = ["SpecError", "StudyMismatch", "SweepSpec", "default_sweep_dir", "device_slots", "load_spec",
+__all__ = ["SlotError", "SpecError", "StudyMismatch", "SweepSpec", "default_sweep_dir", "device_slots", "load_spec",
            "parse_spec", "run_sweep", "write_report"]
 
 

@@ -6,6 +6,7 @@ compare.png). Everything is rebuilt from the study, so any worker (or `pgolf swe
 from __future__ import annotations
 
 import statistics
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,10 @@ def importances(study: optuna.Study, spec: SweepSpec) -> tuple[dict[str, float] 
     if len(names) < 2 or len(usable) < MIN_TRIALS_FOR_IMPORTANCE or len({t.value for t in usable}) < 2:
         return None, (f"parameter importances need >= 2 parameters and >= {MIN_TRIALS_FOR_IMPORTANCE} finished trials "
                       f"that set all of them (have {len(names)} and {len(usable)})")
-    return optuna.importance.get_param_importances(study, params=names), "PED-ANOVA (optuna.importance)"
+    with warnings.catch_warnings():  # "some regimes have < 2 trials": the note under the plot says how many there are
+        warnings.simplefilter("ignore", UserWarning)
+        found = optuna.importance.get_param_importances(study, params=names)
+    return found, f"PED-ANOVA importances (optuna.importance) over {len(usable)} trials"
 
 
 def plot_search(study: optuna.Study, spec: SweepSpec, rows: list[dict[str, Any]], best: FrozenTrial | None,

@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -126,7 +125,10 @@ def run_training(train_command: tuple[str, ...] | list[str], req: RunRequest, mo
         try:
             follower = _LogFollower(req.run_dir / "log.jsonl") if monitor else None
             while child.poll() is None:
-                time.sleep(poll_s)
+                try:
+                    child.wait(timeout=poll_s)  # returns as soon as the run ends
+                except subprocess.TimeoutExpired:
+                    pass
                 if follower is None:
                     continue
                 for rec in follower.records():

@@ -199,10 +199,16 @@ def _param(name: str, table: Any, problems: _Problems) -> Param | None:
         if not isinstance(values, list) or not values:
             problems.append(f"{where}: choices must be a non-empty list, got {values!r}")
             return None
-        checked = [problems.check(_config_value, name, v, where) for v in values]
+        checked = []
+        for v in values:  # one line per parameter: the first bad value (an unknown key fails them all)
+            typed = problems.check(_config_value, name, v, where)
+            if typed is None:
+                return None
+            checked.append(typed)
         if len({json.dumps(choice_label(v)) for v in values}) != len(values):
             problems.append(f"{where}: choices repeat a value: {values!r}")
-        return Choice(name, tuple(checked)) if None not in checked else None
+            return None
+        return Choice(name, tuple(checked))
     return _range(name, table, where, problems)
 
 
@@ -340,7 +346,7 @@ def parse_spec(table: dict[str, Any], path: str | Path, overrides: dict[str, Any
         param = _param(name_, param_table, problems)
         if param is not None:
             space.append(param)
-    if not space and "space" in table:
+    if not space_table and "space" in table:
         problems.append("[space] is empty: name at least one config key to search")
     elif "space" not in table:
         problems.append("no [space]: name at least one config key to search")

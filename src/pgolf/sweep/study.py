@@ -11,11 +11,14 @@ and Optuna's RetryHeartbeatStaleTrialCallback queues it again, once.
 from __future__ import annotations
 
 import os
+import random
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -47,8 +50,20 @@ def make_storage(url: str, spec: SweepSpec) -> RDBStorage:
         engine_kwargs = {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_s,
-                          grace_period=spec.grace_s, heartbeat_stale_trial_callback=retry_callback())
+        return _retrying(lambda: RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=spec.heartbeat_s,
+                                            grace_period=spec.grace_s, heartbeat_stale_trial_callback=retry_callback()))
+
+
+def _retrying(make, attempts: int = 6):
+    """Workers that start together on an empty database race to create its tables (and the study): the losers
+    get a duplicate-object error from the database, and find everything made when they try again."""
+    for attempt in range(attempts):
+        try:
+            return make()
+        except sqlalchemy.exc.DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1) + random.random())
 
 
 def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
@@ -77,8 +92,9 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 def open_study(spec: SweepSpec, storage_url: str) -> optuna.Study:
     """Create or load the study; refuse one made from a different spec; queue the base trial once."""
     storage = make_storage(storage_url, spec)
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
-                                sampler=make_sampler(spec), pruner=make_pruner(spec), load_if_exists=True)
+    study = _retrying(lambda: optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
+                                                  sampler=make_sampler(spec), pruner=make_pruner(spec),
+                                                  load_if_exists=True))
     stored = study.user_attrs.get("fingerprint")
     if stored is None:
         study.set_user_attr("fingerprint", spec.fingerprint())

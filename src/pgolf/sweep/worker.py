@@ -31,6 +31,10 @@ from .study import (counted_trials, failure_kind, finished_count, open_study, ov
 Say = Callable[[str], None]
 
 
+class SlotError(ValueError):
+    """--jobs / --gpus-per-trial that the machine cannot give."""
+
+
 class TrialFailed(RuntimeError):
     """A trial that ended without a value; its user_attrs say why (failure_kind, failure)."""
 
@@ -48,7 +52,7 @@ def device_slots(jobs: int, threads: int | None = None, gpus_per_trial: int = 1,
     """The environment of each of `jobs` trials side by side: its own GPU(s) when there are GPUs, and a fixed
     number of CPU threads (torch reads OMP_NUM_THREADS at start-up)."""
     if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        raise SlotError(f"--jobs must be >= 1, got {jobs}")
     gpus = visible_gpus() if gpus is None else gpus
     per_job_threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     slots = []
@@ -56,7 +60,7 @@ def device_slots(jobs: int, threads: int | None = None, gpus_per_trial: int = 1,
         env = {"OMP_NUM_THREADS": str(per_job_threads), "MKL_NUM_THREADS": str(per_job_threads)}
         if gpus:
             if jobs * gpus_per_trial > len(gpus):
-                raise ValueError(f"--jobs {jobs} x {gpus_per_trial} GPU(s) per trial needs {jobs * gpus_per_trial} "
+                raise SlotError(f"--jobs {jobs} x {gpus_per_trial} GPU(s) per trial needs {jobs * gpus_per_trial} "
                                  f"GPUs; {len(gpus)} visible ({','.join(gpus)})")
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * gpus_per_trial:(i + 1) * gpus_per_trial])
         slots.append(env)
@@ -141,7 +145,7 @@ def objective(ctx: SweepContext, trial: optuna.Trial, slot: dict[str, str]) -> f
                              ctx.sweep_dir / "logs" / f"{name}.log", slot)
             monitor = _pruning_monitor(trial, index * cfg.train.steps) if prune else None
             try:
-                record = run_training(ctx.train_command, req, monitor)
+                record = run_training(ctx.train_command, req, monitor, poll_s=min(ctx.poll_s, 0.5))
             except RunFailed as exc:
                 raise _fail(trial, exc.kind, str(exc)) from None
             except RunStopped as exc:
@@ -194,6 +198,13 @@ def _too_many_failures(ctx: SweepContext) -> bool:
     return len(failed) >= max(10, 2 * (ctx.budget or 5))
 
 
+def _base_settled(study: optuna.Study) -> bool:
+    """The base runs (what the best is compared with) are finished, or have failed for good."""
+    bases = [t for t in study.get_trials(deepcopy=False) if role(t) == "base"]
+    return any(t.state == TrialState.COMPLETE for t in bases) or not any(
+        t.state in (TrialState.RUNNING, TrialState.WAITING) for t in bases)
+
+
 def _work(ctx: SweepContext, slot: dict[str, str]) -> None:
     study, callback = ctx.study, _after_trial(ctx)
     while not ctx.stop.is_set():
@@ -203,7 +214,7 @@ def _work(ctx: SweepContext, slot: dict[str, str]) -> None:
         if ctx.deadline is not None and time.time() >= ctx.deadline:
             ctx.stopped_because = ctx.stopped_because or f"the wall-time budget ({ctx.spec.minutes:g} min) is spent"
             return
-        if ctx.budget is not None and finished_count(study) >= ctx.budget:
+        if ctx.budget is not None and finished_count(study) >= ctx.budget and _base_settled(study):
             ctx.stopped_because = ctx.stopped_because or f"the trial budget ({ctx.budget}) is finished"
             return
         if _too_many_failures(ctx):
