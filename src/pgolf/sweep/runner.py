@@ -132,7 +132,7 @@ def run_training(train_command: tuple[str, ...] | list[str], req: RunRequest, mo
                 if follower is None:
                     continue
                 for rec in follower.records():
-                    if "val_loss" in rec and "train_loss" not in rec and "averaging" not in rec:
+                    if "val_loss" in rec and "train_loss" not in rec and "averaging" not in rec and child.poll() is None:
                         if monitor(int(rec["step"]), float(rec["val_loss"]), float(rec["val_bpb"])):
                             _stop(child)
                             raise RunStopped(f"stopped at step {rec['step']} (val_bpb {rec['val_bpb']:.4f})")
