@@ -90,7 +90,8 @@ class Range:
 
     def describe(self) -> str:
         kind = "int" if self.integer else "float"
-        extra = (", log" if self.log else "") + (f", step {self.step:g}" if self.step else "")
+        extra = ((", log" if self.log else "") + (f", step {self.step:g}" if self.step else "")
+                 + (f", {self.points} points" if self.points else ""))
         return f"{self.name} in [{self.low:g}, {self.high:g}] ({kind}{extra})"
 
 
