@@ -226,7 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import shlex
 
-    from .sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
+    from ..sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
 
     fixed = parse_set_args(args.overrides)
     if args.data:

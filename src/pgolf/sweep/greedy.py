@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import Config
-from ..report import ComparisonError, Run, compare_loaded
+from .compare import ComparisonError, Run, compare_loaded
 from .space import Param
 from .spec import SweepSpec
 from .study import MAX_RETRY, failure_kind

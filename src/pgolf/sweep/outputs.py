@@ -14,10 +14,11 @@ import optuna
 import tomli_w
 from optuna.trial import FrozenTrial, TrialState
 
-from ..atomic import atomic_write_text
-from ..config import RECIPES_DIR, recipe_path
-from ..report import ComparisonError, compare_loaded, plot_comparison
-from ..runs import write_json
+from ..data.atomic import atomic_write_text
+from ..config import recipe_path
+from ..config.schema import RECIPES_DIR
+from .compare import ComparisonError, compare_loaded, plot_comparison
+from ..training.runs import write_json
 from .greedy import greedy_plan, params_key, runs_of, trial_params
 from .spec import SweepSpec
 from .study import failure_kind, finished_count, retry_of, role
