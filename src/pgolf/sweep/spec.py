@@ -284,9 +284,10 @@ def _number(sweep: dict, key: str, default: Any, problems: list[str], *, integer
     if value is None:
         return None
     ok = not isinstance(value, bool) and isinstance(value, int if integer else (int, float))
-    ok = ok and (not positive or value > 0) and (not unit_interval or 0 < value < 1)
+    ok = ok and (not positive or value > 0) and (not unit_interval or 0 < value < 1) and (integer or value >= 0)
     if not ok:
-        want = "a positive integer" if integer else ("a number in (0, 1)" if unit_interval else "a positive number")
+        want = ("a positive integer" if positive else "an integer") if integer else (
+            "a number in (0, 1)" if unit_interval else "a positive number" if positive else "a number >= 0")
         problems.append(f"[sweep] '{key}' must be {want}, got {value!r}")
         return default
     return value
@@ -359,31 +360,20 @@ def parse_spec(table: dict[str, Any], path: str | Path, overrides: dict[str, Any
                 problems.append(f"[space] '{p.name}' and '{seen[key]}' both set '{key}'")
             seen[key] = p.name
     pruning = _pruning(table.get("pruning", {}), problems)
+    numbers = {"margin": _number(sweep, "margin", 0.005, problems, positive=False),
+               "significance": _number(sweep, "significance", 0.01, problems, unit_interval=True),
+               "heartbeat_s": _number(sweep, "heartbeat_s", 30, problems, integer=True),
+               "grace_s": _number(sweep, "grace_s", 120, problems, integer=True),
+               "passes": _number(sweep, "passes", 1, problems, integer=True),
+               "sampler_seed": _number(sweep, "sampler_seed", 0, problems, integer=True, positive=False)}
+    if numbers["grace_s"] <= numbers["heartbeat_s"]:
+        problems.append(f"[sweep] 'grace_s' ({numbers['grace_s']}) must exceed 'heartbeat_s' ({numbers['heartbeat_s']})")
     if not problems and isinstance(recipe, str):
         problems.check(load_recipe, recipe, scale, dict(fixed))  # the base itself must resolve (combinations too)
     if problems:
         raise SpecError(path, list(problems))
-    spec = SweepSpec(path=path, name=name, recipe=recipe, scale=scale, seeds=list(seeds), strategy=strategy,
-                     space=space, fixed=fixed, trials=trials, minutes=minutes,
-                     sampler_seed=sweep.get("sampler_seed", 0), margin=sweep.get("margin", 0.005),
-                     significance=sweep.get("significance", 0.01), heartbeat_s=sweep.get("heartbeat_s", 30),
-                     grace_s=sweep.get("grace_s", 120), passes=sweep.get("passes", 1), pruning=pruning)
-    _check_numbers(spec, sweep, problems)
-    if problems:
-        raise SpecError(path, list(problems))
-    return spec
-
-
-def _check_numbers(spec: SweepSpec, sweep: dict, problems: list[str]) -> None:
-    _number(sweep, "margin", 0.005, problems, positive=False)
-    _number(sweep, "significance", 0.01, problems, unit_interval=True)
-    _number(sweep, "heartbeat_s", 30, problems, integer=True)
-    _number(sweep, "grace_s", 120, problems, integer=True)
-    _number(sweep, "passes", 1, problems, integer=True)
-    if not isinstance(spec.sampler_seed, int) or isinstance(spec.sampler_seed, bool):
-        problems.append(f"[sweep] 'sampler_seed' must be an integer, got {spec.sampler_seed!r}")
-    if spec.grace_s <= spec.heartbeat_s:
-        problems.append(f"[sweep] 'grace_s' ({spec.grace_s}) must exceed 'heartbeat_s' ({spec.heartbeat_s})")
+    return SweepSpec(path=path, name=name, recipe=recipe, scale=scale, seeds=list(seeds), strategy=strategy,
+                     space=space, fixed=fixed, trials=trials, minutes=minutes, pruning=pruning, **numbers)
 
 
 def _pruning(table: Any, problems: list[str]) -> Pruning:
