@@ -6,6 +6,7 @@ compare.png). Everything is rebuilt from the study, so any worker (or `pgolf swe
 from __future__ import annotations
 
 import statistics
+import textwrap
 import warnings
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,7 @@ def plot_search(study: optuna.Study, spec: SweepSpec, rows: list[dict[str, Any]]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]})
     done = [r for r in rows if r["state"] == "COMPLETE"]
@@ -128,6 +130,7 @@ def plot_search(study: optuna.Study, spec: SweepSpec, rows: list[dict[str, Any]]
         left.step(xs, ys, where="post", color="tab:green", lw=1.2, label="best so far")
     if best is not None:
         left.scatter([best.number], [best.value], s=140, facecolors="none", edgecolors="tab:green", lw=2, label="best")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("trial")
     left.set_ylabel("val_bpb of the artifact")
     left.set_title(f"{spec.name}: {spec.strategy}, seeds {spec.seeds}", fontsize=9)
@@ -141,7 +144,7 @@ def plot_search(study: optuna.Study, spec: SweepSpec, rows: list[dict[str, Any]]
         right.tick_params(axis="y", labelsize=7)
     else:
         right.axis("off")
-        right.text(0.5, 0.5, imp_note, ha="center", va="center", wrap=True, fontsize=8)
+        right.text(0.5, 0.5, textwrap.fill(imp_note, 48), ha="center", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

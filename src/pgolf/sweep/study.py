@@ -91,6 +91,7 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
 
 def open_study(spec: SweepSpec, storage_url: str) -> optuna.Study:
     """Create or load the study; refuse one made from a different spec; queue the base trial once."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = make_storage(storage_url, spec)
     study = _retrying(lambda: optuna.create_study(study_name=spec.name, storage=storage, direction="minimize",
                                                   sampler=make_sampler(spec), pruner=make_pruner(spec),
