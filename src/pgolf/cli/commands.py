@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ..quant.gptq import GPTQError
 from ..training.checkpoint import CheckpointError
 from ..training.loop import TrainingDiverged, TrainingInterrupted, train
 from ..training.runtime import collective_failure
+from ..sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
 from .evaluate_artifact import evaluate_artifact
 from .recipes_info import recipe_table
 from .repack import repack_run
@@ -224,10 +226,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    import shlex
-
-    from ..sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
-
     fixed = parse_set_args(args.overrides)
     if args.data:
         fixed["data.path"] = args.data
