@@ -16,8 +16,7 @@ import tomli_w
 from optuna.trial import FrozenTrial, TrialState
 
 from ..data.atomic import atomic_write_text
-from ..config import recipe_path
-from ..config.schema import RECIPES_DIR
+from ..config import RECIPES_DIR, recipe_path
 from .compare import ComparisonError, compare_loaded, plot_comparison
 from ..training.runs import write_json
 from .greedy import greedy_plan, params_key, runs_of, trial_params
