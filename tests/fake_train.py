@@ -2,8 +2,9 @@
 (env.json, log.jsonl, result.json), and a planted objective instead of training, in milliseconds.
 
 Planted val_loss (nats): 6.0, -0.30 for model.smear=post_norm (-0.10 pre_norm), -0.20 for model.mlp=swiglu,
-+0.1 * ln(optim.matrix_lr / 0.02)^2, -0.002 for model.qk_gain_init=5 (a decoy below the 0.005-nat margin), and
-a per-seed offset of at most 0.0018. Knobs (environment): FAKE_TRAIN_LOG (append one JSON line per start),
++0.1 * ln(optim.matrix_lr / 0.02)^2, -0.002 for model.qk_gain_init=5 (a decoy below the 0.005-nat margin), -0.5 for
+model.model_dim > 1000 (whose artifact is 20 MB: over the limit, exit status 4), and a per-seed offset of at most
+0.0018. Knobs (environment): FAKE_TRAIN_LOG (append one JSON line per start),
 FAKE_TRAIN_GATE (wait until this file exists), FAKE_TRAIN_SLEEP (seconds), FAKE_TRAIN_CRASH (a file: crash with
 exit status 1 if it does not exist yet, creating it; 'always': crash every time), FAKE_TRAIN_VAL_SLEEP (seconds
 between intermediate validation lines when train.val_every is set).
@@ -36,6 +37,7 @@ def planted_loss(settings: dict, seed: int) -> float:
     loss -= 0.20 if settings.get("model.mlp") == "swiglu" else 0.0
     loss += 0.1 * math.log(settings.get("optim.matrix_lr", 0.04) / 0.02) ** 2
     loss -= 0.002 if settings.get("model.qk_gain_init") == 5.0 else 0.0
+    loss -= 0.5 if int(settings.get("model.model_dim", 256)) > 1000 else 0.0  # better, but its artifact is too big
     return loss + ((seed * 7919) % 13 - 6) * 0.0003
 
 

@@ -35,8 +35,9 @@ SPACE = {
 
 
 def write_spec(folder: Path, space=None, fixed=None, pruning=None, **sweep) -> Path:
-    table = {"sweep": {"recipe": "baseline", "scale": "tiny", "seeds": [1337, 42], "strategy": "random",
-                       "trials": 4, "heartbeat_s": 1, "grace_s": 3, **sweep},
+    settings = {"recipe": "baseline", "scale": "tiny", "seeds": [1337, 42], "strategy": "random", "trials": 4,
+                "heartbeat_s": 1, "grace_s": 3, **sweep}
+    table = {"sweep": {k: v for k, v in settings.items() if v is not None},
              "fixed": fixed if fixed is not None else {"train.steps": 100},
              "space": space if space is not None else SPACE}
     if pruning:
@@ -145,6 +146,27 @@ def test_greedy_finds_the_planted_optimum_and_writes_a_recipe_that_reproduces_it
     # every trial-seed is an ordinary run folder that `pgolf compare` reads
     best_runs = [tmp_path / "out" / r["run_dir"] for r in summary["trials"][summary["best"]["trial"]]["seeds"].values()]
     assert all((r / "result.json").is_file() for r in best_runs) and len(best_runs) == 3
+
+
+def test_grid_runs_every_combination_once_and_an_artifact_over_the_limit_is_never_the_best(tmp_path, fake_env):
+    space = {"model.smear": {"choices": ["none", "post_norm", "pre_norm"]}, "model.model_dim": {"choices": [256, 2048]}}
+    spec = write_spec(tmp_path, space=space, strategy="grid", trials=None, fixed={"train.steps": 100,
+                                                                                  "quant.allow_over_budget": True})
+    summary = sweep_here(spec, tmp_path / "out")
+    search = [r for r in summary["trials"] if r["role"] == "search"]
+    assert sorted((r["params"]["model.smear"], r["params"]["model.model_dim"]) for r in search) == sorted(
+        (s, d) for s in ("none", "post_norm", "pre_norm") for d in (256, 2048))
+    over = [r for r in search if r["under_limit"] is False]
+    assert len(over) == 3 and min(r["val_bpb"] for r in over) < summary["best"]["val_bpb"]
+    assert summary["best"]["changes"] == {"model.smear": "post_norm", "model.model_dim": 256}
+
+
+def test_tpe_draws_a_range_from_the_whole_interval_not_from_its_grid_points(tmp_path, fake_env):
+    summary = sweep_here(write_spec(tmp_path, strategy="tpe", trials=3), tmp_path / "out")
+    rates = [r["params"]["optim.matrix_lr"] for r in summary["trials"] if r["role"] == "search"]
+    grid_points = load_spec(tmp_path / "spec.toml").space[2].candidates()
+    assert len(rates) == 3 and all(0.01 <= x <= 0.08 for x in rates) and not set(rates) <= set(grid_points)
+    assert summary["finished"] == 3
 
 
 # ----------------------------------------------------------------------------- resume
