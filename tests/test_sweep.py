@@ -234,9 +234,11 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried(tmp_pat
     spec = write_spec(tmp_path, trials=2)
     out = tmp_path / "out"
     proc = sweep_process(spec, out, env=subprocess_env())
-    started = wait_for(lambda: fake_env(), what="the first trial to start")[0]
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        started = wait_for(lambda: fake_env(), what="the first trial to start")[0]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     wait_for(lambda: _process_state(started["pid"]) in ("Z", "gone"), timeout=10,
              what="the killed worker's training process to die with it")
     study = study_of(spec, out)
@@ -262,18 +264,25 @@ def _two_workers_share_the_study(tmp_path, fake_env, monkeypatch, storage: str |
     out = tmp_path / "out"
     extra = ("--worker",) + (("--storage", storage) if storage else ())
     procs = [sweep_process(spec, out, *extra) for _ in range(2)]
-    # both workers are inside a trial at the same time before any trial may finish
+
     def both_started() -> bool:
         for p in procs:
             if p.poll() is not None:
                 pytest.fail(f"worker {p.pid} exited early ({p.returncode}): {p.communicate()[0]}")
         return len({r["ppid"] for r in fake_env()}) == 2
 
-    wait_for(both_started, what="both workers to start a trial")
-    gate.touch()
-    for p in procs:
-        output, _ = p.communicate(timeout=180)
-        assert p.returncode == 0, output
+    try:  # both workers are inside a trial at the same time before any trial may finish
+        wait_for(both_started, what="both workers to start a trial")
+        gate.touch()
+        for p in procs:
+            output, _ = p.communicate(timeout=180)
+            assert p.returncode == 0, output
+    finally:
+        gate.touch()
+        for p in procs:  # a failed wait must not leave the workers running (their runs die with them)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     study = study_of(spec, out, storage)
     done = finished(study)
     assert len(done) == 6 and all(t.state == TrialState.COMPLETE for t in done)
