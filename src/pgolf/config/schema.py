@@ -139,6 +139,7 @@ class TrainConfig:
     swa_start_lr: float = _f(0.5, "collect SWA snapshots while the LR multiplier is below this (LR warm-up steps never count)")
     compile: str = _f("auto", "torch.compile the model (auto = on CUDA only)", ("auto", "on", "off"))
     compile_priming_steps: int = _f(0, "steps run then undone before training, to compile off the clock")
+    ddp_grad_dtype: str = _f("auto", "dtype of DDP's gradient all-reduce (auto = bf16 on CUDA as the records, via DDP's bf16_compress_hook; fp32 elsewhere)", ("auto", "bfloat16", "float32"))
     check_fast_paths: bool = _f(False, "debug: at start-up, compare the fast kernels with the plain reference and stop on a mismatch")
     dtype: str = _f("auto", "compute dtype (auto = bf16 autocast on CUDA, fp32 on CPU)", ("auto", "bfloat16", "float32"))
     log_every: int = _f(10, "log a training line every N steps")

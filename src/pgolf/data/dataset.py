@@ -73,15 +73,22 @@ def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) 
     return dataset
 
 
-def check_vocabularies(dataset: Dataset, model_vocab: int) -> None:
-    """Tokenizer vocab == model.vocab_size, and no token id in the data (every shard) reaches either."""
-    first_train = dataset.train_files[0]
-    max_id = -1
-    where = first_train
-    for f in list(dict.fromkeys(dataset.train_files + dataset.val_files)):
+def max_token_id(files: list[Path]) -> tuple[int, Path | None]:
+    """(largest token id in `files`, the first file holding it); (-1, None) for no tokens."""
+    max_id, where = -1, None
+    for f in files:
         toks = read_shard(f)
         if toks.size and int(toks.max()) > max_id:
             max_id, where = int(toks.max()), f
+    return max_id, where
+
+
+def check_vocabularies(dataset: Dataset, model_vocab: int, scanned: tuple[int, Path | None] | None = None) -> None:
+    """Tokenizer vocab == model.vocab_size, and no token id in the data (every shard) reaches either.
+
+    `scanned`: the (max id, file) of every shard when the caller has already scanned them (split across ranks)."""
+    max_id, where = scanned if scanned is not None else max_token_id(list(dict.fromkeys(dataset.train_files + dataset.val_files)))
+    where = where or dataset.train_files[0]
     if dataset.tokenizer_vocab != model_vocab or max_id >= min(model_vocab, dataset.tokenizer_vocab):
         raise DataMismatchError(
             f"vocabulary mismatch: tokenizer {dataset.tokenizer_path} has {dataset.tokenizer_vocab} pieces, "

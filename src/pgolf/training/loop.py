@@ -2,8 +2,15 @@
 it does not know how any technique works.
 
 Single process or torchrun (NCCL on GPU, gloo on CPU). Gradient accumulation keeps the global batch the same
-for any world size. SIGINT/SIGTERM finish the current step, write a checkpoint and stop; `resume=True`
-continues from it with the same numbers as an uninterrupted run.
+for any world size. SIGINT/SIGTERM stop the run at the next step boundary (the step in flight is not applied),
+write a checkpoint and stop; `resume=True` continues from it with the same numbers as an uninterrupted run.
+
+One step = the micro-steps' forward/backward, then ONE small all-reduce of three flags (non-finite loss on any
+rank, a stop signal on any rank, the wall-clock cap reached) and its one read to the host, then — only if no flag
+is set — clip, optimizer and averaging. The loss stays on the device and is read only at log steps; a
+non-finite loss is still caught before its update is applied, through the flag. Time is kept by
+`clock.TrainingClock`: everything from t0 counts except validation and the priming steps, and the GPTQ
+calibration after the last step counts against `train.max_wallclock_s` too (`quant.gptq_reserve_s` is its share).
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+from torch.nn.parallel import DistributedDataParallel
 
 from ..artifact.budget import check_budget
 from ..artifact.sizes import pack
 from ..config import Config, ConfigError
 from ..data.atomic import atomic_write
-from ..data.dataset import Dataset, load_validation, resolve_dataset
+from ..data.dataset import Dataset, check_vocabularies, load_validation, max_token_id, resolve_dataset
 from ..data.loader import DistributedTokenLoader, PrefetchingLoader
 from ..data.tokenizer import byte_tables, load_tokenizer
 from ..eval.bpb import evaluate
@@ -42,10 +50,12 @@ from ..quant.gptq import collect_hessians
 from ..quant.pack import unpack
 from ..quant.qat import attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
 from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
+from .clock import TrainingClock
 from .fastpath import assert_fast_paths, check_fast_paths
-from .runs import (LogWriter, Progress, device_name, environment, is_finite, new_run_dir, plot_losses, save_config,
-                   summary, write_json)
-from .runtime import Runtime, any_rank, barrier, broadcast_object, init_runtime, seed_everything
+from .runs import (LogWriter, Progress, device_memory, device_name, environment, new_run_dir, plot_losses,
+                   save_config, summary, write_json)
+from .runtime import (Runtime, any_rank, any_rank_flags, barrier, broadcast_object, gather_objects, init_runtime,
+                      seed_everything, synchronize)
 
 StepCallback = Callable[[int, dict[str, Any]], None]
 
@@ -96,14 +106,33 @@ def grad_accum_steps(cfg: Config, world_size: int) -> int:
 
 
 def choose_attention_backend(requested: str, device: torch.device, doc_attention: bool = False) -> str:
-    """auto: FlashAttention-3 where installed on CUDA, else flex_attention (document masks) or SDPA."""
+    """auto: FlashAttention-3 where installed on a CUDA device of compute capability 9.0+ (Hopper: FA3's kernels
+    exist only there), else flex_attention (document masks) or SDPA."""
     if requested != "auto":
         return requested
     if device.type != "cuda":
         return "sdpa"
-    if flash3_available():
+    if flash3_available() and torch.cuda.get_device_capability(device)[0] >= 9:
         return "fa3"
     return "flex" if doc_attention else "sdpa"
+
+
+def grad_allreduce_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """train.ddp_grad_dtype: auto = bf16 on CUDA (the records' all-reduce bytes), fp32 elsewhere."""
+    if requested == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bfloat16": torch.bfloat16, "float32": torch.float32}[requested]
+
+
+def wrap_ddp(forward: nn.Module, cfg: Config, rt: Runtime) -> DistributedDataParallel:
+    """DDP as the records use it: no buffer broadcast each forward (every buffer — QAT's W_hat included — is
+    computed identically on every rank), gradients all-reduced in train.ddp_grad_dtype (bf16 via DDP's
+    bf16_compress_hook: half the bytes of fp32)."""
+    ddp = DistributedDataParallel(forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                                  broadcast_buffers=False)
+    if grad_allreduce_dtype(cfg.train.ddp_grad_dtype, rt.device) == torch.bfloat16:
+        ddp.register_comm_hook(state=None, hook=bf16_compress_hook)
+    return ddp
 
 
 def _use_compile(cfg: Config, device: torch.device) -> bool:
@@ -128,10 +157,20 @@ def _prepare_run_dir(rt: Runtime, cfg: Config, out_dir: str | Path | None, resum
 
 
 def _resolve_data(rt: Runtime, cfg: Config, progress: bool) -> Dataset:
-    dataset = resolve_dataset(cfg, progress and rt.is_main) if rt.is_main else None
-    barrier()  # rank 0 prepares the embedded corpus once; the others then find it ready
-    # rank 0 has scanned every token id; the others only resolve the same files
-    return dataset if dataset is not None else resolve_dataset(cfg, False, check_ids=False)
+    """Rank 0 prepares the embedded corpus once (the others wait the long rank-0 timeout); every rank checks
+    every shard's header and size; the token-id scan of all shards is split across the ranks and its result
+    shared, so every rank raises the same error on bad data and none waits for one rank to read them all."""
+    if not rt.distributed:
+        return resolve_dataset(cfg, progress)
+    dataset = resolve_dataset(cfg, progress and rt.is_main, check_ids=False) if rt.is_main else None
+    barrier(after_rank0_phase=True)
+    if dataset is None:
+        dataset = resolve_dataset(cfg, False, check_ids=False)
+    files = list(dict.fromkeys(dataset.train_files + dataset.val_files))
+    mine = max_token_id(files[rt.rank::rt.world_size])
+    found = max(gather_objects((mine[0], str(mine[1]) if mine[1] is not None else None)), key=lambda m: m[0])
+    check_vocabularies(dataset, cfg.model.vocab_size, scanned=(found[0], Path(found[1]) if found[1] else None))
+    return dataset
 
 
 def _keep_last_good(run_dir: Path, model: nn.Module, write_checkpoint: Callable[[], None], train_loss: float,
@@ -191,20 +230,26 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
         if isinstance(optimizers.get("matrix"), Muon):
             optimizers["matrix"].compile_newton_schulz()
     if rt.distributed:
-        forward = DDP(forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+        forward = wrap_ddp(forward, cfg, rt)
 
     if t.check_fast_paths:
         _check_fast_paths(model, forward, dataset, cfg, rt)
-    step, elapsed = 0, 0.0
+    step, priming_s = 0, 0.0
+    clock = TrainingClock(rt.device)
+    if rt.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(rt.device)
     if resume:
         state, avg_tensors = load_checkpoint(run_dir, model=model, optimizers=optimizers, rank=rt.rank)
-        step, elapsed = state["step"], state["elapsed_s"]
+        step, clock.counted_s = state["step"], state["elapsed_s"]
         loader.load_state_dict(state["loader"])
         averager.load_state_tensors(avg_tensors, state["swa_count"])
         model.set_looping(state["looping"])
         torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
-    elif t.compile_priming_steps > 0:
+    elif t.compile_priming_steps > 0:  # compiles every graph off the clock, as the records' warm-up steps
+        start = time.perf_counter()
         _prime(forward, model, optimizers, loader, cfg, accum, rt)
+        synchronize(rt.device)
+        priming_s = time.perf_counter() - start
         averager = WeightAverager(model, t)
 
     log = LogWriter(run_dir / "log.jsonl", resume_step=step if resume else None) if rt.is_main else None
@@ -215,21 +260,27 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                     f"({accum} micro-step{'s' if accum > 1 else ''}) | run {run_dir}")
     val_tokens = tables = None
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {"step": step, "elapsed_s": elapsed, "loader": loader.state_dict(), "looping": model.looping,
+    def checkpoint_state(at_step_start: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`at_step_start`: the loader and RNG as the step in flight found them (it is not applied)."""
+        now = at_step_start or {"loader": loader.state_dict(), "torch_rng": torch.get_rng_state()}
+        return {"step": step, "elapsed_s": clock.read(), "loader": now["loader"], "looping": model.looping,
                 "swa_count": averager.swa_count, "world_size": rt.world_size,
-                "torch_rng": torch.get_rng_state().tolist()}
+                "torch_rng": now["torch_rng"].tolist()}
 
-    def write_checkpoint() -> None:
+    def write_checkpoint(at_step_start: dict[str, Any] | None = None) -> None:
         save_checkpoint(run_dir, model=model, optimizers=optimizers, averaging_tensors=averager.state_tensors(),
-                        state=checkpoint_state(), rank=rt.rank)
+                        state=checkpoint_state(at_step_start), rank=rt.rank)
 
     reserve = cfg.quant.gptq_reserve_s
+    limit_s = t.max_wallclock_s - reserve if t.max_wallclock_s > 0 else math.inf
     global_tokens_per_step = t.batch_tokens
+    flags = torch.zeros(3, device=rt.device)  # [non-finite loss, stop signal, wall-clock cap], max over ranks
+    at_step_start: dict[str, Any] = {}
+    clock.start()
     with _StopSignal() as stop:
         while step < t.steps:
-            step_start = time.perf_counter()
-            mult = lr_multiplier(step, elapsed, t, reserve)
+            at_step_start = {"loader": loader.state_dict(), "torch_rng": torch.get_rng_state()}
+            mult = lr_multiplier(step, clock.read(), t, reserve)
             set_lr_multiplier(optimizers, mult)
             if late_qat_due(step, mult, cfg.quant, t.warmup_steps) and not qat_enabled(model):
                 set_qat_enabled(model, True)
@@ -237,7 +288,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             if cfg.quant.qat != "none":
                 refresh_qat(model)  # W_hat of this step's weights, computed eagerly on the export grid
             set_muon_momentum(optimizers, muon_momentum_at(step, cfg.optim))
-            if not model.looping and training_fraction(step, elapsed, t, reserve) >= cfg.model.recurrence_start_frac:
+            if not model.looping and training_fraction(step, clock.read(), t, reserve) >= cfg.model.recurrence_start_frac:
                 model.set_looping(True)
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -250,48 +301,57 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                         loss = forward(x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True))
                     (loss / accum).backward()
                 loss_sum += loss.detach()
-            train_loss = float(loss_sum.item()) / accum
-            diverged = any_rank(not is_finite(train_loss), rt.device)
-            if diverged:
+            flags[0].copy_(~torch.isfinite(loss_sum))
+            flags[1].fill_(stop.signum is not None)
+            flags[2].fill_(clock.read() >= limit_s)
+            non_finite, stopping, capped = any_rank_flags(flags)  # the step's one collective and host sync
+            if non_finite:
+                train_loss = float(loss_sum.item()) / accum
                 raise TrainingDiverged(_keep_last_good(run_dir, model, write_checkpoint, train_loss, step, rt.device))
+            if stopping:
+                write_checkpoint(at_step_start)
+                bar.close()
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step, run_dir)
+            if capped:  # the previous step crossed the cap: this one is not applied
+                bar.message(f"wall-clock cap reached after {clock.read():.1f} s at step {step}")
+                break
             if cfg.optim.grad_clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
             for opt in optimizers.values():
                 opt.step()
             step += 1
             averager.update(model, step, mult)
-            elapsed += time.perf_counter() - step_start
-            tokens_per_s = global_tokens_per_step * step / max(elapsed, 1e-9)
-            bar.update(step, train_loss, tokens_per_s, elapsed, t.max_wallclock_s)
-            if log is not None and (step % t.log_every == 0 or step == 1 or step == t.steps):
-                log.write({"step": step, "train_loss": train_loss, "lr_mult": mult, "tokens_per_s": tokens_per_s,
-                           "ms_per_step": 1000 * elapsed / step, "elapsed_s": elapsed})
+            if step % t.log_every == 0 or step == 1 or step == t.steps:
+                train_loss = float(loss_sum.item()) / accum  # the loss reaches the host only at log steps
+                elapsed = clock.read()
+                tokens_per_s = global_tokens_per_step * step / max(elapsed, 1e-9)
+                bar.update(step, train_loss, tokens_per_s, elapsed, t.max_wallclock_s)
+                if log is not None:
+                    log.write({"step": step, "train_loss": train_loss, "lr_mult": mult, "tokens_per_s": tokens_per_s,
+                               "ms_per_step": 1000 * elapsed / step, "elapsed_s": elapsed})
             if t.val_every > 0 and step % t.val_every == 0 and step < t.steps:
-                if val_tokens is None:
-                    val_tokens, tables = _load_val(dataset, cfg)
-                ev = evaluate(model, val_tokens, None, plain_eval_config(cfg), tables=tables)
+                with clock.paused():  # validation is not training time
+                    if val_tokens is None:
+                        val_tokens, tables = _load_val(dataset, cfg)
+                    ev = evaluate(model, val_tokens, None, plain_eval_config(cfg), tables=tables)
                 if log is not None:
                     log.write({"step": step, "val_loss": ev.val_loss, "val_bpb": ev.val_bpb})
                 bar.message(f"step {step}: val_loss {ev.val_loss:.4f} val_bpb {ev.val_bpb:.4f}")
             if step_callback is not None:
-                step_callback(step, {"train_loss": train_loss, "elapsed_s": elapsed})
-            capped = t.max_wallclock_s > 0 and elapsed >= t.max_wallclock_s - reserve
+                step_callback(step, {"train_loss": float(loss_sum.item()) / accum, "elapsed_s": clock.read()})
             if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < t.steps:
                 write_checkpoint()
-            if any_rank(stop.signum is not None, rt.device):
-                write_checkpoint()
-                bar.close()
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step, run_dir)
-            if any_rank(capped, rt.device):
-                bar.message(f"wall-clock cap reached after {elapsed:.1f} s at step {step}")
-                break
     bar.close()
     if isinstance(loader, PrefetchingLoader):
         loader.close()
         loader = loader.loader
+    if at_step_start and step < t.steps:  # ended by the cap: calibration reads on from the last applied step
+        loader.load_state_dict(at_step_start["loader"])
+    timing = {"train_seconds": clock.stop(), "priming_seconds": priming_s, "paused_seconds": clock.paused_s,
+              **device_memory(rt.device, "train_")}
     if val_tokens is None:
         val_tokens, tables = _load_val(dataset, cfg)
-    return _finish(cfg, rt, run_dir, model, averager, val_tokens, tables, step, elapsed, show, loader)
+    return _finish(cfg, rt, run_dir, model, averager, val_tokens, tables, step, timing, show, loader)
 
 
 def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Config, rt: Runtime) -> None:
@@ -340,11 +400,31 @@ def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: Distributed
     model.set_looping(looping)
 
 
+def _calibrate(cfg: Config, rt: Runtime, model: GPT, loader: DistributedTokenLoader) -> tuple[dict | None, float]:
+    """GPTQ's calibration Hessians from training tokens, timed as training: (hessians or None, seconds)."""
+    if "gptq" not in (cfg.quant.method, cfg.quant.embed_method):
+        return None, 0.0
+    start = time.perf_counter()
+    hessians = collect_hessians(model, loader, cfg, rt.device)
+    synchronize(rt.device)
+    return hessians, time.perf_counter() - start
+
+
 def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: WeightAverager, val_tokens, tables,
-            steps: int, train_seconds: float, show: bool, loader: DistributedTokenLoader) -> dict[str, Any]:
-    """Averaging -> pre-quant eval -> pack -> unpack -> scored eval -> result.json, loss.png, summary."""
+            steps: int, timing: dict[str, Any], show: bool, loader: DistributedTokenLoader) -> dict[str, Any]:
+    """Averaging -> GPTQ calibration (on the training clock) -> pre-quant eval -> pack -> unpack -> scored eval ->
+    result.json, loss.png, summary."""
+    start = time.perf_counter()
     model.set_looping(True)
     averaging = averager.apply_to(model)  # the explicit export rule of train.averaging: live | ema | swa
+    hessians, calibration_s = _calibrate(cfg, rt, model, loader)  # reads training tokens: inside the cap
+    capped_s = timing["train_seconds"] + time.perf_counter() - start
+    cap = cfg.train.max_wallclock_s
+    timing.update(calibration_seconds=calibration_s, capped_seconds=capped_s, within_cap=cap <= 0 or capped_s <= cap)
+    if show and not timing["within_cap"]:
+        print(f"WARNING: training + GPTQ calibration took {capped_s:.1f} s, over train.max_wallclock_s = {cap:g} s "
+              f"(calibration {calibration_s:.1f} s against quant.gptq_reserve_s = {cfg.quant.gptq_reserve_s:g} s); "
+              f"raise quant.gptq_reserve_s or lower quant.gptq_calib_batches", file=sys.stderr)
     if rt.is_main:
         LogWriter(run_dir / "log.jsonl").write({"step": steps, "averaging": averaging, "averaging_detail": averager.describe(),
                                                 "swa_snapshots": averager.swa_count})
@@ -353,13 +433,12 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         atomic_write(run_dir / "model.safetensors", lambda tmp: save_file(final_state, tmp))
     plain = plain_eval_config(cfg)
     prequant = evaluate(model, val_tokens, None, plain, tables=tables)
-    hessians = None
-    if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
-        hessians = collect_hessians(model, loader, cfg, rt.device)
     artifact = run_dir / "artifact.pgolf"
     # code_bytes = the exact size of the self-contained train_gpt.py `pgolf submit` writes for this config
+    pack_start = time.perf_counter()
     sizes = pack(model, cfg, artifact, hessians) if rt.is_main else None
-    sizes = broadcast_object(sizes)
+    pack_s = time.perf_counter() - pack_start
+    sizes = broadcast_object(sizes, after_rank0_phase=True)  # the others wait out rank 0's GPTQ + compression
     barrier()
     scored_model, _ = unpack(artifact, rt.device)
     scored_model.attention_backend = model.attention_backend
@@ -368,6 +447,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     if cfg.eval.sliding_stride > 0 or cfg.eval.ttt != "none":
         final = evaluate(scored_model, val_tokens, None, cfg.eval, tables=tables)
     train_tokens = steps * cfg.train.batch_tokens
+    train_seconds = timing["train_seconds"]
     result: dict[str, Any] = {
         "recipe": cfg.recipe, "scale": cfg.scale, "seed": cfg.seed,
         "val_loss": final.val_loss, "val_bpb": final.val_bpb,
@@ -382,6 +462,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         "val_tokens_limited": cfg.data.val_tokens_limit > 0,
         "eval_mode": final.mode, "legal": final.legal, "averaging": averaging,
         "averaging_detail": averager.describe(), "swa_snapshots": averager.swa_count,
+        **timing, "pack_seconds": pack_s, **device_memory(rt.device),
     }
     if rt.is_main:
         write_json(run_dir / "result.json", result)
@@ -394,5 +475,5 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         if not result["under_limit"]:
             print(f"WARNING: the artifact is OVER the 16,000,000-byte limit by {result['artifact_bytes'] - 16_000_000:,} "
                   f"bytes; this run cannot be submitted as it is.", file=sys.stderr)
-    barrier()
+    barrier(after_rank0_phase=True)  # rank 0 wrote result.json, loss.png and the summary
     return result

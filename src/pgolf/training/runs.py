@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import platform
 import subprocess
 import sys
@@ -71,6 +70,15 @@ def environment(device: torch.device, world_size: int, data: dict[str, Any]) -> 
 def save_config(cfg: Config, path: str | Path) -> None:
     """config.toml of a run folder: the fully resolved config, written atomically."""
     atomic_write_text(path, config_to_toml(cfg))
+
+
+def device_memory(device: torch.device, prefix: str = "") -> dict[str, int]:
+    """Peak bytes the caching allocator handed out (allocated) and held from the driver (reserved) since the last
+    reset; {} off CUDA. Reserved is what an out-of-memory error is about."""
+    if device.type != "cuda":
+        return {}
+    return {f"{prefix}peak_memory_allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
+            f"{prefix}peak_memory_reserved_bytes": int(torch.cuda.max_memory_reserved(device))}
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -211,7 +219,3 @@ def summary(result: dict[str, Any], run_dir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def is_finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))
