@@ -112,6 +112,17 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from ..training.plan import format_plan, plan
+
+    overrides = parse_set_args(args.overrides)
+    overrides.setdefault("quant.allow_over_budget", True)  # plan reports an over-budget config; it does not refuse it
+    cfg = load_recipe(args.recipe, scale=args.scale, overrides=overrides)
+    result = plan(cfg, gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, eval_mfu=args.eval_mfu)
+    print(json.dumps(result, indent=2) if args.json else format_plan(result))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     if args.keys:
         for key, typ, default, help_text in describe_keys():
@@ -293,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recipes", help="list the recipes and what each turns on")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser("plan", help="a dry run on any CPU: parameters, FLOPs, memory per GPU, ms/step, steps in the "
+                                    "cap, artifact and evaluation-time estimates, with warnings")
+    p.add_argument("--recipe", default="baseline", help="shipped recipe name or a .toml path (default: baseline)")
+    p.add_argument("--scale", choices=("full", "tiny"), default="full")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--gpus", type=int, default=8, help="number of GPUs (default 8)")
+    p.add_argument("--gpu", default="h100", choices=("h100", "h200", "a100"), help="GPU model (default h100)")
+    p.add_argument("--mfu", type=float, default=0.30, help="assumed training MFU of the bf16 peak (default 0.30)")
+    p.add_argument("--eval-mfu", type=float, default=0.20, help="assumed evaluation MFU (default 0.20)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("config", help="print a resolved config as TOML (or --keys: every key with its help)")
     _add_config_args(p)

@@ -30,7 +30,7 @@ BOS_ID = 1
 def to_compute_dtype(x: Tensor) -> Tensor:
     """x in the autocast dtype where autocast is on (the embedding lookup and its norm are not autocast ops, so
     the residual stream would otherwise stay fp32: twice the activation bytes of the records' bf16 stream)."""
-    if torch.is_autocast_enabled(x.device.type):
+    if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):  # (meta: no autocast)
         return x.to(torch.get_autocast_dtype(x.device.type))
     return x
 
