@@ -81,7 +81,7 @@ def broadcast_coalesced(*args, **kwargs):
 dist._broadcast_coalesced = broadcast_coalesced
 
 
-class ProbedDDP(loop.DistributedDataParallel):
+class ProbedDDP(torch.nn.parallel.DistributedDataParallel):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         record["ddp"]["broadcast_buffers"] = self.broadcast_buffers
@@ -91,7 +91,9 @@ class ProbedDDP(loop.DistributedDataParallel):
         return super().register_comm_hook(state, hook)
 
 
-loop.DistributedDataParallel = ProbedDDP
+torch.nn.parallel.DistributedDataParallel = ProbedDDP  # wherever the trainer takes DDP from
+if hasattr(loop, "DistributedDataParallel"):
+    loop.DistributedDataParallel = ProbedDDP
 models = []
 real_build = loop.build_model
 loop.build_model = lambda *a, **k: models.append(real_build(*a, **k)) or models[-1]
