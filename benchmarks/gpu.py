@@ -68,6 +68,7 @@ import torch
 import pgolf
 from pgolf.model import attention as attention_module
 from pgolf.quant import gptq as gptq_module
+from pgolf.training import loop
 from pgolf.training.loop import choose_attention_backend
 from pgolf.training.plan import GPUS, flops_per_token
 from pgolf.training.runs import write_json
@@ -318,7 +319,6 @@ def train_recipe(name: str, device: torch.device, data: Path, smoke: bool, steps
     cfg = recipe_config(name, data, smoke, extra)
     marks: list[tuple[int, float, bool]] = []
     models = []
-    import pgolf.training.loop as loop
     real_build = loop.build_model
     loop.build_model = lambda *a, **k: models.append(real_build(*a, **k)) or models[-1]
     start = time.perf_counter()

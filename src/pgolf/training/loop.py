@@ -349,11 +349,13 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < t.steps:
                 write_checkpoint()
     bar.close()
+    # calibration reads on from the last applied step: not from a step the cap left unapplied, nor from batches
+    # the prefetching thread had read ahead
+    after_last_step = at_step_start["loader"] if at_step_start and step < t.steps else loader.state_dict()
     if isinstance(loader, PrefetchingLoader):
         loader.close()
         loader = loader.loader
-    if at_step_start and step < t.steps:  # ended by the cap: calibration reads on from the last applied step
-        loader.load_state_dict(at_step_start["loader"])
+    loader.load_state_dict(after_last_step)
     timing = {"train_seconds": clock.stop(), "priming_seconds": priming_s, "paused_seconds": clock.paused_s,
               **device_memory(rt.device, "train_")}
     if val_tokens is None:
