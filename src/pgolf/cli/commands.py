@@ -28,6 +28,7 @@ from ..quant.container import ArtifactError
 from ..quant.gptq import GPTQError
 from ..training.checkpoint import CheckpointError
 from ..training.loop import TrainingDiverged, TrainingInterrupted, train
+from ..training.plan import format_plan, plan
 from ..training.runtime import collective_failure
 from ..sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
 from .evaluate_artifact import evaluate_artifact
@@ -113,8 +114,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from ..training.plan import format_plan, plan
-
     overrides = parse_set_args(args.overrides)
     overrides.setdefault("quant.allow_over_budget", True)  # plan reports an over-budget config; it does not refuse it
     cfg = load_recipe(args.recipe, scale=args.scale, overrides=overrides)

@@ -25,6 +25,7 @@ import torch
 from ..artifact.budget import LIMIT_BYTES, estimate_artifact_bytes
 from ..artifact.codesize import runtime_code_bytes
 from ..config import Config
+from ..data.shards import find_shards, read_header
 from ..model.gpt import GPT
 from ..model.layers import Linear, role_of
 from .loop import grad_accum_steps
@@ -142,7 +143,6 @@ def _val_tokens(cfg: Config) -> tuple[int, str]:
     if cfg.data.val_tokens_limit > 0:
         return cfg.data.val_tokens_limit, "data.val_tokens_limit"
     if cfg.data.path:
-        from ..data.shards import find_shards, read_header
         try:
             files = find_shards(cfg.data.path, cfg.data.val_pattern, "validation")
             return sum(read_header(f) for f in files), f"the validation shards in {cfg.data.path}"
