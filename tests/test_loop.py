@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 import pgolf
-from pgolf.config import save_config
+from pgolf.training.runs import save_config
 from pgolf.model.gpt import GPT
 from pgolf.optim.muon import Muon
 from pgolf.quant.qat import FakeQuantizer, attach_qat, refresh_qat

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from ..artifact.budget import LIMIT_BYTES, estimate_artifact_bytes
-from ..artifact.codesize import runtime_code_bytes
+from ..artifact.budget import estimate_artifact_bytes
+from ..artifact.sizes import LIMIT_BYTES, runtime_code_bytes
 from ..config import Config
 from ..data.shards import find_shards, read_header
 from ..model.gpt import GPT
