@@ -18,6 +18,10 @@ SP1024_DIR = SHARED / "datasets" / "fineweb10B_sp1024_sample"
 SP1024_MODEL = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
 VAL_SHARD = SP1024_DIR / "fineweb_val_000000.bin"
 VAL_DOCS_JSONL = SHARED / "fineweb" / "val_prefix_docs_sp1024_decoded.jsonl"
+VAL_DOCS_BYTES = 1_634_550  # UTF-8 bytes of those 600 documents (shared/data/README.md)
+# The challenge exporter's byte260 tokenizer file (its PureByteTokenizer.save_json output), byte for byte.
+BYTE260_JSON = ('{\n  "config": {\n    "bos_id": 1,\n    "byte_count": 256,\n    "byte_offset": 4,\n    "eos_id": 2,\n'
+                '    "pad_id": 0,\n    "unk_id": 3\n  },\n  "tokenizer_type": "pure_byte",\n  "vocab_size": 260\n}\n')
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

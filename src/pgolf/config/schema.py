@@ -34,7 +34,7 @@ def _f(default: Any, help: str, choices: tuple | None = None) -> Any:
 @dataclass
 class DataConfig:
     path: str = _f("", "folder with fineweb_train_*.bin / fineweb_val_*.bin shards; '' = the embedded corpus")
-    tokenizer: str = _f("", "SentencePiece .model; '' = tokenizer.model in the data folder, else ../../tokenizers/fineweb_{vocab}_bpe.model")
+    tokenizer: str = _f("", "SentencePiece .model, pure-byte .json or byte260; '' = tokenizer.model/.json in the data folder, else ../../tokenizers/fineweb_{vocab}_bpe.model")
     train_pattern: str = _f("fineweb_train_*.bin", "glob of training shards inside data.path")
     val_pattern: str = _f("fineweb_val_*.bin", "glob of validation shards inside data.path")
     bos_id: int = _f(1, "token id that starts every document")

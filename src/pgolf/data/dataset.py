@@ -10,7 +10,8 @@ import numpy as np
 from ..config import Config
 from .corpus import ensure_corpus
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
-from .tokenizer import TokenizerError, file_sha256, load_tokenizer
+from .byte_tokenizer import BYTE260_FILENAME
+from .tokenizer import TokenizerError, file_sha256, load_tokenizer, tokenizer_exists, tokenizer_sha256
 
 
 class DataMismatchError(ValueError):
@@ -30,18 +31,20 @@ class Dataset:
         return {
             "data_folder": str(self.folder),
             "tokenizer": str(self.tokenizer_path),
-            "tokenizer_sha256": file_sha256(self.tokenizer_path),
+            "tokenizer_sha256": tokenizer_sha256(self.tokenizer_path),
             "val_sha256": {p.name: file_sha256(p) for p in self.val_files},
             "train_shards": {p.name: p.stat().st_size for p in self.train_files},
         }
 
 
 def default_tokenizer(folder: Path, vocab_size: int) -> Path:
-    """tokenizer.model inside the data folder (pgolf data prepare), else the challenge layout's tokenizers/."""
-    local = folder / "tokenizer.model"
-    if local.is_file():
-        return local
-    return folder.parent.parent / "tokenizers" / f"fineweb_{vocab_size}_bpe.model"
+    """tokenizer.model / tokenizer.json inside the data folder (pgolf data prepare), else the challenge layout's
+    tokenizers/fineweb_<vocab>_bpe.model, or its byte260 file for a 260-id vocabulary."""
+    tokenizers = folder.parent.parent / "tokenizers"
+    candidates = [folder / "tokenizer.model", folder / "tokenizer.json", tokenizers / f"fineweb_{vocab_size}_bpe.model"]
+    if vocab_size == 260:
+        candidates.append(tokenizers / BYTE260_FILENAME)
+    return next((c for c in candidates if c.is_file()), candidates[2])
 
 
 def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) -> Dataset:
@@ -64,7 +67,7 @@ def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) 
         raise ShardError(f"{folder}: the validation shards hold {val_total} tokens; nothing to score "
                          f"({', '.join(f.name for f in val_files)})")
     tokenizer_path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else default_tokenizer(folder, cfg.model.vocab_size)
-    if not tokenizer_path.is_file():
+    if not tokenizer_exists(tokenizer_path):
         raise TokenizerError(f"{tokenizer_path}: tokenizer model not found (set data.tokenizer / --tokenizer)")
     sp = load_tokenizer(tokenizer_path)
     dataset = Dataset(folder, train_files, val_files, tokenizer_path, int(sp.vocab_size()))

@@ -1,10 +1,12 @@
-"""SentencePiece BPE tokenizers with the challenge's settings, and the exact byte rule behind val_bpb.
+"""Tokenizers (SentencePiece BPE with the challenge's settings, or the pure-byte byte260) and the exact byte rule.
 
-Bytes of a scored target t whose input (previous) token is p:
+A tokenizer is named by a SentencePiece .model, a pure-byte .json (the challenge's byte260 file) or the name
+"byte260" (see byte_tokenizer.py). Bytes of a scored target t whose input (previous) token is p:
     bytes(t, p) = base_bytes[t] + [has_leading_space[t] and not is_boundary[p]]
 where base_bytes is the UTF-8 length of the piece without its leading '▁', byte-fallback pieces count 1,
 and control/unknown/unused ids count 0 and are boundaries. Summed over a document this equals the UTF-8
-length of the decoded text.
+length of the decoded text. For the pure-byte tokenizer the same tables hold base_bytes = 1 for every byte id, 0
+for the specials, and no leading spaces.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Iterable
 
 import numpy as np
 import sentencepiece as spm
+
+from .byte_tokenizer import BYTE260, ByteTokenizer, ByteTokenizerError, is_byte_tokenizer_spec, load_byte_tokenizer
 
 SPACE_PIECE = "\u2581"
 
@@ -48,7 +52,16 @@ def _load_processor(path: str, mtime: float) -> spm.SentencePieceProcessor:
         raise TokenizerError(f"{path}: not a readable SentencePiece model ({exc})") from exc
 
 
-def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
+Tokenizer = spm.SentencePieceProcessor | ByteTokenizer
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """A SentencePiece model, or the pure-byte tokenizer for "byte260" / a pure-byte .json file."""
+    if is_byte_tokenizer_spec(path):
+        try:
+            return load_byte_tokenizer(path)
+        except ByteTokenizerError as exc:
+            raise TokenizerError(str(exc)) from exc
     path = Path(path)
     if not path.is_file():
         raise TokenizerError(f"{path}: tokenizer model not found")
@@ -57,6 +70,17 @@ def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
         # Without a standalone '▁' piece, spaces fall back to 3 byte tokens and bpb comes out ~20% too low.
         raise TokenizerError(f"{path}: has no standalone '{SPACE_PIECE}' piece, so byte counts would be wrong")
     return sp
+
+
+def tokenizer_exists(spec: str | Path) -> bool:
+    return str(spec) == BYTE260 or Path(spec).is_file()
+
+
+def tokenizer_sha256(spec: str | Path) -> str:
+    """SHA-256 of the tokenizer file; for "byte260", of the challenge's byte260 JSON file (the same bytes)."""
+    if str(spec) == BYTE260:
+        return hashlib.sha256(ByteTokenizer().to_json().encode("utf-8")).hexdigest()
+    return file_sha256(spec)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -97,11 +121,17 @@ class ByteTables:
         return self.base_bytes[targets].astype(np.int64) + space.astype(np.int64)
 
 
-def byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int | None = None) -> ByteTables:
+def byte_tables(sp: Tokenizer, vocab_size: int | None = None) -> ByteTables:
+    """The byte rule's tables for ids up to max(tokenizer vocab, vocab_size); ids past the tokenizer count 0."""
     size = max(int(sp.vocab_size()), vocab_size or 0)
     base = np.zeros(size, dtype=np.int16)
     space = np.zeros(size, dtype=bool)
     boundary = np.ones(size, dtype=bool)
+    if isinstance(sp, ByteTokenizer):
+        byte_ids = slice(sp.byte_offset, sp.vocab_size())
+        base[byte_ids] = 1  # one byte per byte token; specials (pad, bos, eos, unk) 0 and boundaries
+        boundary[byte_ids] = False
+        return ByteTables(base, space, boundary)
     for tid in range(int(sp.vocab_size())):
         if sp.is_control(tid) or sp.is_unknown(tid) or sp.is_unused(tid):
             continue
@@ -123,7 +153,16 @@ def stream_bytes(tokens: np.ndarray, tables: ByteTables) -> np.ndarray:
     return tables.target_bytes(tokens[1:], tokens[:-1])
 
 
-def encode_documents(sp: spm.SentencePieceProcessor, texts: list[str], bos_id: int = 1) -> list[np.ndarray]:
+def decoded_utf8(sp: Tokenizer, ids: list[int]) -> bytes:
+    """The bytes a document's ids stand for: the raw bytes for byte260, the decoded text's UTF-8 for SentencePiece."""
+    if isinstance(sp, ByteTokenizer):
+        return sp.decode_bytes(ids)
+    return sp.decode(ids).encode("utf-8")
+
+
+def encode_documents(sp: Tokenizer, texts: list[str], bos_id: int = 1) -> list[np.ndarray]:
     """[BOS] + encode(text) per document, exactly as the challenge exporter writes them."""
+    if isinstance(sp, ByteTokenizer):
+        return [np.concatenate(([bos_id], sp.encode_array(t))) for t in texts]
     encoded = sp.encode(texts, out_type=int)
     return [np.asarray([bos_id] + ids, dtype=np.int64) for ids in encoded]
