@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import pgolf
 from pgolf.data.dataset import DataMismatchError, resolve_dataset
 from pgolf.data.loader import DistributedTokenLoader
-from pgolf.data.prepare import InputError, prepare_documents, read_documents
+from pgolf.data.prepare import InputError, prepare_documents, prepare_file, read_documents
 from pgolf.data.shards import (HEADER_BYTES, ShardError, find_shards, read_shard, write_shard)
 from pgolf.data.stats import shard_stats
 from pgolf.data.tokenizer import byte_tables, load_tokenizer, stream_bytes, train_tokenizer
@@ -94,6 +95,76 @@ def test_prepare_reproduces_the_official_shard_token_for_token(shared_data, tmp_
     ours = read_shard(tmp_path / "out" / "fineweb_val_000000.bin")
     assert np.array_equal(np.asarray(ours), np.asarray(read_shard(VAL_SHARD)))
     assert (tmp_path / "out" / "fineweb_val_000000.bin").read_bytes() == VAL_SHARD.read_bytes()
+
+
+def test_prepare_cli_reproduces_the_official_validation_shard(shared_data, tmp_path, capsys):
+    from pgolf.cli import main
+    # the first --val-docs documents are validation, as the challenge's exporter takes its first 50,000
+    assert main(["data", "prepare", "--input", str(VAL_DOCS_JSONL), "--tokenizer", str(SP1024_MODEL),
+                 "--val-docs", "600", "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    assert (tmp_path / "one" / "fineweb_val_000000.bin").read_bytes() == VAL_SHARD.read_bytes()
+    # fixed-size shards that documents cross, like the exporter's 100M-token ones
+    assert main(["data", "prepare", "--input", str(VAL_DOCS_JSONL), "--tokenizer", str(SP1024_MODEL),
+                 "--val-docs", "600", "--shard-tokens", "100000", "--out", str(tmp_path / "many"), "--quiet"]) == 0
+    shards = find_shards(tmp_path / "many", "fineweb_val_*.bin", "validation")
+    assert [read_shard(f).size for f in shards] == [100_000] * 6 + [80_037]
+    assert np.array_equal(np.concatenate([read_shard(f) for f in shards]), read_shard(VAL_SHARD))
+    assert not list((tmp_path / "many").glob("fineweb_train_*"))
+
+
+def _docs_with_sidecar(tmp_path, **sidecar_changes):
+    """docs_selected.jsonl (the 600 validation documents, then 5 more) and its sidecar, as the challenge's."""
+    lines = VAL_DOCS_JSONL.read_text().splitlines()
+    docs = "".join(json.dumps({"text": json.loads(line)["text"]}, ensure_ascii=False) + "\n"
+                   for line in lines + lines[:5]).encode()
+    path = tmp_path / "docs_selected.jsonl"
+    path.write_bytes(docs)
+    sidecar = {"num_docs": 605, "docs_val": 600, "docs_bytes": len(docs), "docs_sha256": hashlib.sha256(docs).hexdigest()}
+    (tmp_path / "docs_selected.source_manifest.json").write_text(json.dumps({**sidecar, **sidecar_changes}))
+    return path
+
+
+def test_prepare_takes_the_validation_count_from_the_docs_sidecar_and_checks_the_file(shared_data, tmp_path):
+    docs = _docs_with_sidecar(tmp_path)
+    meta = prepare_file(docs, tmp_path / "out", tokenizer=SP1024_MODEL, progress=False)
+    assert meta["docs"]["checked"] == ["docs_sha256", "docs_bytes", "num_docs"]
+    assert (meta["stats"]["docs_val"], meta["stats"]["docs_train"]) == (600, 5)
+    assert (tmp_path / "out" / "fineweb_val_000000.bin").read_bytes() == VAL_SHARD.read_bytes()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("one character", "docs_sha256 is "),
+    ("truncated", "bytes, but "),
+    ("num_docs", "num_docs is 605 here but 606 in the sidecar"),
+])
+def test_prepare_refuses_documents_that_disagree_with_their_sidecar(shared_data, tmp_path, capsys, damage, message):
+    from pgolf.cli import main
+    docs = _docs_with_sidecar(tmp_path, **({"num_docs": 606} if damage == "num_docs" else {}))
+    data = docs.read_bytes()
+    if damage == "one character":
+        i = data.index(b"Insurance")
+        docs.write_bytes(data[:i] + b"J" + data[i + 1 :])  # same size: only the hash can tell
+    if damage == "truncated":
+        docs.write_bytes(data[:-100])
+    assert main(["data", "prepare", "--input", str(docs), "--tokenizer", str(SP1024_MODEL), "--out",
+                 str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "docs_selected.source_manifest.json" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs_selected.jsonl", "docs_selected.source_manifest.json"]
+
+
+def test_tokenizer_train_docs_takes_the_first_documents_validation_included(tmp_path):
+    # validation documents are all about quokkas; the training ones never mention them
+    docs = ["quokka quokka quokka " * 30 for _ in range(5)] + [f"alpha beta gamma delta {i} " * 20 for i in range(40)]
+    default = prepare_documents(docs, tmp_path / "train_only", vocab_size=340, val_docs=5, progress=False)
+    exporter = prepare_documents(docs, tmp_path / "first_n", vocab_size=340, val_docs=5, tokenizer_train_docs=45,
+                                 progress=False)
+    assert default["tokenizer_source"] == "trained on the 40 training documents"
+    assert exporter["tokenizer_source"].startswith("trained on the first 45 documents")
+    sps = {name: load_tokenizer(tmp_path / name / "tokenizer.model") for name in ("train_only", "first_n")}
+    pieces = {name: {sp.id_to_piece(i) for i in range(sp.vocab_size())} for name, sp in sps.items()}
+    assert "quokka" not in pieces["train_only"] and "▁quokka" not in pieces["train_only"]
+    assert "quokka" in pieces["first_n"] or "▁quokka" in pieces["first_n"]
 
 
 def test_trained_tokenizer_keeps_exact_bytes(tmp_path):

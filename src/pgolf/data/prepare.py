@@ -1,128 +1,259 @@
-"""`pgolf data prepare`: text or JSONL documents -> tokenizer + challenge-format train/val shards.
+"""`pgolf data prepare`: documents -> tokenizer + challenge-format train/val shards, cut as the challenge's exporter
+cuts them (data/download_hf_docs_and_tokenize.py).
 
-The first `val_docs` documents go to validation, the rest to training (as the challenge exporter does
-with its first 50,000 documents). A new tokenizer is trained on the training documents only.
+Export rule: documents in input order; the first `val_docs` are validation (the challenge: 50,000, or the
+docs sidecar's `docs_val`), the rest training; each document is [BOS] + encode(text), no EOS, packed into
+shards of `shard_tokens` tokens that documents cross freely; training starts a new shard. With the challenge's
+tokenizer and its docs_selected.jsonl this gives the challenge's shards byte for byte.
+
+Tokenizer: an existing SentencePiece model or pure-byte tokenizer ("byte260" or its .json), or a SentencePiece
+BPE trained with the challenge's settings — by default on the training documents only, so no validation text
+shapes it; with `tokenizer_train_docs=N` on the first N documents in input order, validation included, as the
+challenge's exporter does (`tokenizer_train_docs: 5000000` for its sp1024).
+
+A .jsonl input is streamed (docs_selected.jsonl is 48 GB). With its sidecar (<stem>.source_manifest.json) beside
+it, the file is checked against it: its size before anything is read, its SHA-256 (docs_sha256) and document
+count while it is encoded; nothing appears under `out` unless every figure agrees.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
+from .byte_tokenizer import ByteTokenizer
+from .docs import DocsDigest, check_figures, check_size, load_sidecar, sidecar_path, sidecar_val_docs
 from .shards import write_shard
-from .tokenizer import encode_documents, file_sha256, load_tokenizer, train_tokenizer
+from .tokenizer import Tokenizer, encode_documents, load_tokenizer, tokenizer_sha256, train_tokenizer
 
 SHARD_TOKENS = 100_000_000
-ENCODE_BATCH = 256
+DEFAULT_VAL_DOCS = 50_000  # the challenge's NUM_VAL_DOCS
+ENCODE_BATCH = 1024
 
 
 class InputError(ValueError):
     """An input text/JSONL file cannot be read as documents; the message names file and line."""
 
 
-def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
-    """.jsonl: one JSON object per line with a `text_key` string. .txt: documents separated by blank lines."""
+def iter_documents(path: str | Path, text_key: str = "text", digest: DocsDigest | None = None) -> Iterator[str]:
+    """.jsonl: one JSON object per line with a `text_key` string (blank lines skipped), streamed; .txt: documents
+    separated by blank lines. `digest` sees every byte of the file, in order."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
     if path.suffix == ".jsonl":
-        docs = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if digest is not None:
+                    digest.update(raw)
+                if not raw.strip():
                     continue
                 try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                    obj = json.loads(raw)
+                except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
                 if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
                     raise InputError(f"{path}:{lineno}: expected an object with a string '{text_key}' field")
-                docs.append(obj[text_key])
-        return docs
+                yield obj[text_key]
+        return
     if path.suffix == ".txt":
-        text = path.read_text(encoding="utf-8")
-        blocks = [b.strip() for b in text.replace("\r\n", "\n").split("\n\n")]
-        return [b for b in blocks if b]
+        data = path.read_bytes()
+        if digest is not None:
+            digest.update(data)
+        blocks = (b.strip() for b in data.decode("utf-8").replace("\r\n", "\n").split("\n\n"))
+        yield from (b for b in blocks if b)
+        return
     raise InputError(f"{path}: expected a .txt or .jsonl file")
 
 
-def _encoded_stream(sp, docs: list[str], bos_id: int, progress: bool, desc: str) -> Iterator[np.ndarray]:
-    bar = tqdm(total=len(docs), desc=desc, unit="doc", disable=not progress, leave=False)
-    for i in range(0, len(docs), ENCODE_BATCH):
-        batch = docs[i : i + ENCODE_BATCH]
-        yield from encode_documents(sp, batch, bos_id)
-        bar.update(len(batch))
-    bar.close()
+def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
+    return list(iter_documents(path, text_key))
 
 
-def _write_split(sp, docs: list[str], out: Path, split: str, bos_id: int, shard_tokens: int,
-                 progress: bool) -> dict[str, int]:
-    vocab = int(sp.vocab_size())
-    buf: list[np.ndarray] = []
-    filled = shard_index = total = 0
+class _ShardWriter:
+    """Packs one split's documents into fineweb_<split>_NNNNNN.bin shards of exactly `shard_tokens` (the last less)."""
 
-    def flush() -> None:
-        nonlocal buf, filled, shard_index
-        if filled:
-            write_shard(out / f"fineweb_{split}_{shard_index:06d}.bin", np.concatenate(buf))
-            shard_index += 1
-        buf, filled = [], 0
+    def __init__(self, folder: Path, split: str, shard_tokens: int) -> None:
+        self.folder, self.split = folder, split
+        self.buf = np.empty(shard_tokens, dtype=np.uint16)
+        self.fill = self.files = 0
 
-    for toks in _encoded_stream(sp, docs, bos_id, progress, f"encode {split}"):
-        if toks.size and int(toks.max()) >= vocab:
-            raise InputError(f"token id {int(toks.max())} outside vocab size {vocab}")
-        total += toks.size
+    def add(self, toks: np.ndarray) -> None:
         pos = 0
-        while pos < toks.size:  # documents cross shard boundaries freely, like the challenge export
-            take = min(shard_tokens - filled, toks.size - pos)
-            buf.append(toks[pos : pos + take])
-            filled += take
+        while pos < toks.size:
+            take = min(self.buf.size - self.fill, toks.size - pos)
+            self.buf[self.fill : self.fill + take] = toks[pos : pos + take]
+            self.fill += take
             pos += take
-            if filled == shard_tokens:
-                flush()
-    flush()
-    return {"docs": len(docs), "tokens": total, "shards": shard_index}
+            if self.fill == self.buf.size:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.fill:
+            write_shard(self.folder / f"fineweb_{self.split}_{self.files:06d}.bin", self.buf[: self.fill])
+            self.files += 1
+            self.fill = 0
 
 
-def prepare_documents(docs: list[str], out: str | Path, *, tokenizer: str | Path | None = None,
-                      vocab_size: int | None = None, val_docs: int = 50_000, bos_id: int = 1,
-                      shard_tokens: int = SHARD_TOKENS, progress: bool = True,
-                      extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write tokenizer.model (trained or copied), fineweb_{val,train}_NNNNNN.bin and meta.json into `out`."""
+def _export(sp: Tokenizer, docs: Iterable[str], out: Path, val_docs: int, bos_id: int, shard_tokens: int,
+            progress: bool, total: int | None) -> dict[str, int]:
+    """Encode and write every document; returns the challenge manifest's `stats` figures."""
+    vocab = int(sp.vocab_size())
+    if vocab > 2**16:
+        raise InputError(f"vocab size {vocab} does not fit the shards' uint16 tokens")
+    writers = {split: _ShardWriter(out, split, shard_tokens) for split in ("val", "train")}
+    stats = {f"{what}_{split}": 0 for what in ("docs", "tokens") for split in ("val", "train")}
+    done = 0
+    docs = iter(docs)
+    with tqdm(total=total, desc="encode", unit="doc", disable=not progress, leave=False) as bar:
+        while batch := list(itertools.islice(docs, ENCODE_BATCH)):
+            for toks in encode_documents(sp, batch, bos_id):
+                split = "val" if done < val_docs else "train"
+                if toks.size and int(toks.max()) >= vocab:
+                    raise InputError(f"document {done}: token id {int(toks.max())} outside vocab size {vocab}")
+                writers[split].add(toks)
+                stats[f"docs_{split}"] += 1
+                stats[f"tokens_{split}"] += int(toks.size)
+                done += 1
+            bar.update(len(batch))
+    for writer in writers.values():
+        writer.flush()
+    stats.update(files_val=writers["val"].files, files_train=writers["train"].files)
+    for what in ("docs", "files", "tokens"):
+        stats[f"{what}_total"] = stats[f"{what}_val"] + stats[f"{what}_train"]
+    return {key: stats[key] for key in sorted(stats)}
+
+
+def _training_texts(open_docs: Callable[[], Iterator[str]], val_docs: int, first_n: int | None,
+                    counter: list[int]) -> Iterator[str]:
+    """The tokenizer's training documents: the training split, or (first_n) the first N documents in order."""
+    docs = open_docs()
+    chosen = itertools.islice(docs, first_n) if first_n is not None else itertools.islice(docs, val_docs, None)
+    for text in chosen:
+        counter[0] += 1
+        yield text
+
+
+def _make_tokenizer(staging: Path, tokenizer: str | Path | None, vocab_size: int | None,
+                    open_docs: Callable[[], Iterator[str]], val_docs: int,
+                    tokenizer_train_docs: int | None) -> tuple[Tokenizer, Path, str]:
+    """Load or train the tokenizer and put its file into `staging`; returns (tokenizer, file, source)."""
+    if tokenizer is not None:
+        sp = load_tokenizer(tokenizer)
+        if isinstance(sp, ByteTokenizer):
+            path = staging / "tokenizer.json"
+            path.write_text(sp.to_json(), encoding="utf-8")
+        else:
+            path = staging / "tokenizer.model"
+            shutil.copyfile(tokenizer, path)
+            vocab_file = Path(tokenizer).with_suffix(".vocab")
+            if vocab_file.is_file():
+                shutil.copyfile(vocab_file, staging / "tokenizer.vocab")
+        return sp, path, str(tokenizer)
+    used = [0]
+    texts = _training_texts(open_docs, val_docs, tokenizer_train_docs, used)
+    try:
+        model = train_tokenizer(texts, vocab_size, staging / "tokenizer")
+    except RuntimeError as exc:
+        if used[0] == 0:
+            raise InputError(f"no documents to train a tokenizer on: the input's first {val_docs:,} documents are "
+                             f"validation and none is left (lower --val-docs)") from exc
+        raise
+    source = (f"trained on the first {used[0]:,} documents (validation included, as the challenge's exporter)"
+              if tokenizer_train_docs is not None else f"trained on the {used[0]:,} training documents")
+    return load_tokenizer(model), model, source
+
+
+def _prepare(open_docs: Callable[[DocsDigest | None], Iterator[str]], out: str | Path, *, tokenizer, vocab_size,
+             val_docs: int, bos_id: int, shard_tokens: int, progress: bool, total: int | None,
+             tokenizer_train_docs: int | None, finish: Callable[[DocsDigest], dict[str, Any]] | None,
+             extra_meta: dict[str, Any] | None) -> dict[str, Any]:
     if (tokenizer is None) == (vocab_size is None):
         raise ValueError("give exactly one of tokenizer= (an existing model) or vocab_size= (train one)")
-    if not 0 <= val_docs <= len(docs):
-        raise ValueError(f"val_docs={val_docs} but the input has {len(docs)} documents")
+    if val_docs < 0:
+        raise ValueError(f"val_docs must be >= 0, got {val_docs}")
     out = Path(out)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    val, train = docs[:val_docs], docs[val_docs:]
-    model_path = staging / "tokenizer.model"
-    if tokenizer is not None:
-        shutil.copyfile(tokenizer, model_path)
-    else:
-        if not train:
-            raise ValueError("no training documents left to train a tokenizer on (lower val_docs)")
-        train_tokenizer(train, vocab_size, staging / "tokenizer")
-    sp = load_tokenizer(model_path)
-    meta: dict[str, Any] = {
-        "vocab_size": int(sp.vocab_size()),
-        "bos_id": bos_id,
-        "tokenizer_sha256": file_sha256(model_path),
-        "tokenizer_source": str(tokenizer) if tokenizer else "trained on the train split",
-        "val": _write_split(sp, val, staging, "val", bos_id, shard_tokens, progress),
-        "train": _write_split(sp, train, staging, "train", bos_id, shard_tokens, progress),
-        **(extra_meta or {}),
-    }
-    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
+    try:
+        sp, model_path, source = _make_tokenizer(staging, tokenizer, vocab_size, lambda: open_docs(None), val_docs,
+                                                 tokenizer_train_docs)
+        digest = DocsDigest()
+        stats = _export(sp, open_docs(digest), staging, val_docs, bos_id, shard_tokens, progress, total)
+        if stats["docs_total"] < val_docs:
+            raise InputError(f"the input has {stats['docs_total']:,} documents, fewer than the {val_docs:,} "
+                             f"validation documents asked for (--val-docs)")
+        meta: dict[str, Any] = {
+            "vocab_size": int(sp.vocab_size()),
+            "bos_id": bos_id,
+            "tokenizer": model_path.name,
+            "tokenizer_kind": "pure_byte" if isinstance(sp, ByteTokenizer) else "sentencepiece_bpe",
+            "tokenizer_sha256": tokenizer_sha256(model_path),
+            "tokenizer_source": source,
+            "val": {"docs": stats["docs_val"], "tokens": stats["tokens_val"], "shards": stats["files_val"]},
+            "train": {"docs": stats["docs_train"], "tokens": stats["tokens_train"], "shards": stats["files_train"]},
+            "stats": stats,
+        }
+        if finish is not None:
+            meta["docs"] = finish(digest)
+        meta.update(extra_meta or {})
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return meta
+
+
+def prepare_documents(docs: list[str], out: str | Path, *, tokenizer: str | Path | None = None,
+                      vocab_size: int | None = None, val_docs: int = DEFAULT_VAL_DOCS, bos_id: int = 1,
+                      shard_tokens: int = SHARD_TOKENS, progress: bool = True, tokenizer_train_docs: int | None = None,
+                      extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the tokenizer file (trained, copied or byte260's JSON), fineweb_{val,train}_NNNNNN.bin and meta.json."""
+    if not 0 <= val_docs <= len(docs):
+        raise ValueError(f"val_docs={val_docs} but the input has {len(docs)} documents")
+    return _prepare(lambda digest: iter(docs), out, tokenizer=tokenizer, vocab_size=vocab_size, val_docs=val_docs,
+                    bos_id=bos_id, shard_tokens=shard_tokens, progress=progress, total=len(docs),
+                    tokenizer_train_docs=tokenizer_train_docs, finish=None, extra_meta=extra_meta)
+
+
+def prepare_file(path: str | Path, out: str | Path, *, text_key: str = "text", tokenizer: str | Path | None = None,
+                 vocab_size: int | None = None, val_docs: int | None = None, check_docs: bool = True,
+                 bos_id: int = 1, shard_tokens: int = SHARD_TOKENS, progress: bool = True,
+                 tokenizer_train_docs: int | None = None) -> dict[str, Any]:
+    """prepare_documents for a file, streamed; checked against its docs sidecar when one lies beside it.
+
+    val_docs=None takes the sidecar's docs_val, else the challenge's 50,000.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    side_file = sidecar_path(path)
+    sidecar = load_sidecar(side_file) if check_docs and side_file.is_file() else None
+    if sidecar is not None:
+        check_size(path, sidecar, side_file)
+    if val_docs is None:
+        val_docs = (sidecar_val_docs(sidecar) if sidecar else None)
+        val_docs = DEFAULT_VAL_DOCS if val_docs is None else val_docs
+    total = int(sidecar["num_docs"]) if sidecar and sidecar.get("num_docs") is not None else None
+
+    def finish(digest: DocsDigest) -> dict[str, Any]:
+        checked = (check_figures(path, sidecar, side_file, digest.hexdigest(), digest.bytes, digest.lines)
+                   if sidecar is not None else [])
+        return {"path": str(path), "docs_sha256": digest.hexdigest(), "docs_bytes": digest.bytes,
+                "lines": digest.lines, "sidecar": str(side_file) if sidecar is not None else None, "checked": checked}
+
+    return _prepare(lambda digest: iter_documents(path, text_key, digest), out, tokenizer=tokenizer,
+                    vocab_size=vocab_size, val_docs=val_docs, bos_id=bos_id, shard_tokens=shard_tokens,
+                    progress=progress, total=total, tokenizer_train_docs=tokenizer_train_docs, finish=finish,
+                    extra_meta=None)
