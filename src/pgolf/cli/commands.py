@@ -18,10 +18,11 @@ import torch.distributed as dist
 from ..artifact.budget import check_budget
 from ..config import ConfigError, config_to_toml, describe_keys, load_config, load_recipe, parse_set_args
 from ..data.dataset import DataMismatchError
+from ..data.docs import DocsError
 from ..data.download import DownloadError, download
-from ..data.prepare import InputError, prepare_documents, read_documents
+from ..data.prepare import InputError, prepare_file
 from ..data.shards import ShardError
-from ..data.stats import shard_stats
+from ..data.stats import folder_stats, shard_stats
 from ..data.tokenizer import TokenizerError
 from ..quant.breakdown import format_breakdown
 from ..quant.container import ArtifactError
@@ -52,7 +53,7 @@ def _add_config_args(p: argparse.ArgumentParser, default_recipe: str = "tiny") -
                    help="override any config field, e.g. --set model.num_layers=11 (repeatable)")
     p.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
     p.add_argument("--data", help="folder of fineweb_train_*.bin / fineweb_val_*.bin shards (default: the embedded corpus)")
-    p.add_argument("--tokenizer", help="SentencePiece .model matching the data")
+    p.add_argument("--tokenizer", help="tokenizer matching the data: a SentencePiece .model, a pure-byte .json, or byte260")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -133,24 +134,46 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "prepare":
-        docs = read_documents(args.input, args.text_key)
-        meta = prepare_documents(docs, args.out, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                                 val_docs=args.val_docs, progress=not args.quiet)
+        meta = prepare_file(args.input, args.out, text_key=args.text_key, tokenizer=args.tokenizer,
+                            vocab_size=args.vocab_size, val_docs=args.val_docs, check_docs=not args.no_docs_check,
+                            shard_tokens=args.shard_tokens, progress=not args.quiet,
+                            tokenizer_train_docs=args.tokenizer_train_docs)
         print(f"wrote {args.out}: {meta['val']['docs']:,} val docs ({meta['val']['tokens']:,} tokens), "
               f"{meta['train']['docs']:,} train docs ({meta['train']['tokens']:,} tokens), vocab {meta['vocab_size']}")
+        docs = meta["docs"]
+        if docs["checked"]:
+            print(f"{args.input} matches {docs['sidecar']} ({', '.join(docs['checked'])})")
         return 0
     if args.data_command == "stats":
-        stats = shard_stats(args.shard, args.tokenizer, check_decode=args.check_decode)
+        if Path(args.path).is_dir():
+            stats = folder_stats(args.path, args.tokenizer, check_decode=args.check_decode, manifest=args.manifest)
+        else:
+            stats = shard_stats(args.path, args.tokenizer, check_decode=args.check_decode)
         if args.json:
             print(json.dumps(stats, indent=2))
-        else:
-            for key, value in stats.items():
+            return 0
+        for key, value in stats.items():
+            if isinstance(value, dict):
+                print(f"{key:<20} " + ", ".join(f"{k} {v:,}" if isinstance(v, int) and not isinstance(v, bool)
+                                                  else f"{k} {v}" for k, v in value.items()))
+            else:
                 print(f"{key:<20} {value:,}" if isinstance(value, int) else f"{key:<20} {value}")
         return 0
     if args.data_command == "download":
-        info = download(args.variant, args.train_shards, args.out, args.repo_id)
+        shards = args.train_shards_positional if args.train_shards_positional is not None else args.train_shards
+        info = download(args.variant, shards, args.out, repo_id=args.repo_id, remote_root=args.remote_root,
+                        revision=args.revision, with_docs=args.with_docs, skip_manifest=args.skip_manifest,
+                        progress=not args.quiet)
+        print(f"{info['fetched']} file(s) fetched ({info['bytes_fetched']:,} bytes: {info['linked']} hard-linked "
+              f"from the Hugging Face cache, {info['copied']} copied), {info['present']} already there; "
+              f"{info['repo']}" + (f"@{info['revision'][:12]}" if info["revision"] else ""))
+        if info["offline"]:
+            print(f"offline ({info['offline']}): files already there were not checked against the Hub", file=sys.stderr)
+        if info["docs"]:
+            print(f"documents in {info['docs']} (checked against its docs_sha256 when fetched)")
         print(f"data in {info['data']}; tokenizer {info['tokenizer']}")
-        print(f"train with: pgolf train --recipe baseline --data {info['data']} --tokenizer {info['tokenizer']}")
+        vocab = " --set model.vocab_size=260" if args.variant == "byte260" else ""
+        print(f"train with: pgolf train --recipe baseline --data {info['data']} --tokenizer {info['tokenizer']}{vocab}")
         return 0
     raise AssertionError(args.data_command)
 
@@ -323,25 +346,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="prepare, inspect or download token shards")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    d = dsub.add_parser("prepare", help="text/JSONL documents -> tokenizer + train/val shards")
-    d.add_argument("--input", required=True, help=".jsonl (one {\"text\": ...} per line) or .txt (blank-line separated)")
+    d = dsub.add_parser("prepare", help="text/JSONL documents -> tokenizer + train/val shards (the challenge's export)")
+    d.add_argument("--input", required=True, help=".jsonl (one {\"text\": ...} per line, e.g. docs_selected.jsonl) "
+                                                  "or .txt (blank-line separated)")
     group = d.add_mutually_exclusive_group(required=True)
-    group.add_argument("--tokenizer", help="use this SentencePiece model")
-    group.add_argument("--vocab-size", type=int, help="train a BPE tokenizer of this size on the training documents")
-    d.add_argument("--val-docs", type=int, default=50_000, help="the first N documents go to validation (default 50,000)")
+    group.add_argument("--tokenizer", help="use this tokenizer: a SentencePiece .model, a pure-byte .json, or byte260")
+    group.add_argument("--vocab-size", type=int, help="train a SentencePiece BPE of this size (challenge settings)")
+    d.add_argument("--val-docs", type=int, default=None,
+                   help="the first N documents go to validation (default: the docs sidecar's docs_val, else 50,000)")
+    d.add_argument("--tokenizer-train-docs", type=int, default=None, metavar="N",
+                   help="train the tokenizer on the first N documents, validation included, as the challenge's "
+                        "exporter does (default: on all training documents, no validation text)")
+    d.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard (default 100,000,000)")
+    d.add_argument("--no-docs-check", action="store_true",
+                   help="do not check the input against its <stem>.source_manifest.json sidecar")
     d.add_argument("--text-key", default="text", help="JSONL field holding the text")
     d.add_argument("--out", required=True, help="output folder")
     d.add_argument("--quiet", action="store_true")
-    d = dsub.add_parser("stats", help="documents, tokens, targets and exact bytes of a shard")
-    d.add_argument("shard")
-    d.add_argument("--tokenizer", required=True)
+    d = dsub.add_parser("stats", help="documents, tokens, targets and exact bytes of a shard or a dataset folder")
+    d.add_argument("path", metavar="SHARD_OR_FOLDER",
+                   help="one shard, or a folder of fineweb_{val,train}_*.bin (checked against its manifest.json)")
+    d.add_argument("--tokenizer", required=True, help="SentencePiece .model, pure-byte .json, or byte260")
+    d.add_argument("--manifest", help="manifest.json to check a folder against (default: <folder>/../../manifest.json)")
     d.add_argument("--check-decode", action="store_true", help="also decode every document and count its UTF-8 bytes")
     d.add_argument("--json", action="store_true")
-    d = dsub.add_parser("download", help="the challenge's FineWeb shards from the Hugging Face Hub")
-    d.add_argument("--variant", default="sp1024", choices=("sp1024", "sp4096", "sp8192"))
-    d.add_argument("--train-shards", type=int, default=80, help="how many training shards (100M tokens each)")
-    d.add_argument("--out", default="data", help="root folder (gets datasets/ and tokenizers/)")
-    d.add_argument("--repo-id", help="another Hugging Face dataset repo with the same layout")
+    d = dsub.add_parser("download", help="the challenge's FineWeb export from the Hugging Face Hub "
+                                         "(the options of its data/cached_challenge_fineweb.py)")
+    d.add_argument("train_shards_positional", nargs="?", type=int, default=None, help=argparse.SUPPRESS)
+    d.add_argument("--variant", default="sp1024", help="sp1024, sp4096, sp8192 (any sp<N> the manifest lists) or byte260")
+    d.add_argument("--train-shards", type=int, default=80, help="how many training shards (100M tokens each; default 80)")
+    d.add_argument("--with-docs", action="store_true",
+                   help="also docs_selected.jsonl and its source_manifest.json (docs_sha256 checked), for prepare")
+    d.add_argument("--skip-manifest", action="store_true", help="use the manifest.json already under --out")
+    d.add_argument("--out", default="data", help="root folder (gets manifest.json, datasets/, tokenizers/; default data)")
+    d.add_argument("--repo-id", help="dataset repo (default: $MATCHED_FINEWEB_REPO_ID, else the variant's published repo)")
+    d.add_argument("--remote-root", help="export root inside the repo (default: $MATCHED_FINEWEB_REMOTE_ROOT_PREFIX, "
+                                         "else datasets)")
+    d.add_argument("--revision", default="main", help="branch, tag or commit of the repo (default main)")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("eval", help="score an artifact on a validation split")
@@ -425,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ShardError, TokenizerError, DataMismatchError, InputError, ArtifactError,
-            DownloadError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
+            DownloadError, DocsError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # a failed write (full disk, read-only folder): the message names the file
