@@ -34,13 +34,16 @@ EDGE_TEXTS = ["", "plain ascii", "café, naïve, Ærø", "日本語のテキス�
 
 
 def document_bytes(texts: list[str]) -> list[int]:
-    """Bytes the byte rule credits to each document of [BOS]+doc ... streams (BOS scored as the next doc's input)."""
+    """Bytes the byte rule credits to each document of a [BOS] doc [BOS] doc ... stream; the BOS targets between
+    documents must add nothing, so the whole stream's bytes are the documents' sum."""
     stream = np.concatenate(encode_documents(TOK, texts))
     per_target = stream_bytes(stream, TABLES)
     starts = np.flatnonzero(stream == TOK.bos_id())
     ends = list(starts[1:]) + [stream.size]
     # target i is stream[i + 1]; document d owns the targets stream[start+1 .. end-1]
-    return [int(per_target[a : b - 1].sum()) for a, b in zip(starts, ends)]
+    per_doc = [int(per_target[a : b - 1].sum()) for a, b in zip(starts, ends)]
+    assert int(per_target.sum()) == sum(per_doc)
+    return per_doc
 
 
 def test_ids_follow_the_challenge_exporters_layout(tmp_path):
@@ -139,9 +142,8 @@ def test_a_byte260_folder_resolves_its_tokenizer_and_vocabulary(byte_folder, tok
 
 
 def test_val_bpb_with_byte260_divides_by_the_texts_utf8_bytes(byte_folder):
-    tokens = np.asarray(read_shard(byte_folder / "fineweb_val_000000.bin"))[:3000]
-    stops = np.flatnonzero(tokens == 1)
-    tokens = tokens[: stops[stops > 1000][0]]  # whole documents only
+    tokens = np.asarray(read_shard(byte_folder / "fineweb_val_000000.bin"))
+    tokens = tokens[: np.flatnonzero(tokens == 1)[5]]  # the first 5 whole documents: 4 BOS tokens are targets
     texts = [json.loads(line)["text"] for line in VAL_DOCS_JSONL.read_text().splitlines()][: int((tokens == 1).sum())]
     model = small_model({"model.vocab_size": 260})
     ev = pgolf.evaluate(model, tokens, "byte260", EvalConfig(context_len=128, batch_seqs=4))

@@ -11,7 +11,8 @@ import pytest
 import pgolf
 from pgolf.data.dataset import DataMismatchError, resolve_dataset
 from pgolf.data.loader import DistributedTokenLoader
-from pgolf.data.prepare import InputError, prepare_documents, prepare_file, read_documents
+from pgolf.data.docs import prepare_file, read_documents
+from pgolf.data.prepare import InputError, prepare_documents
 from pgolf.data.shards import (HEADER_BYTES, ShardError, find_shards, read_shard, write_shard)
 from pgolf.data.stats import shard_stats
 from pgolf.data.tokenizer import byte_tables, load_tokenizer, stream_bytes, train_tokenizer

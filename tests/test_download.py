@@ -23,7 +23,7 @@ from huggingface_hub import constants as hf_constants
 
 from pgolf.cli import main
 from pgolf.data.download import DownloadError, download
-from pgolf.data.prepare import prepare_file
+from pgolf.data.docs import prepare_file
 from pgolf.data.stats import folder_stats
 
 from conftest import (BYTE260_JSON, REPO, SHARED, SP1024_DIR, SP1024_MODEL, VAL_DOCS_BYTES, VAL_DOCS_JSONL,
@@ -202,6 +202,14 @@ def test_an_interrupted_copy_leaves_nothing_under_the_final_name(hub, export, tm
     monkeypatch.setattr(os, "link", refuse)
     assert fetch(hub, tmp_path, train_shards=1)["copied"] == 5
     assert (tmp_path / "data" / "manifest.json").read_bytes() == export["manifest.json"]
+
+
+def test_offline_with_every_file_in_place_succeeds_and_says_so(hub, tmp_path):
+    fetch(hub, tmp_path)
+    info = download("sp1024", 3, tmp_path / "data", repo_id="test/pg", endpoint=_closed_port(),
+                    cache_dir=str(tmp_path / "hf"), progress=False)
+    assert "ConnectError" in info["offline"] and not info["sizes_checked"]
+    assert (info["fetched"], info["present"]) == (0, 7)
 
 
 def test_the_official_environment_variables_choose_repo_and_export_root(hub, export, tmp_path, monkeypatch):

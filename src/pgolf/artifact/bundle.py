@@ -40,10 +40,11 @@ from ..config import SECTIONS, Config
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # Used only by the command line (the whole cli/ layer: commands, `pgolf eval`, `pgolf recipes`, reports,
-# submissions) and by downloads and shard statistics; no module that trains, packs or scores a model imports them
-# (tests/test_submit.py checks that). `pgolf sweep` (sweep/) only starts `pgolf train` in child processes.
+# submissions) and by downloads, document files and shard statistics; no module that trains, packs or scores a
+# model imports them (tests/test_submit.py checks that). `pgolf sweep` (sweep/) only starts `pgolf train` in child
+# processes.
 EXCLUDED_PACKAGES = ("cli", "sweep")
-EXCLUDED_MODULES = frozenset({"__main__.py", "data/download.py", "data/stats.py"} | {
+EXCLUDED_MODULES = frozenset({"__main__.py", "data/docs.py", "data/download.py", "data/stats.py"} | {
     path.relative_to(PACKAGE_DIR).as_posix()
     for package in EXCLUDED_PACKAGES for path in (PACKAGE_DIR / package).rglob("*.py")})
 LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]

@@ -18,9 +18,9 @@ import torch.distributed as dist
 from ..artifact.budget import check_budget
 from ..config import ConfigError, config_to_toml, describe_keys, load_config, load_recipe, parse_set_args
 from ..data.dataset import DataMismatchError
-from ..data.docs import DocsError
+from ..data.docs import DocsError, prepare_file
 from ..data.download import DownloadError, download
-from ..data.prepare import InputError, prepare_file
+from ..data.prepare import InputError
 from ..data.shards import ShardError
 from ..data.stats import folder_stats, shard_stats
 from ..data.tokenizer import TokenizerError

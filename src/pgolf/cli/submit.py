@@ -20,6 +20,7 @@ from .._version import __version__
 from ..artifact.bundle import config_delta, requirements, write_bundle
 from ..artifact.sizes import LIMIT_BYTES
 from ..config import load_config
+from ..data.dataset import challenge_paths
 from .recipes_info import switches
 from .report import Run, RunFolderError, comparability_problems, load_run
 
@@ -240,7 +241,7 @@ Every setting that differs from pgolf's defaults (the same text is embedded in `
 
 ```bash
 pip install -r requirements.txt          # on a GPU machine: a CUDA build of torch
-DATA=data/datasets/fineweb10B_sp{cfg.model.vocab_size}; TOK=data/tokenizers/fineweb_{cfg.model.vocab_size}_bpe.model
+DATA=data/{challenge_paths(cfg.model.vocab_size)[0]}; TOK=data/{challenge_paths(cfg.model.vocab_size)[1]}
 {seed_cmds}
 ```
 

@@ -131,5 +131,6 @@ def byte_tokenizer_from_payload(payload: Any, where: str) -> ByteTokenizer:
                                  f"{tok.byte_offset}, so that no id is both a special and a byte")
     declared = payload.get("vocab_size", tok.vocab_size())
     if declared != tok.vocab_size():
-        raise ByteTokenizerError(f"{where}: vocab_size = {declared!r}, but byte_offset + byte_count = {tok.vocab_size()}")
+        raise ByteTokenizerError(f"{where}: vocab_size = {declared!r}, but byte_offset + byte_count = "
+                                 f"{tok.vocab_size()}")
     return tok

@@ -10,8 +10,11 @@ import numpy as np
 from ..config import Config
 from .corpus import ensure_corpus
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
-from .byte_tokenizer import BYTE260_FILENAME
+from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
 from .tokenizer import TokenizerError, file_sha256, load_tokenizer, tokenizer_exists, tokenizer_sha256
+
+
+BYTE260_VOCAB = DEFAULT_BYTE_TOKENIZER.vocab_size()
 
 
 class DataMismatchError(ValueError):
@@ -37,14 +40,19 @@ class Dataset:
         }
 
 
+def challenge_paths(vocab_size: int) -> tuple[str, str]:
+    """(dataset folder, tokenizer file) of a vocabulary in the challenge's layout, relative to its root (data/)."""
+    if vocab_size == BYTE260_VOCAB:
+        return "datasets/fineweb10B_byte260", f"tokenizers/{BYTE260_FILENAME}"
+    return f"datasets/fineweb10B_sp{vocab_size}", f"tokenizers/fineweb_{vocab_size}_bpe.model"
+
+
 def default_tokenizer(folder: Path, vocab_size: int) -> Path:
     """tokenizer.model / tokenizer.json inside the data folder (pgolf data prepare), else the challenge layout's
-    tokenizers/fineweb_<vocab>_bpe.model, or its byte260 file for a 260-id vocabulary."""
-    tokenizers = folder.parent.parent / "tokenizers"
-    candidates = [folder / "tokenizer.model", folder / "tokenizer.json", tokenizers / f"fineweb_{vocab_size}_bpe.model"]
-    if vocab_size == 260:
-        candidates.append(tokenizers / BYTE260_FILENAME)
-    return next((c for c in candidates if c.is_file()), candidates[2])
+    tokenizer of that vocabulary (tokenizers/fineweb_<vocab>_bpe.model, or the byte260 .json for 260)."""
+    candidates = [folder / "tokenizer.model", folder / "tokenizer.json",
+                  folder.parent.parent / challenge_paths(vocab_size)[1]]
+    return next((c for c in candidates if c.is_file()), candidates[-1])
 
 
 def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) -> Dataset:

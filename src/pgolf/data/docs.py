@@ -1,19 +1,23 @@
-"""The challenge's document pool, `docs_selected.jsonl`, and its sidecar `docs_selected.source_manifest.json`.
+"""Document files: .jsonl / .txt inputs, streamed; the challenge's pool `docs_selected.jsonl` and its sidecar
+`docs_selected.source_manifest.json`; `pgolf data prepare` of a file (prepare_file).
 
 The sidecar states what the exporter's shards were cut from: `docs_sha256` (SHA-256 of the .jsonl file's bytes,
 exactly as the challenge's first exporter computed it before writing the sidecar), `docs_bytes` (the file's size),
 `num_docs` (its lines, one JSON document each) and `docs_val` (the first that many documents are validation).
 A file that disagrees on any of them is not the baseline's document list, and shards made from it would not be
-the challenge's.
+the challenge's. prepare_file checks the size before it reads the file, and the SHA-256 and document count as
+it encodes it; nothing appears under its output folder unless every figure agrees.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .jsonio import read_json
+from .prepare import DEFAULT_VAL_DOCS, SHARD_TOKENS, InputError, prepare_stream
 
 DOCS_FILENAME = "docs_selected.jsonl"
 SIDECAR_SUFFIX = ".source_manifest.json"
@@ -118,3 +122,76 @@ def verify_docs(docs: str | Path, sidecar_file: str | Path | None = None, progre
     checked = check_figures(docs, sidecar, sidecar_file, digest.hexdigest(), digest.bytes, digest.lines)
     return {"docs_sha256": digest.hexdigest(), "docs_bytes": digest.bytes, "num_docs": digest.lines,
             "checked": checked, "sidecar": str(sidecar_file)}
+
+
+def iter_documents(path: str | Path, text_key: str = "text", digest: DocsDigest | None = None) -> Iterator[str]:
+    """.jsonl: one JSON object per line with a `text_key` string (blank lines skipped), streamed; .txt: documents
+    separated by blank lines. `digest` sees every byte of the file, in order."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    if path.suffix == ".jsonl":
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if digest is not None:
+                    digest.update(raw)
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+                if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
+                    raise InputError(f"{path}:{lineno}: expected an object with a string '{text_key}' field")
+                yield obj[text_key]
+        return
+    if path.suffix == ".txt":
+        data = path.read_bytes()
+        if digest is not None:
+            digest.update(data)
+        blocks = (b.strip() for b in data.decode("utf-8").replace("\r\n", "\n").split("\n\n"))
+        yield from (b for b in blocks if b)
+        return
+    raise InputError(f"{path}: expected a .txt or .jsonl file")
+
+
+def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
+    return list(iter_documents(path, text_key))
+
+
+def prepare_file(path: str | Path, out: str | Path, *, text_key: str = "text", tokenizer: str | Path | None = None,
+                 vocab_size: int | None = None, val_docs: int | None = None, check_docs: bool = True,
+                 bos_id: int = 1, shard_tokens: int = SHARD_TOKENS, progress: bool = True,
+                 tokenizer_train_docs: int | None = None) -> dict[str, Any]:
+    """prepare_documents for a file, streamed; checked against its docs sidecar when one lies beside it.
+
+    val_docs=None takes the sidecar's docs_val, else the challenge's 50,000.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: input file not found")
+    side_file = sidecar_path(path)
+    sidecar = load_sidecar(side_file) if check_docs and side_file.is_file() else None
+    if sidecar is not None:
+        check_size(path, sidecar, side_file)
+    if val_docs is None:
+        val_docs = (sidecar_val_docs(sidecar) if sidecar else None)
+        val_docs = DEFAULT_VAL_DOCS if val_docs is None else val_docs
+    total = int(sidecar["num_docs"]) if sidecar and sidecar.get("num_docs") is not None else None
+
+    digests: list[DocsDigest] = []
+
+    def open_docs() -> Iterator[str]:
+        digests.append(DocsDigest())
+        return iter_documents(path, text_key, digests[-1])
+
+    def finish() -> dict[str, Any]:
+        digest = digests[-1]  # the encoding pass, which read every byte
+        checked = (check_figures(path, sidecar, side_file, digest.hexdigest(), digest.bytes, digest.lines)
+                   if sidecar is not None else [])
+        return {"path": str(path), "docs_sha256": digest.hexdigest(), "docs_bytes": digest.bytes,
+                "lines": digest.lines, "sidecar": str(side_file) if sidecar is not None else None, "checked": checked}
+
+    return prepare_stream(open_docs, out, tokenizer=tokenizer, vocab_size=vocab_size, val_docs=val_docs,
+                          bos_id=bos_id, shard_tokens=shard_tokens, progress=progress, total=total,
+                          tokenizer_train_docs=tokenizer_train_docs, finish=finish)

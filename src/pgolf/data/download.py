@@ -96,7 +96,8 @@ def plan_files(manifest: Any, manifest_file: Path, variant: str, train_shards: i
     artifacts = [_relative(tok[k], manifest_file, f"tokenizer {tok['name']}.{k}")
                  for k in ("model_path", "vocab_path", "path") if tok.get(k)]
     if not artifacts:
-        raise DownloadError(f"{manifest_file}: tokenizer {tok['name']!r} names no file (model_path / vocab_path / path)")
+        raise DownloadError(f"{manifest_file}: tokenizer {tok['name']!r} names no file "
+                            f"(model_path / vocab_path / path)")
     folder = f"datasets/{name}"
     files = [DOCS_SIDECAR, DOCS_FILENAME] if with_docs else []  # the sidecar first: the docs are checked against it
     files += [f"{folder}/fineweb_val_{i:06d}.bin" for i in range(counts["files_val"])]
@@ -105,14 +106,16 @@ def plan_files(manifest: Any, manifest_file: Path, variant: str, train_shards: i
 
 
 class _IntoBar:
-    """What hf_hub_download takes for a progress bar: forwards each chunk's bytes to one bar over all files."""
+    """What hf_hub_download takes for a progress bar: forwards each chunk's bytes to one bar over all files (or to
+    none), so huggingface_hub draws no bar of its own."""
 
-    def __init__(self, bar: Any, seen: list[int], **_: Any) -> None:
+    def __init__(self, bar: Any | None, seen: list[int], **_: Any) -> None:
         self.bar, self.seen = bar, seen
 
     def update(self, n: int = 1) -> None:
         self.seen[0] += n
-        self.bar.update(n)
+        if self.bar is not None:
+            self.bar.update(n)
 
     def close(self) -> None:
         pass
@@ -190,11 +193,10 @@ class _Hub:
         from huggingface_hub import hf_hub_download
 
         seen = [0]
-        progress = (lambda **kw: _IntoBar(bar, seen, **kw)) if bar is not None else None
         with self.errors(self.remote(rel)):
             path = hf_hub_download(repo_id=self.repo, filename=self.remote(rel), repo_type="dataset",
                                    revision=self.revision, cache_dir=self.cache_dir, endpoint=self.endpoint,
-                                   local_files_only=offline, tqdm_class=progress)
+                                   local_files_only=offline, tqdm_class=lambda **kw: _IntoBar(bar, seen, **kw))
         return Path(path).resolve(strict=True), seen[0]
 
 
@@ -256,7 +258,7 @@ def download(variant: str = "sp1024", train_shards: int = 80, out_root: str | Pa
     out = Path(out_root)
     manifest_file = out / "manifest.json"
     offline: str | None = None
-    first: dict[str, int] = {}
+    first = {"present": 1}  # the manifest, when it is used as it lies under `out`
     try:
         hub.resolve()
     except _Offline as exc:

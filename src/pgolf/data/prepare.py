@@ -1,19 +1,16 @@
 """`pgolf data prepare`: documents -> tokenizer + challenge-format train/val shards, cut as the challenge's exporter
 cuts them (data/download_hf_docs_and_tokenize.py).
 
-Export rule: documents in input order; the first `val_docs` are validation (the challenge: 50,000, or the
-docs sidecar's `docs_val`), the rest training; each document is [BOS] + encode(text), no EOS, packed into
-shards of `shard_tokens` tokens that documents cross freely; training starts a new shard. With the challenge's
-tokenizer and its docs_selected.jsonl this gives the challenge's shards byte for byte.
+Export rule: documents in input order; the first `val_docs` are validation (the challenge: 50,000), the rest
+training; each document is [BOS] + encode(text), no EOS, packed into shards of `shard_tokens` tokens that
+documents cross freely; training starts a new shard. With the challenge's tokenizer and documents this gives the
+challenge's shards byte for byte.
 
 Tokenizer: an existing SentencePiece model or pure-byte tokenizer ("byte260" or its .json), or a SentencePiece
 BPE trained with the challenge's settings — by default on the training documents only, so no validation text
 shapes it; with `tokenizer_train_docs=N` on the first N documents in input order, validation included, as the
-challenge's exporter does (`tokenizer_train_docs: 5000000` for its sp1024).
-
-A .jsonl input is streamed (docs_selected.jsonl is 48 GB). With its sidecar (<stem>.source_manifest.json) beside
-it, the file is checked against it: its size before anything is read, its SHA-256 (docs_sha256) and document
-count while it is encoded; nothing appears under `out` unless every figure agrees.
+challenge's exporter does (`tokenizer_train_docs: 5000000` for its sp1024). Reading document files and checking
+docs_selected.jsonl against its sidecar is docs.py's job (prepare_file).
 """
 
 from __future__ import annotations
@@ -29,7 +26,6 @@ import numpy as np
 from tqdm import tqdm
 
 from .byte_tokenizer import ByteTokenizer
-from .docs import DocsDigest, check_figures, check_size, load_sidecar, sidecar_path, sidecar_val_docs
 from .shards import write_shard
 from .tokenizer import Tokenizer, encode_documents, load_tokenizer, tokenizer_sha256, train_tokenizer
 
@@ -40,41 +36,6 @@ ENCODE_BATCH = 1024
 
 class InputError(ValueError):
     """An input text/JSONL file cannot be read as documents; the message names file and line."""
-
-
-def iter_documents(path: str | Path, text_key: str = "text", digest: DocsDigest | None = None) -> Iterator[str]:
-    """.jsonl: one JSON object per line with a `text_key` string (blank lines skipped), streamed; .txt: documents
-    separated by blank lines. `digest` sees every byte of the file, in order."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: input file not found")
-    if path.suffix == ".jsonl":
-        with path.open("rb") as f:
-            for lineno, raw in enumerate(f, 1):
-                if digest is not None:
-                    digest.update(raw)
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
-                    raise InputError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-                if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                    raise InputError(f"{path}:{lineno}: expected an object with a string '{text_key}' field")
-                yield obj[text_key]
-        return
-    if path.suffix == ".txt":
-        data = path.read_bytes()
-        if digest is not None:
-            digest.update(data)
-        blocks = (b.strip() for b in data.decode("utf-8").replace("\r\n", "\n").split("\n\n"))
-        yield from (b for b in blocks if b)
-        return
-    raise InputError(f"{path}: expected a .txt or .jsonl file")
-
-
-def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
-    return list(iter_documents(path, text_key))
 
 
 class _ShardWriter:
@@ -171,10 +132,14 @@ def _make_tokenizer(staging: Path, tokenizer: str | Path | None, vocab_size: int
     return load_tokenizer(model), model, source
 
 
-def _prepare(open_docs: Callable[[DocsDigest | None], Iterator[str]], out: str | Path, *, tokenizer, vocab_size,
-             val_docs: int, bos_id: int, shard_tokens: int, progress: bool, total: int | None,
-             tokenizer_train_docs: int | None, finish: Callable[[DocsDigest], dict[str, Any]] | None,
-             extra_meta: dict[str, Any] | None) -> dict[str, Any]:
+def prepare_stream(open_docs: Callable[[], Iterator[str]], out: str | Path, *, tokenizer: str | Path | None = None,
+                   vocab_size: int | None = None, val_docs: int = DEFAULT_VAL_DOCS, bos_id: int = 1,
+                   shard_tokens: int = SHARD_TOKENS, progress: bool = True, total: int | None = None,
+                   tokenizer_train_docs: int | None = None, finish: Callable[[], dict[str, Any]] | None = None,
+                   extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """prepare_documents over `open_docs()`, a fresh iterator of the documents each time it is called (once to
+    train a tokenizer, once to encode); `finish()` runs after the encoding pass, before anything is moved into
+    `out`, and its dict (or its exception) decides meta["docs"]."""
     if (tokenizer is None) == (vocab_size is None):
         raise ValueError("give exactly one of tokenizer= (an existing model) or vocab_size= (train one)")
     if val_docs < 0:
@@ -184,10 +149,9 @@ def _prepare(open_docs: Callable[[DocsDigest | None], Iterator[str]], out: str |
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        sp, model_path, source = _make_tokenizer(staging, tokenizer, vocab_size, lambda: open_docs(None), val_docs,
+        sp, model_path, source = _make_tokenizer(staging, tokenizer, vocab_size, open_docs, val_docs,
                                                  tokenizer_train_docs)
-        digest = DocsDigest()
-        stats = _export(sp, open_docs(digest), staging, val_docs, bos_id, shard_tokens, progress, total)
+        stats = _export(sp, open_docs(), staging, val_docs, bos_id, shard_tokens, progress, total)
         if stats["docs_total"] < val_docs:
             raise InputError(f"the input has {stats['docs_total']:,} documents, fewer than the {val_docs:,} "
                              f"validation documents asked for (--val-docs)")
@@ -203,7 +167,7 @@ def _prepare(open_docs: Callable[[DocsDigest | None], Iterator[str]], out: str |
             "stats": stats,
         }
         if finish is not None:
-            meta["docs"] = finish(digest)
+            meta["docs"] = finish()
         meta.update(extra_meta or {})
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         if out.exists():
@@ -222,38 +186,6 @@ def prepare_documents(docs: list[str], out: str | Path, *, tokenizer: str | Path
     """Write the tokenizer file (trained, copied or byte260's JSON), fineweb_{val,train}_NNNNNN.bin and meta.json."""
     if not 0 <= val_docs <= len(docs):
         raise ValueError(f"val_docs={val_docs} but the input has {len(docs)} documents")
-    return _prepare(lambda digest: iter(docs), out, tokenizer=tokenizer, vocab_size=vocab_size, val_docs=val_docs,
-                    bos_id=bos_id, shard_tokens=shard_tokens, progress=progress, total=len(docs),
-                    tokenizer_train_docs=tokenizer_train_docs, finish=None, extra_meta=extra_meta)
-
-
-def prepare_file(path: str | Path, out: str | Path, *, text_key: str = "text", tokenizer: str | Path | None = None,
-                 vocab_size: int | None = None, val_docs: int | None = None, check_docs: bool = True,
-                 bos_id: int = 1, shard_tokens: int = SHARD_TOKENS, progress: bool = True,
-                 tokenizer_train_docs: int | None = None) -> dict[str, Any]:
-    """prepare_documents for a file, streamed; checked against its docs sidecar when one lies beside it.
-
-    val_docs=None takes the sidecar's docs_val, else the challenge's 50,000.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: input file not found")
-    side_file = sidecar_path(path)
-    sidecar = load_sidecar(side_file) if check_docs and side_file.is_file() else None
-    if sidecar is not None:
-        check_size(path, sidecar, side_file)
-    if val_docs is None:
-        val_docs = (sidecar_val_docs(sidecar) if sidecar else None)
-        val_docs = DEFAULT_VAL_DOCS if val_docs is None else val_docs
-    total = int(sidecar["num_docs"]) if sidecar and sidecar.get("num_docs") is not None else None
-
-    def finish(digest: DocsDigest) -> dict[str, Any]:
-        checked = (check_figures(path, sidecar, side_file, digest.hexdigest(), digest.bytes, digest.lines)
-                   if sidecar is not None else [])
-        return {"path": str(path), "docs_sha256": digest.hexdigest(), "docs_bytes": digest.bytes,
-                "lines": digest.lines, "sidecar": str(side_file) if sidecar is not None else None, "checked": checked}
-
-    return _prepare(lambda digest: iter_documents(path, text_key, digest), out, tokenizer=tokenizer,
-                    vocab_size=vocab_size, val_docs=val_docs, bos_id=bos_id, shard_tokens=shard_tokens,
-                    progress=progress, total=total, tokenizer_train_docs=tokenizer_train_docs, finish=finish,
-                    extra_meta=None)
+    return prepare_stream(lambda: iter(docs), out, tokenizer=tokenizer, vocab_size=vocab_size, val_docs=val_docs,
+                          bos_id=bos_id, shard_tokens=shard_tokens, progress=progress, total=len(docs),
+                          tokenizer_train_docs=tokenizer_train_docs, extra_meta=extra_meta)
