@@ -164,9 +164,12 @@ def cmd_data(args: argparse.Namespace) -> int:
         info = download(args.variant, shards, args.out, repo_id=args.repo_id, remote_root=args.remote_root,
                         revision=args.revision, with_docs=args.with_docs, skip_manifest=args.skip_manifest,
                         progress=not args.quiet)
-        print(f"{info['fetched']} file(s) fetched ({info['bytes_fetched']:,} bytes: {info['linked']} hard-linked "
-              f"from the Hugging Face cache, {info['copied']} copied), {info['present']} already there; "
-              f"{info['repo']}" + (f"@{info['revision'][:12]}" if info["revision"] else ""))
+        source = info["repo"] + (f"@{info['revision'][:12]}" if info["revision"] else "")
+        if info["fetched"]:
+            print(f"{info['fetched']} file(s) fetched from {source} ({info['bytes_fetched']:,} bytes; {info['linked']} "
+                  f"hard-linked from the Hugging Face cache, {info['copied']} copied), {info['present']} already there")
+        else:
+            print(f"all {info['present']} files of {source} already there: nothing fetched")
         if info["offline"]:
             print(f"offline ({info['offline']}): files already there were not checked against the Hub", file=sys.stderr)
         if info["docs"]:
