@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
+from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
 from .corpus import ensure_corpus
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
-from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
 from .tokenizer import TokenizerError, file_sha256, load_tokenizer, tokenizer_exists, tokenizer_sha256
-
 
 BYTE260_VOCAB = DEFAULT_BYTE_TOKENIZER.vocab_size()
 
