@@ -78,6 +78,7 @@ class SweepContext:
     deadline: float | None
     poll_s: float = 2.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    claim_lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     stopped_because: str = ""
 
@@ -235,8 +236,27 @@ def _work(ctx: SweepContext, slot: dict[str, str]) -> None:
         elif not waiting and ctx.budget is not None and len(counted_trials(study)) >= ctx.budget:
             time.sleep(ctx.poll_s)  # the rest of the budget is running elsewhere: wait for it to finish or go stale
             continue
-        study.optimize(lambda trial: objective(ctx, trial, slot), n_trials=1, catch=(TrialFailed,),
-                       callbacks=[callback], gc_after_trial=False)
+        _optimize_one(ctx, slot, callback)
+
+
+def _optimize_one(ctx: SweepContext, slot: dict[str, str], callback) -> None:
+    """One trial. The threads of a process claim their trials one at a time: on SQLite two threads could both read
+    the same WAITING trial before either marks it RUNNING, and then run it twice (Optuna's row lock is a no-op there)."""
+    ctx.claim_lock.acquire()
+    held = True
+
+    def run(trial: optuna.Trial) -> float:
+        nonlocal held
+        if held:  # the trial is RUNNING in the storage now: the next thread may claim its own
+            ctx.claim_lock.release()
+            held = False
+        return objective(ctx, trial, slot)
+
+    try:
+        ctx.study.optimize(run, n_trials=1, catch=(TrialFailed,), callbacks=[callback], gc_after_trial=False)
+    finally:
+        if held:
+            ctx.claim_lock.release()
 
 
 def run_trials(spec: SweepSpec, sweep_dir: Path, storage_url: str, *, jobs: int = 1, threads: int | None = None,
