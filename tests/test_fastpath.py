@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pgolf.data.loader import DistributedTokenLoader, PrefetchingLoader
+from pgolf.data.segments import cu_seqlens, segment_capacity
 from pgolf.data.shards import write_shard
 from pgolf.training.fastpath import assert_fast_paths, check_fast_paths
 from pgolf.model.attention import attention_flash3, attention_math, document_mask, flash3_available, segment_offsets
@@ -53,18 +54,29 @@ def test_model_loss_is_the_same_through_the_fused_path(tied):
         torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
 
 
-def test_varlen_segments_reproduce_the_document_mask():
+@pytest.mark.parametrize("where", ["in_graph", "loader"])
+def test_varlen_segments_reproduce_the_document_mask(where):
+    """Both cu_seqlens builders (in-graph fallback, host-side in the loader) list the same segments, padding apart."""
     ids = random_ids(3, 40)
+    ids[1, 7] = ids[2, 39] = 1  # a BOS mid-row and one on a row's last position
     doc_ids = torch.cumsum((ids == 1).int(), dim=1)
-    cu = segment_offsets(doc_ids)
+    cu = segment_offsets(doc_ids) if where == "in_graph" else cu_seqlens(ids, 1, segment_capacity(3, 40))
     n = ids.numel()
+    assert cu.dtype == torch.int32 and cu[0] == 0 and cu[-1] == n and bool((cu[1:] >= cu[:-1]).all())
+    assert where == "in_graph" and cu.numel() == n + 1 or cu.numel() == segment_capacity(3, 40)
     seg = torch.zeros(n, dtype=torch.long)
     for i, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        assert b > a
-        seg[a:b] = i
+        seg[a:b] = i  # padded entries are empty segments
     seg = seg.view(3, 40)
     assert torch.equal(document_mask(doc_ids), document_mask(seg))
-    assert cu[0] == 0 and cu[-1] == n and cu.dtype == torch.int32
+    assert int((cu[1:] > cu[:-1]).sum()) == 3 + int((ids[:, 1:] == 1).sum())  # one per row start and per BOS
+
+
+def test_loader_segments_grow_past_the_capacity_instead_of_dropping_documents():
+    ids = torch.full((2, 64), 5)
+    ids[:, ::2] = 1  # 64 documents, more than one 64-entry capacity holds
+    cu = cu_seqlens(ids, 1, 64)
+    assert cu.numel() == 128 and int((cu[1:] > cu[:-1]).sum()) == 64
 
 
 def test_fast_path_check_reports_agreement_on_cpu():
@@ -121,6 +133,20 @@ def test_prefetching_loader_gives_the_same_batches_and_resumes(tmp_path):
     pre.load_state_dict(state)
     assert all(torch.equal(pre.next_batch(256, 64, 1)[0], e) for e in expected)
     pre.close()
+
+
+def test_loader_builds_each_batch_segments_on_its_thread(tmp_path):
+    write_shard(tmp_path / "fineweb_train_000000.bin", random_stream(5000, 512, bos_every=37))
+    files = [tmp_path / "fineweb_train_000000.bin"]
+    plain = DistributedTokenLoader(files, bos_id=1)
+    pre = PrefetchingLoader(DistributedTokenLoader(files, bos_id=1), 256, 64, 1)
+    for _ in range(3):
+        got, want = pre.next_packed(256, 64, 1), plain.next_packed(256, 64, 1)
+        assert torch.equal(got.x, want.x) and torch.equal(got.cu_seqlens, want.cu_seqlens)
+        assert torch.equal(got.cu_seqlens, cu_seqlens(got.x, 1, segment_capacity(4, 64)))
+        assert got.cu_seqlens.numel() == segment_capacity(4, 64)  # one fixed shape for the compiled graph
+    pre.close()
+    assert DistributedTokenLoader(files).next_packed(256, 64, 1).cu_seqlens is None
 
 
 @pytest.mark.gpu

@@ -15,7 +15,7 @@ from pgolf.cli import EXIT_OVER_LIMIT, EXIT_USAGE, main
 from pgolf.config import ConfigError
 from pgolf.model.layers import Linear, qclass_of
 from pgolf.quant.breakdown import artifact_breakdown
-from pgolf.quant.gptq import GPTQError, collect_hessians, gptq_quantize
+from pgolf.quant.gptq import GPTQError, HessianAccumulator, collect_hessians, gptq_quantize
 from pgolf.quant.methods import (clip_search, code_entropy_bits, fake_quantize_grid, quantize_rows,
                                  round_to_nearest_sdclip, sdclip_scales)
 from pgolf.quant.qat import FakeQuantizer, attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
@@ -154,6 +154,39 @@ class FixedLoader:
         x = self.batches[self.i % len(self.batches)]
         self.i += 1
         return x, x
+
+
+def test_hessian_under_bf16_autocast_equals_the_fp32_sum():
+    """Calibration runs under bf16 autocast; H must still be the fp32 sum of X^T X (the records' fp32 buffer)."""
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(512, 48, generator=g).to(torch.bfloat16) for _ in range(8)]  # bf16 activations
+    accumulator = HessianAccumulator({})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for x in batches:
+            accumulator.add("w", x)
+    exact = sum(x.double().T @ x.double() for x in batches)
+    h = accumulator.sums["w"]
+    assert h.dtype == torch.float32
+    assert float((h.double() - exact).norm() / exact.norm()) < 1e-6
+
+
+def test_calibration_forwards_hold_at_most_micro_batch_tokens():
+    """A calibration batch of train.batch_tokens runs in forwards of train.micro_batch_tokens, with the same H."""
+    over = {"train.batch_tokens": 128, "train.seq_len": 16, "quant.passthrough_max_numel": 256,
+            "quant.method": "gptq", "quant.gptq_calib_batches": 2}
+    batches = [torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    results = {}
+    for micro in (32, 128):
+        cfg = pgolf.load_recipe("baseline", overrides={**SMALL, **over, "train.micro_batch_tokens": micro})
+        torch.manual_seed(0)
+        model = pgolf.build_model(cfg.model)
+        rows: list[int] = []
+        handle = model.blocks[0].register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0]))
+        results[micro] = collect_hessians(model, FixedLoader(batches), cfg, "cpu")
+        handle.remove()
+        assert max(rows) == micro // 16 and sum(rows) == 16
+    for name, h in results[128].items():
+        assert float((results[32][name] - h).norm() / h.norm()) < 1e-6, name
 
 
 def test_hessians_sum_every_virtual_use_and_the_tied_embedding_uses_the_final_norm_output():

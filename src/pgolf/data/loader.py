@@ -4,7 +4,8 @@ Shards are read in sorted order and wrap around forever. Each call takes one con
 world * (local + 1) tokens from the shared stream; rank r keeps slice [r (local+1), (r+1)(local+1)) and builds
 x = s[:-1], y = s[1:]. Every rank reads the same stream, so spans are disjoint and the global batch is the
 same for any world size: 1 process with k-step accumulation sees exactly the tokens of k processes.
-The loader only ever opens the training files it is given.
+The loader only ever opens the training files it is given. With `bos_id` set (document-isolated attention),
+`next_packed` also returns the batch's `cu_seqlens` (data/segments.py), built here on the host.
 """
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ from __future__ import annotations
 import queue
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from .segments import cu_seqlens, segment_capacity
 from .shards import read_shard
+
+
+class PackedBatch(NamedTuple):
+    x: torch.Tensor                     # (rows, seq_len) int64 inputs
+    y: torch.Tensor                     # (rows, seq_len) int64 targets
+    cu_seqlens: torch.Tensor | None     # int32 document segments of x, fixed length; None without bos_id
 
 
 class TokenStream:
@@ -58,9 +67,11 @@ class TokenStream:
 
 
 class DistributedTokenLoader:
-    def __init__(self, files: list[Path], rank: int = 0, world_size: int = 1, vocab_size: int | None = None):
+    def __init__(self, files: list[Path], rank: int = 0, world_size: int = 1, vocab_size: int | None = None,
+                 bos_id: int | None = None):
         self.rank, self.world_size = rank, world_size
         self.stream = TokenStream(files, vocab_size)
+        self.bos_id = bos_id
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) int64 of shape (local_tokens / seq_len, seq_len) for this rank's micro-step."""
@@ -71,6 +82,13 @@ class DistributedTokenLoader:
         chunk = self.stream.take(span * self.world_size)
         mine = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))
         return mine[:-1].view(-1, seq_len), mine[1:].view(-1, seq_len)
+
+    def next_packed(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> PackedBatch:
+        """next_batch plus the inputs' cu_seqlens (when built with bos_id), padded to a fixed capacity."""
+        x, y = self.next_batch(global_tokens, seq_len, grad_accum_steps)
+        if self.bos_id is None:
+            return PackedBatch(x, y, None)
+        return PackedBatch(x, y, cu_seqlens(x, self.bos_id, segment_capacity(*x.shape)))
 
     def state_dict(self) -> dict[str, int]:
         return self.stream.state_dict()
@@ -102,10 +120,10 @@ class PrefetchingLoader:
     def _work(self) -> None:
         try:
             while not self._stop.is_set():
-                x, y = self.loader.next_batch(*self.args)
+                batch = self.loader.next_packed(*self.args)
                 if self.pin_memory:
-                    x, y = x.pin_memory(), y.pin_memory()
-                item = (x, y, self.loader.state_dict())
+                    batch = PackedBatch(*(t.pin_memory() if t is not None else None for t in batch))
+                item = (batch, self.loader.state_dict())
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -115,14 +133,18 @@ class PrefetchingLoader:
         except BaseException as exc:  # surface loader errors (e.g. a damaged shard) in the training thread
             self._queue.put(exc)
 
-    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_packed(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> PackedBatch:
         if (global_tokens, seq_len, grad_accum_steps) != self.args:
             raise ValueError("PrefetchingLoader was built for other batch arguments")
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise item
-        x, y, self._state = item
-        return x, y
+        batch, self._state = item
+        return batch
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.next_packed(global_tokens, seq_len, grad_accum_steps)
+        return batch.x, batch.y
 
     def close(self) -> None:
         self._stop.set()

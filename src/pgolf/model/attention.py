@@ -7,7 +7,11 @@ token's own value), per-virtual-layer LoRA on Q and V, and document-boundary mas
 Kernels (`backend`): "math" is the plain PyTorch reference; "sdpa" is torch's scaled_dot_product_attention
 (flash on GPU for plain causal); "flex" is flex_attention with a document block mask (the GPU fast path for
 document-isolated attention); "fa3" is FlashAttention-3 (`flash_attn_interface`, varlen over document
-segments) where it is installed. All compute the same function; tests check it (fa3 in the GPU test).
+segments) where it is installed. All compute the same function; tests check it (fa3 through a stand-in op).
+
+Every kernel receives q, k and v in ONE dtype, the compute dtype (autocast's, else v's): CUDA autocast runs
+rms_norm in fp32 (torch >= 2.12), so after the QK norm q and k would be fp32 next to a bf16 v, which FA3
+rejects and flex_attention's backward refuses. The fp32 math reference gets the same inputs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ class AttentionContext:
     v0: Tensor | None = None             # first executed layer's V, for the value residual
     backend: str = "sdpa"
     block_masks: dict = field(default_factory=dict)
+    cu_seqlens: Tensor | None = None     # int32 document segments of the flattened batch (fa3 varlen)
+    max_seqlen: int = 0                  # longest segment bound (the row length), a Python int
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype attention runs in: autocast's when autocast is on for x's device, else x's own."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 def document_mask(doc_ids: Tensor) -> Tensor:
@@ -77,14 +90,28 @@ def _flex_block_mask(doc_ids: Tensor):
     return create_block_mask(doc_causal, B, None, T, T, device=doc_ids.device)
 
 
-def attention_flex(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None, cache: dict) -> Tensor:
+_compiled_flex = None
+
+
+def _flex_kernel(device: torch.device):
+    """flex_attention itself inside a compiled graph or on the CPU; on CUDA outside one, a compiled flex_attention
+    (eager flex materialises the whole (B, H, T, T) score matrix: GBs per call at evaluation batch sizes)."""
     from torch.nn.attention.flex_attention import flex_attention
 
+    global _compiled_flex
+    if device.type != "cuda" or torch.compiler.is_compiling():
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+def attention_flex(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None, cache: dict) -> Tensor:
     if doc_ids is None:
         doc_ids = torch.zeros(q.size(0), q.size(2), dtype=torch.int32, device=q.device)
     if "flex" not in cache:  # one block mask per forward, shared by every layer
         cache["flex"] = _flex_block_mask(doc_ids)
-    return flex_attention(q, k, v, block_mask=cache["flex"], enable_gqa=q.size(1) != k.size(1))
+    return _flex_kernel(q.device)(q, k, v, block_mask=cache["flex"], enable_gqa=q.size(1) != k.size(1))
 
 
 def flash3_available() -> bool:
@@ -96,15 +123,24 @@ def flash3_available() -> bool:
 
 
 def segment_offsets(doc_ids: Tensor) -> Tensor:
-    """int32 cu_seqlens of the flattened (B*T) batch: a segment ends at every BOS and at every row end."""
+    """int32 cu_seqlens of the flattened (B*T) batch, in-graph with a static shape (B*T + 1): a segment starts at
+    every row start and every document change; the starts are sorted to the front, the rest padded with B*T.
+
+    The loader builds the same list on the host, padded to a much smaller fixed capacity (data/segments.py);
+    this is the fallback for callers that pass none.
+    """
     B, T = doc_ids.shape
+    n = B * T
     keys = (doc_ids.long() + torch.arange(B, device=doc_ids.device)[:, None] * (T + 1)).flatten()
-    starts = torch.nonzero(keys[1:] != keys[:-1]).flatten() + 1
-    edges = torch.tensor([0], device=doc_ids.device), starts, torch.tensor([B * T], device=doc_ids.device)
-    return torch.cat(edges).to(torch.int32)
+    is_start = torch.ones_like(keys, dtype=torch.bool)
+    is_start[1:] = keys[1:] != keys[:-1]
+    position = torch.arange(n, device=doc_ids.device)
+    starts = torch.where(is_start, position, n).sort().values
+    return torch.cat((starts, starts.new_full((1,), n))).to(torch.int32)
 
 
-def attention_flash3(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) -> Tensor:
+def attention_flash3(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None, cu_seqlens: Tensor | None = None,
+                     max_seqlen: int = 0) -> Tensor:
     """FlashAttention-3 (native GQA, layout (B, T, H, hd)); varlen over document segments when doc_ids is set."""
     import flash_attn_interface as fa3
 
@@ -113,20 +149,23 @@ def attention_flash3(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None) ->
     if doc_ids is None:
         out = fa3.flash_attn_func(qt, kt, vt, causal=True)
     else:
-        cu = segment_offsets(doc_ids)
+        cu = segment_offsets(doc_ids) if cu_seqlens is None else cu_seqlens
         flat = [x.reshape(B * T, x.size(2), hd) for x in (qt, kt, vt)]
-        out = fa3.flash_attn_varlen_func(*flat, cu, cu, T, T, causal=True)
+        out = fa3.flash_attn_varlen_func(*flat, cu, cu, max_seqlen or T, max_seqlen or T, causal=True)
     out = out[0] if isinstance(out, tuple) else out  # some FA3 releases also return the log-sum-exp
     return out.reshape(B, T, H, hd).transpose(1, 2)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext) -> Tensor:
+    """Attention of q (B,H,T,hd) over k, v (B,Hkv,T,hd), all cast to the compute dtype first (see the module doc)."""
+    dtype = compute_dtype(v)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     if ctx.backend == "math":
         return attention_math(q, k, v, ctx.doc_ids)
     if ctx.backend == "flex":
         return attention_flex(q, k, v, ctx.doc_ids, ctx.block_masks)
     if ctx.backend == "fa3":
-        return attention_flash3(q, k, v, ctx.doc_ids)
+        return attention_flash3(q, k, v, ctx.doc_ids, ctx.cu_seqlens, ctx.max_seqlen)
     return attention_sdpa(q, k, v, ctx.doc_ids)
 
 

@@ -6,7 +6,9 @@ pops; #1573's replays) and decoder (pops skips LIFO). Per-virtual-layer LoRA and
 virtual position; LN scale, parallel residuals, XSA, value embeddings and value-residual lambdas belong to the
 physical block.
 
-model(input_ids) -> logits (B, T, vocab); documents are separated by BOS inside input_ids.
+model(input_ids) -> logits (B, T, vocab); documents are separated by BOS inside input_ids. `cu_seqlens` (the
+batch's document segments, data/segments.py) may be passed along for the FlashAttention-3 varlen kernel; without
+it the model derives the same segments in-graph.
 """
 
 from __future__ import annotations
@@ -174,7 +176,7 @@ class GPT(nn.Module):
             return x + w_skip
         return torch.lerp(w_skip, x, torch.sigmoid(self.skip_gates[i]).to(x.dtype))
 
-    def hidden(self, ids: Tensor) -> Tensor:
+    def hidden(self, ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
         """Final normed hidden states (B, T, d)."""
         cfg = self.cfg
         T = ids.size(1)
@@ -182,6 +184,7 @@ class GPT(nn.Module):
         ctx = AttentionContext(cos=cos, sin=sin, rotary_dims=self.rotary.rotary_dims, backend=self.attention_backend)
         if cfg.doc_attention:
             ctx.doc_ids = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1)
+            ctx.cu_seqlens, ctx.max_seqlen = cu_seqlens, T  # no segment crosses a row end
         x = to_compute_dtype(self.embed(ids))  # the residual stream in the autocast dtype (bf16), as the records'
         if self.value_embed is not None:
             ctx.value_embed = self.value_embed(ids).to(x.dtype)
@@ -226,9 +229,9 @@ class GPT(nn.Module):
         c = self.cfg.logit_softcap
         return c * torch.tanh(z / c) if c > 0 else z
 
-    def forward(self, input_ids: Tensor, targets: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         """Logits (B, T, vocab) as float32; with `targets`, the mean cross-entropy instead."""
-        h = self.hidden(input_ids)
+        h = self.hidden(input_ids, cu_seqlens)
         if targets is not None and self.fused_loss and getattr(self, "head_adapter", None) is None:
             weight = self.tok_emb if self.lm_head is None else self.lm_head.weight
             return softcapped_cross_entropy(h.flatten(0, 1), weight, targets.flatten(), self.cfg.logit_softcap)

@@ -72,6 +72,8 @@ class Rotary(nn.Module):
 
     theta_j = pos * base^(-2j/r), j < r/2; x_rot = [x1 cos + x2 sin, -x1 sin + x2 cos].
     With `ntk_train_len` > 0 and a longer sequence T, base' = base * (T/ntk_train_len)^(r/(r-2)).
+    The tables are computed inside the forward (T x r/2 values, negligible work) rather than cached: a cache
+    written during a compiled call changes what the graph's guards see and forces a second compile.
     """
 
     def __init__(self, head_dim: int, rotary_dims: int, base: float, ntk_train_len: int = 0):
@@ -79,19 +81,15 @@ class Rotary(nn.Module):
         self.rotary_dims = rotary_dims or head_dim
         self.base = base
         self.ntk_train_len = ntk_train_len
-        self._cache: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def tables(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
-        key = (seq_len, str(device))
-        if key not in self._cache:
-            r = self.rotary_dims
-            base = self.base
-            if self.ntk_train_len and seq_len > self.ntk_train_len:
-                base = base * (seq_len / self.ntk_train_len) ** (r / (r - 2))
-            inv_freq = 1.0 / (base ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r))
-            freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
-            self._cache[key] = (freqs.cos(), freqs.sin())
-        return self._cache[key]
+        r = self.rotary_dims
+        base = self.base
+        if self.ntk_train_len and seq_len > self.ntk_train_len:
+            base = base * (seq_len / self.ntk_train_len) ** (r / (r - 2))
+        inv_freq = 1.0 / (base ** (torch.arange(0, r, 2, dtype=torch.float32, device=device) / r))
+        freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+        return freqs.cos(), freqs.sin()
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor, rotary_dims: int) -> Tensor:

@@ -105,11 +105,14 @@ def _tied_embedding_quantized_by_gptq(model: nn.Module, qcfg: QuantConfig) -> bo
 
 
 class HessianAccumulator:
-    """Forward pre-hooks adding X^T X (fp32) of each target's input; a looped block adds once per virtual use."""
+    """Forward pre-hooks adding X^T X of each target's input; a looped block adds once per virtual use.
+
+    The running sums are fp32 buffers and every product runs in fp32 outside autocast (under autocast the matmul
+    would run, and its sum accumulate, in bf16: ~4e-3 relative error after a few adds, an indefinite H later).
+    """
 
     def __init__(self, targets: dict[str, nn.Module]):
         self.sums: dict[str, Tensor] = {}
-        self.rows: dict[str, int] = {}
         self._handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in targets.items()]
 
     def _hook(self, name: str):
@@ -118,10 +121,12 @@ class HessianAccumulator:
         return hook
 
     def add(self, name: str, x: Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        xtx = x.T @ x
-        self.sums[name] = self.sums[name] + xtx if name in self.sums else xtx
-        self.rows[name] = self.rows.get(name, 0) + x.shape[0]
+        """H_name += X^T X, X = x flattened to (tokens, features), in fp32."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.detach().reshape(-1, x.shape[-1]).float()
+            if name not in self.sums:
+                self.sums[name] = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float32, device=x.device)
+            self.sums[name].addmm_(x.T, x)
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -135,6 +140,8 @@ def collect_hessians(model: nn.Module, loader: Any, cfg: Config, device: torch.d
     Calibration input: quant.gptq_calib_batches batches of train.batch_tokens / world_size training tokens
     drawn from `loader` (the training stream, after the tokens training used), or — with
     quant.gptq_calib_source = "generated" — sequences the model samples itself at temperature 0.8.
+    Each batch runs in forwards of at most train.micro_batch_tokens tokens (the whole batch in one forward
+    would need tens of GB of activations per layer); H is a sum over tokens, so the split does not change it.
     The tied embedding is quantized as the output layer: its H is built from the final-norm output.
     Never validation data.
     """
@@ -152,17 +159,23 @@ def collect_hessians(model: nn.Module, loader: Any, cfg: Config, device: torch.d
     model.eval()
     try:
         with torch.no_grad():
-            for x in batches:
-                with autocast_for(device, cfg.train.dtype):
-                    hidden = model.hidden(x.to(device))
-                    if with_embedding:
-                        accumulator.add("tok_emb", hidden)
-                    if getattr(model, "lm_head", None) is not None and any(n.startswith("lm_head") for n in targets):
-                        model.lm_head(hidden)
+            for batch in batches:
+                for x in batch.split(calibration_rows(cfg)):
+                    with autocast_for(device, cfg.train.dtype):
+                        hidden = model.hidden(x.to(device))
+                        if with_embedding:
+                            accumulator.add("tok_emb", hidden)
+                        if getattr(model, "lm_head", None) is not None and any(n.startswith("lm_head") for n in targets):
+                            model.lm_head(hidden)
     finally:
         accumulator.remove()
         model.train(was_training)
     return {name: h / n_batches for name, h in accumulator.sums.items()}
+
+
+def calibration_rows(cfg: Config) -> int:
+    """Sequences per calibration forward: train.micro_batch_tokens worth (at least one)."""
+    return max(1, cfg.train.micro_batch_tokens // cfg.train.seq_len)
 
 
 def _training_batches(loader: Any, cfg: Config, n_batches: int):

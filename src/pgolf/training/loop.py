@@ -228,12 +228,15 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     attach_qat(model, cfg.quant)  # quant.qat: fake-quantize attn/mlp matrices on the export grid (before compile)
     optimizers = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings)
     averager = WeightAverager(model, t)
-    loader = DistributedTokenLoader(dataset.train_files, rt.rank, rt.world_size, cfg.model.vocab_size)
+    # with document-isolated attention the loader also builds each batch's cu_seqlens (FA3 varlen) on its thread
+    loader = DistributedTokenLoader(dataset.train_files, rt.rank, rt.world_size, cfg.model.vocab_size,
+                                    cfg.data.bos_id if cfg.model.doc_attention else None)
     if rt.device.type == "cuda":  # next batches are read and pinned on a thread while the GPU works
         loader = PrefetchingLoader(loader, t.batch_tokens, t.seq_len, accum, pin_memory=True)
     forward: nn.Module = model
     if _use_compile(cfg, rt.device):
-        forward = torch.compile(model)
+        # one static graph per phase, as the records: a graph break or a recompile is a bug (tests/test_graphs.py)
+        forward = torch.compile(model, fullgraph=True, dynamic=False)
         if isinstance(optimizers.get("matrix"), Muon):
             optimizers["matrix"].compile_newton_schulz()
     if rt.distributed:
@@ -301,11 +304,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                 opt.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=rt.device)
             for micro in range(accum):
-                x, y = loader.next_batch(t.batch_tokens, t.seq_len, accum)
+                x, y, cu = loader.next_packed(t.batch_tokens, t.seq_len, accum)
                 sync = nullcontext() if (not rt.distributed or micro == accum - 1) else forward.no_sync()
                 with sync:
                     with autocast_for(rt.device, t.dtype):
-                        loss = forward(x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True))
+                        loss = forward(*_on_device((x, y, cu), rt.device))
                     (loss / accum).backward()
                 loss_sum += loss.detach()
             flags[0].copy_(~torch.isfinite(loss_sum))
@@ -375,6 +378,11 @@ def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Con
     assert_fast_paths(report, dtype)
 
 
+def _on_device(tensors, device: torch.device) -> list:
+    """Host (pinned) batch tensors to the device without blocking; None stays None."""
+    return [t.to(device, non_blocking=True) if t is not None else None for t in tensors]
+
+
 def _load_val(dataset: Dataset, cfg: Config):
     tokens = load_validation(dataset, cfg.model.vocab_size, cfg.data.val_tokens_limit)
     tables = byte_tables(load_tokenizer(dataset.tokenizer_path), cfg.model.vocab_size)
@@ -396,9 +404,9 @@ def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: Distributed
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         for _ in range(accum):
-            x, y = loader.next_batch(t.batch_tokens, t.seq_len, accum)
+            batch = loader.next_packed(t.batch_tokens, t.seq_len, accum)
             with autocast_for(rt.device, t.dtype):
-                loss = forward(x.to(rt.device), y.to(rt.device))
+                loss = forward(*_on_device(batch, rt.device))
             (loss / accum).backward()
         for opt in optimizers.values():
             opt.step()
