@@ -283,12 +283,14 @@ def test_bad_eval_settings_name_the_key(key, value, match):
         pgolf.load_recipe("tiny", overrides={**ttt, key: value})
 
 
-@pytest.mark.parametrize("recipe, stride, ttt, context", [("pr103", 64, "none", 4096), ("pr206", 64, "none", 2048),
-                                                          ("pr1573", 64, "none", 2048), ("pr595", 64, "pre", 2048),
-                                                          ("pr1536", 0, "lora", 2048), ("baseline", 0, "none", 1024)])
-def test_recipes_evaluate_as_their_submissions_did(recipe, stride, ttt, context):
+@pytest.mark.parametrize("recipe, stride, ttt, context, cap", [
+    ("pr103", 64, "none", 4096, 0), ("pr206", 64, "none", 2048, 0), ("pr1573", 64, "none", 2048, 0),
+    ("pr595", 64, "pre", 2048, 0), ("pr1536", 0, "lora", 2048, 600), ("baseline", 0, "none", 1024, 0)])
+def test_recipes_evaluate_as_their_submissions_did(recipe, stride, ttt, context, cap):
+    """pr1536 runs under the challenge's 600 s evaluation limit, as its record did (TTT 252 s, eval <= 560 s)."""
     e = pgolf.load_recipe(recipe).eval
-    assert (e.sliding_stride, e.ttt, e.context_len) == (stride, ttt, context)
+    assert (e.sliding_stride, e.ttt, e.context_len, e.max_seconds) == (stride, ttt, context, cap)
+    assert pgolf.load_recipe(recipe, scale="tiny").eval.max_seconds == 0  # no cap on a CPU
 
 
 # ----------------------------------------------------------------------------- CLI and ranks

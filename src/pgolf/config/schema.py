@@ -205,6 +205,7 @@ class EvalConfig:
     ttt_lora_wd: float = _f(0.5, "LoRA TTT AdamW weight decay")
     ttt_batch_docs: int = _f(64, "LoRA TTT documents per batch")
     max_seconds: float = _f(0.0, "abort evaluation past this many seconds (0 = no cap)")
+    compile: str = _f("auto", "torch.compile the scoring and TTT forwards with static (padded) shapes (auto = on CUDA)", ("auto", "on", "off"))
 
 
 @dataclass

@@ -13,27 +13,36 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import EvalConfig
 from ..data.tokenizer import ByteTables, byte_tables, load_tokenizer, stream_bytes
 from ..model.precision import autocast_for
+from .forward import scored_nll, use_compile
 from .modes import evaluate_mode
 from .ranks import gather_concat, model_device, rank_world
 from .result import EvalResult, summarize
 
 
 @torch.no_grad()
-def window_nll(model: nn.Module, inputs: Tensor, targets: Tensor, device: torch.device) -> Tensor:
-    """Per-position next-token NLL (fp32) of a batch of windows (B, T)."""
+def window_nll(model: nn.Module, inputs: Tensor, targets: Tensor, device: torch.device, rows: int = 0,
+               width: int = 0, use_compiled: bool = False) -> Tensor:
+    """Per-position next-token NLL (fp32) of a batch of windows (B, T); compiled, run padded to (rows, width)."""
+    n, t = inputs.shape
+    rows, width = (max(rows, n), max(width, t)) if use_compiled else (n, t)
+    index = (torch.arange(n)[:, None] * width + torch.arange(t)).flatten()
     with autocast_for(device):
-        logits = model(inputs.to(device))
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), reduction="none").view(targets.shape)
+        nll = scored_nll(model, inputs, targets, index, rows, width, device, use_compiled)
+    return nll.view(n, t)
 
 
-def plain_nll(model: nn.Module, tokens: np.ndarray, context_len: int, batch_seqs: int) -> np.ndarray:
-    """NLL of every target tokens[1:], windows of `context_len` targets split contiguously over ranks."""
+def plain_nll(model: nn.Module, tokens: np.ndarray, context_len: int, batch_seqs: int,
+              use_compiled: bool = False) -> np.ndarray:
+    """NLL of every target tokens[1:], windows of `context_len` targets split contiguously over ranks.
+
+    Compiled, every forward is one shape, (batch_seqs, context_len): the last batch and the short final window
+    are padded.
+    """
     device = model_device(model)
     stream = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     n_targets = stream.numel() - 1
@@ -49,11 +58,12 @@ def plain_nll(model: nn.Module, tokens: np.ndarray, context_len: int, batch_seqs
         chunk = stream[w * context_len : w_end * context_len + 1]
         x = chunk[:-1].view(-1, context_len)
         y = chunk[1:].view(-1, context_len)
-        out.append(window_nll(model, x, y, device).flatten().cpu())
+        out.append(window_nll(model, x, y, device, batch_seqs, context_len, use_compiled).flatten().cpu())
     if last > full_end:  # the short final window
         start = full_end * context_len
         chunk = stream[start:]
-        out.append(window_nll(model, chunk[None, :-1], chunk[None, 1:], device).flatten().cpu())
+        out.append(window_nll(model, chunk[None, :-1], chunk[None, 1:], device, batch_seqs, context_len,
+                              use_compiled).flatten().cpu())
     model.train(was_training)
     local = torch.cat(out) if out else torch.zeros(0)
     counts = [min(n_windows * (r + 1) // world * context_len, n_targets) - min(n_windows * r // world * context_len, n_targets)
@@ -79,7 +89,7 @@ def evaluate(model: nn.Module, tokens: np.ndarray, tokenizer_path: str | None, c
         result = evaluate_mode(model, tokens, token_bytes, cfg)
         result.seconds = time.perf_counter() - start
         return result
-    nll = plain_nll(model, tokens, cfg.context_len, cfg.batch_seqs)
+    nll = plain_nll(model, tokens, cfg.context_len, cfg.batch_seqs, use_compile(cfg, model_device(model)))
     assert nll.size == token_bytes.size, (nll.size, token_bytes.size)
     loss, bpb = summarize(nll, token_bytes)
     return EvalResult(loss, bpb, nll, token_bytes, time.perf_counter() - start)

@@ -53,25 +53,37 @@ class BatchedLoRA(nn.Module):
         if rank <= 0:
             raise ValueError(f"eval.ttt_lora_rank must be positive, got {rank}")
         self.model = [model]  # a list, so the base model is not registered as a submodule
+        self.n_docs = n_docs
         self.schedule = list(model.active_schedule)
         self.slots_of_block = {b: [pos for pos, p in enumerate(self.schedule) if p == b] for b in set(self.schedule)}
         device = next(model.parameters()).device
         generator = torch.Generator().manual_seed(seed)  # same A draw for every document; global RNG untouched
         self.a = nn.ParameterDict()
         self.b = nn.ParameterDict()
+        self._a_draw: dict[str, Tensor] = {}  # the one (slots, 1, in, r) draw every document starts from
         for target in dict.fromkeys(targets):
             inp, out = _dims(model, target)
             slots = () if target == "head" else (len(self.schedule),)
             bound = 1.0 / math.sqrt(inp)
             a = (torch.rand(*slots, 1, inp, rank, generator=generator) * 2 - 1) * bound  # U(-1/sqrt(in), 1/sqrt(in))
+            self._a_draw[target] = a.to(device)
             self.a[target] = nn.Parameter(a.expand(*slots, n_docs, inp, rank).contiguous().to(device))
             self.b[target] = nn.Parameter(torch.zeros(*slots, n_docs, rank, out, device=device))
         self.calls: dict[int, int] = {}     # hook -> occurrences run in this forward
         self.expected: dict[int, int] = {}  # hook -> occurrences per forward (the block's slots)
 
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fresh adapters for a new batch of documents: A back to the seeded draw, B = 0 (in place, so a compiled
+        forward keeps seeing the same parameters)."""
+        for target in self.a:
+            self.a[target].copy_(self._a_draw[target].expand_as(self.a[target]))
+            self.b[target].zero_()
+
     def reset(self) -> None:
         """Start a forward: every hooked module is back at its first virtual occurrence."""
-        self.calls = {key: 0 for key in self.calls}
+        for key in self.calls:
+            self.calls[key] = 0
 
     def _delta(self, target: str, slot: int | None, x: Tensor) -> Tensor:
         n = x.size(0)  # the batch holds the first n documents (the rest have finished)

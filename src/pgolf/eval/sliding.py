@@ -13,6 +13,8 @@ from torch import nn
 
 from ..config import EvalConfig
 from .deadline import Deadline
+from .ranks import model_device
+from .forward import use_compile
 from .windows import eval_windows, score_distributed
 
 
@@ -21,7 +23,8 @@ def sliding_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadline:
     """NLL of every target tokens[1:] under the windows `cfg` asks for (stride 0 = plain), and notes."""
     windows = eval_windows(tokens, cfg.context_len, cfg.sliding_stride, cfg.doc_boundaries, bos_id)
     stream = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-    nll = score_distributed(model, stream, windows, cfg.batch_seqs, deadline, "sliding-window scoring")
+    nll = score_distributed(model, stream, windows, cfg.batch_seqs, deadline, "sliding-window scoring",
+                            use_compile(cfg, model_device(model)))
     stride = cfg.sliding_stride or cfg.context_len
     notes = [f"windows {len(windows):,} of up to {cfg.context_len} tokens, stride {stride}"
              + (", cut at document starts" if cfg.doc_boundaries else "")]

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from ..config import EvalConfig
+from .ranks import model_device
 from .deadline import Deadline
+from .forward import use_compile
 from .ttt_train import train_on_sequences, trainable_parameters
 from .windows import eval_windows, n_chunks, score_distributed, sequences
 
@@ -40,11 +42,12 @@ def chunk_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadlin
     stream = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     params = trainable_parameters(model, cfg.ttt_freeze_blocks)
     optimizer = torch.optim.SGD(params, lr=cfg.ttt_lr, momentum=cfg.ttt_momentum)
+    compiled = use_compile(cfg, model_device(model))
     bounds = np.searchsorted(chunk_of, np.arange(total + 1))  # windows of chunk c: [bounds[c], bounds[c+1])
     scored, losses = [], []
     for c in range(total):
         scored.append(score_distributed(model, stream, windows[bounds[c] : bounds[c + 1]], cfg.batch_seqs,
-                                        deadline, f"chunk TTT scoring (chunk {c + 1}/{total})"))
+                                        deadline, f"chunk TTT scoring (chunk {c + 1}/{total})", compiled))
         if c == total - 1:
             break
         for group in optimizer.param_groups:
@@ -54,7 +57,8 @@ def chunk_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadlin
         model.eval()
         for _ in range(cfg.ttt_epochs):
             losses.append(train_on_sequences(model, stream, spans, cfg.ttt_batch_seqs, params, optimizer,
-                                             cfg.ttt_grad_clip, deadline, f"chunk TTT training (chunk {c + 1}/{total})"))
+                                             cfg.ttt_grad_clip, deadline, f"chunk TTT training (chunk {c + 1}/{total})",
+                                             compiled))
     for p in model.parameters():
         p.requires_grad_(False)
     nll = torch.cat(scored).double().numpy()

@@ -10,6 +10,12 @@ unless it is the document's last chunk, one AdamW step on the mean chunk loss. T
 Documents are independent, so the order in which they are processed cannot change a score: each rank takes a
 contiguous share of the documents, batches `eval.ttt_batch_docs` of them longest first (so the documents still
 running at chunk c are always the first rows of the batch), and the per-target losses go back to stream order.
+
+Each chunk step is one batched forward over all rows (no per-document Python loop); the scores stay on the
+device until the batch ends. Compiled (eval.compile), the step keeps static shapes: always ttt_batch_docs rows
+(finished documents and missing ones are padding rows whose loss is masked out) and a window width rounded up
+to chunk * 2^k (at most context_len), so a whole evaluation compiles about log2(context_len / chunk) + 1 graphs.
+One set of adapters serves every batch (reset in place), so the compiled step never sees new parameters.
 """
 
 from __future__ import annotations
@@ -22,60 +28,85 @@ from torch import Tensor, nn
 from ..config import EvalConfig
 from ..model.precision import autocast_for
 from .deadline import Deadline
+from .forward import batch_segments, compiled, use_compile
 from .lora_adapters import BatchedLoRA
 from .ranks import gather_concat, model_device, rank_world
 from .windows import batches, document_starts
 
 
-def _document_batch(model: nn.Module, stream: Tensor, starts: np.ndarray, lengths: np.ndarray, cfg: EvalConfig,
-                    deadline: Deadline) -> list[Tensor]:
+def _chunk_nll(model: nn.Module, inputs: Tensor, targets: Tensor, cols: Tensor, cu: Tensor | None) -> Tensor:
+    """(rows, K) NLL of the targets at window columns `cols` of a (rows, width) batch."""
+    h = model.hidden(inputs, cu)
+    h = h.gather(1, cols[:, :, None].expand(-1, -1, h.size(-1)))
+    logits = model.logits(h)
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.gather(1, cols).flatten(),
+                           reduction="none").view(cols.shape)
+
+
+def window_width(chunk_index: int, chunk: int, context: int, static: bool) -> int:
+    """Columns of chunk c's batch: the longest window, (c + 1) * chunk clipped to the context; static shapes round
+    it up to chunk * 2^k (still at most the context)."""
+    width = min((chunk_index + 1) * chunk, context)
+    if not static:
+        return width
+    return min(chunk * (1 << chunk_index.bit_length()), context)  # 2^k >= c + 1
+
+
+def _document_batch(model: nn.Module, lora: BatchedLoRA, stream: Tensor, starts: np.ndarray, lengths: np.ndarray,
+                    cfg: EvalConfig, deadline: Deadline, use_compiled: bool) -> list[Tensor]:
     """Per-target NLL of a batch of documents sorted by length, longest first (one tensor per document)."""
     device = model_device(model)
     K, W = cfg.ttt_lora_chunk, cfg.context_len
-    lora = BatchedLoRA(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, len(starts))
+    n_docs = len(starts)
+    rows = lora.n_docs if use_compiled else n_docs  # static shapes: always the full batch of rows
+    lora.reset_parameters()
     params = list(lora.parameters())
     optimizer = (torch.optim.AdamW(params, lr=cfg.ttt_lora_lr, betas=(cfg.ttt_lora_beta1, cfg.ttt_lora_beta2),
                                    eps=cfg.ttt_lora_eps, weight_decay=cfg.ttt_lora_wd) if params else None)
-    out: list[list[Tensor]] = [[] for _ in starts]
+    length = torch.zeros(rows, dtype=torch.int64)
+    length[:n_docs] = torch.from_numpy(lengths)
+    start = torch.zeros(rows, dtype=torch.int64)
+    start[:n_docs] = torch.from_numpy(starts)
     n_chunks = int(-(-lengths[0] // K))
+    scores = torch.zeros(rows, n_chunks * K, device=device)
+    step = compiled(_chunk_nll) if use_compiled else _chunk_nll
+    last_input = stream.numel() - 2
+    k = torch.arange(K)
     with lora.attached():
         for c in range(n_chunks):
-            deadline.check(f"LoRA TTT (chunk {c + 1}/{n_chunks} of a batch of {len(starts)} documents)")
-            active = int(np.sum(lengths > c * K))  # a prefix: documents are sorted longest first
-            end = np.minimum((c + 1) * K, lengths[:active])     # chunk end, in document input positions
-            first = np.maximum(end - W, 0)                      # window start, clipped to the document
-            width = int((end - first).max())
-            inputs = torch.zeros(active, width, dtype=torch.int64)
-            targets = torch.zeros(active, width, dtype=torch.int64)
-            for row in range(active):
-                a, b = int(starts[row] + first[row]), int(starts[row] + end[row])
-                inputs[row, : b - a] = stream[a:b]
-                targets[row, : b - a] = stream[a + 1 : b + 1]
-            cols = torch.from_numpy(c * K - first)[:, None] + torch.arange(K)  # scored window positions
-            valid = torch.arange(K)[None, :] < torch.from_numpy(end - c * K)[:, None]
-            cols = cols.clamp(max=width - 1)
-            train = torch.from_numpy(lengths[:active] > (c + 1) * K)  # documents with a later chunk
-            inputs, targets, cols, valid, train = (t.to(device) for t in (inputs, targets, cols, valid, train))
-            with torch.set_grad_enabled(bool(train.any()) and optimizer is not None):
+            deadline.check(f"LoRA TTT (chunk {c + 1}/{n_chunks} of a batch of {n_docs} documents)")
+            active = int(np.sum(lengths > c * K))               # a prefix: documents are sorted longest first
+            batch_rows = rows if use_compiled else active
+            end = torch.minimum(torch.tensor((c + 1) * K), length[:batch_rows])  # chunk end (document inputs)
+            first = (end - W).clamp(min=0)                      # window start, clipped to the document
+            width = window_width(c, K, W, use_compiled)
+            col = torch.arange(width)[None, :]
+            inside = col < (end - first)[:, None]               # finished and padding rows: nothing inside
+            position = (start[:batch_rows, None] + first[:, None] + col).clamp(max=last_input)
+            inputs = torch.where(inside, stream[position], 0)
+            targets = torch.where(inside, stream[position + 1], 0)
+            cols = ((c * K - first)[:, None] + k).clamp(min=0, max=width - 1)  # scored window columns
+            valid = (k[None, :] < (end - c * K)[:, None]).float()
+            train = (length[:batch_rows] > (c + 1) * K).float()  # documents with a later chunk
+            cu = batch_segments(model, inputs)
+            inputs, targets, cols, valid, train = (t.to(device, non_blocking=True)
+                                                   for t in (inputs, targets, cols, valid, train))
+            cu = cu.to(device, non_blocking=True) if cu is not None else None
+            learn = optimizer is not None and bool(np.any(lengths > (c + 1) * K))
+            with torch.set_grad_enabled(learn or use_compiled):  # compiled: one grad-mode graph per width
                 lora.reset()
                 with autocast_for(device):
-                    h = model.hidden(inputs)
-                    h = h.gather(1, cols[:, :, None].expand(-1, -1, h.size(-1)))
-                    logits = model.logits(h)
+                    nll = step(model, inputs, targets, cols, cu)
                 lora.check_complete()
-                nll = F.cross_entropy(logits.float().flatten(0, 1), targets.gather(1, cols).flatten(),
-                                      reduction="none").view(active, K)
-                kept = nll.detach().cpu()
-                for row in range(active):  # the score: recorded before any update on this chunk
-                    out[row].append(kept[row, : int(end[row] - c * K)])
-                if torch.is_grad_enabled():
+                scores[:batch_rows, c * K : (c + 1) * K] = nll.detach()  # the score, before any update on it
+                if learn:
                     # sum over training documents of each one's mean chunk loss
-                    per_doc = (nll * valid).sum(1) / valid.sum(1)
-                    loss = per_doc[train].sum()
+                    per_doc = (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    (per_doc * train).sum().backward()
                     optimizer.step()
-    return [torch.cat(parts) for parts in out]
+    kept = scores[:n_docs].cpu()
+    return [kept[row, : int(lengths[row])] for row in range(n_docs)]
 
 
 def lora_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadline: Deadline,
@@ -101,9 +132,12 @@ def lora_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadline
     stream = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
     local = torch.zeros(counts[rank])
     order = d0 + np.argsort(-lengths[d0:d1], kind="stable")
+    use_compiled = use_compile(cfg, model_device(model))
+    lora = BatchedLoRA(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, min(cfg.ttt_batch_docs, max(d1 - d0, 1)))
     for docs in batches(order.tolist(), cfg.ttt_batch_docs):
         docs = np.asarray(docs)
-        for d, nll in zip(docs.tolist(), _document_batch(model, stream, starts[docs], lengths[docs], cfg, deadline)):
+        for d, nll in zip(docs.tolist(), _document_batch(model, lora, stream, starts[docs], lengths[docs], cfg,
+                                                         deadline, use_compiled)):
             offset = int(starts[d] - cum[d0])
             local[offset : offset + nll.numel()] = nll
     model.train(was_training)

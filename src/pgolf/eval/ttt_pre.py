@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from ..config import EvalConfig
+from .ranks import model_device
 from .deadline import Deadline
+from .forward import use_compile
 from .ttt_train import train_on_sequences, trainable_parameters
 from .windows import sequences
 
@@ -28,8 +30,9 @@ def pre_ttt(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadline: Dea
     params = trainable_parameters(model, cfg.ttt_freeze_blocks)
     optimizer = torch.optim.AdamW(params, lr=cfg.ttt_lr, betas=(cfg.ttt_momentum, 0.999), eps=1e-8, weight_decay=0.0)
     model.eval()
+    compiled = use_compile(cfg, model_device(model))
     losses = [train_on_sequences(model, stream, spans, cfg.ttt_batch_seqs, params, optimizer, cfg.ttt_grad_clip,
-                                 deadline, f"pre-scoring TTT (epoch {epoch + 1}/{cfg.ttt_epochs})")
+                                 deadline, f"pre-scoring TTT (epoch {epoch + 1}/{cfg.ttt_epochs})", compiled)
               for epoch in range(cfg.ttt_epochs)]
     for p in model.parameters():
         p.requires_grad_(False)

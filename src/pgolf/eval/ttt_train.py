@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..model.precision import autocast_for
 from .deadline import Deadline
+from .forward import training_loss
 from .ranks import model_device, rank_world
 from .windows import batches
 
@@ -34,7 +35,7 @@ def trainable_parameters(model: nn.Module, freeze_blocks: int) -> list[nn.Parame
 
 def train_on_sequences(model: nn.Module, stream: Tensor, spans: list[tuple[int, int]], batch_seqs: int,
                        params: list[nn.Parameter], optimizer: torch.optim.Optimizer, grad_clip: float,
-                       deadline: Deadline, where: str) -> float:
+                       deadline: Deadline, where: str, use_compiled: bool = False) -> float:
     """One pass over `spans` (input ranges of equal length; targets are shifted by one); returns the mean loss.
 
     Step: loss = mean CE over the step's tokens (all ranks); grads all-reduced (sum of token-weighted
@@ -50,10 +51,10 @@ def train_on_sequences(model: nn.Module, stream: Tensor, spans: list[tuple[int, 
         optimizer.zero_grad(set_to_none=True)
         loss_value = torch.zeros((), device=device)
         if mine:
-            inputs = torch.stack([stream[a:b] for a, b in mine]).to(device)
-            targets = torch.stack([stream[a + 1 : b + 1] for a, b in mine]).to(device)
+            inputs = torch.stack([stream[a:b] for a, b in mine])
+            targets = torch.stack([stream[a + 1 : b + 1] for a, b in mine])
             with autocast_for(device):
-                loss = model(inputs, targets)
+                loss = training_loss(model, inputs, targets, device, use_compiled)
             share = inputs.numel() / step_tokens  # this rank's fraction of the step's tokens
             (loss * share).backward()
             loss_value = loss.detach().float() * share

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..model.precision import autocast_for
 from .deadline import Deadline
+from .forward import scored_nll
 from .ranks import gather_concat, model_device, rank_world
 
 
@@ -89,46 +89,33 @@ def eval_windows(tokens: np.ndarray, context_len: int, stride: int, doc_boundari
     return clip_to_documents(windows, tokens, bos_id) if doc_boundaries else windows
 
 
-def nll_at(model: nn.Module, inputs: Tensor, targets: Tensor, flat_index: Tensor) -> Tensor:
-    """Per-target NLL (fp32) at the flattened (row * T + col) positions of a (B, T) batch.
-
-    The head runs only on the scored positions when the model exposes hidden() and logits().
-    """
-    if hasattr(model, "hidden") and hasattr(model, "logits"):
-        h = model.hidden(inputs).flatten(0, 1)[flat_index]
-        logits = model.logits(h)
-    else:
-        logits = model(inputs).flatten(0, 1)[flat_index]
-    return F.cross_entropy(logits.float(), targets.flatten()[flat_index], reduction="none")
-
-
-def pack_batch(stream: Tensor, windows: Windows) -> tuple[Tensor, Tensor, Tensor]:
-    """(inputs, targets, flat index of the scored positions) of windows padded to the longest with token 0.
-
-    Padding follows a window's last input, so causality keeps it out of every scored prediction.
-    """
-    length = int((windows.end - windows.start).max())
-    inputs = torch.zeros(len(windows), length, dtype=torch.int64)
-    targets = torch.zeros(len(windows), length, dtype=torch.int64)
-    index = []
-    for row, (ws, we, ss) in enumerate(zip(windows.start.tolist(), windows.end.tolist(), windows.score.tolist())):
-        inputs[row, : we - ws] = stream[ws:we]
-        targets[row, : we - ws] = stream[ws + 1 : we + 1]
-        index.append(torch.arange(ss - ws, we - ws) + row * length)
-    return inputs, targets, torch.cat(index)
+def pack_batch(stream: Tensor, windows: Windows, width: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """(inputs, targets, flat index of the scored positions) of windows padded with token 0 to `width` columns
+    (0: the longest window). Padding follows a window's last input, so causality keeps it out of every score."""
+    length = max(int((windows.end - windows.start).max()), width)
+    start, size = torch.from_numpy(windows.start)[:, None], torch.from_numpy(windows.end - windows.start)[:, None]
+    col = torch.arange(length)[None, :]
+    inside = col < size
+    position = (start + col).clamp(max=stream.numel() - 2)   # clamped positions are padding, replaced by 0
+    inputs = torch.where(inside, stream[position], 0)
+    targets = torch.where(inside, stream[position + 1], 0)
+    scored = inside & (col >= torch.from_numpy(windows.score)[:, None] - start)
+    return inputs, targets, torch.nonzero(scored.flatten()).flatten()
 
 
 @torch.no_grad()
 def score_windows(model: nn.Module, stream: Tensor, windows: Windows, batch_seqs: int, deadline: Deadline,
-                  where: str = "scoring") -> Tensor:
+                  where: str = "scoring", use_compiled: bool = False) -> Tensor:
     """NLL of every target the windows score, in window order (fp32, on the CPU).
 
-    Windows are batched longest first (equal lengths keep their order), so padding stays small.
+    Windows are batched longest first (equal lengths keep their order), so padding stays small. Compiled,
+    every batch is padded to one shape: batch_seqs rows of the longest window.
     """
     if len(windows) == 0:
         return torch.zeros(0)
     device = model_device(model)
     order = np.argsort(-(windows.end - windows.start), kind="stable")
+    width = int((windows.end - windows.start).max()) if use_compiled else 0
     pieces: list[Tensor | None] = [None] * len(windows)
     was_training = model.training
     model.eval()
@@ -137,9 +124,10 @@ def score_windows(model: nn.Module, stream: Tensor, windows: Windows, batch_seqs
             deadline.check(where)
             rows = order[i : i + batch_seqs]
             batch = windows[rows]
-            inputs, targets, index = pack_batch(stream, batch)
+            inputs, targets, index = pack_batch(stream, batch, width)
+            shape = (batch_seqs, inputs.size(1)) if use_compiled else tuple(inputs.shape)
             with autocast_for(device):
-                nll = nll_at(model, inputs.to(device), targets.to(device), index.to(device)).cpu()
+                nll = scored_nll(model, inputs, targets, index, *shape, device, use_compiled).cpu()
             for row, part in zip(rows.tolist(), torch.split(nll, batch.scored.tolist())):
                 pieces[row] = part
     finally:
@@ -154,11 +142,11 @@ def rank_range(n: int) -> tuple[int, int]:
 
 
 def score_distributed(model: nn.Module, stream: Tensor, windows: Windows, batch_seqs: int, deadline: Deadline,
-                      where: str = "scoring") -> Tensor:
+                      where: str = "scoring", use_compiled: bool = False) -> Tensor:
     """score_windows with the windows split contiguously over ranks; every rank gets all NLLs in window order."""
     _, world = rank_world()
     first, last = rank_range(len(windows))
-    local = score_windows(model, stream, windows[first:last], batch_seqs, deadline, where)
+    local = score_windows(model, stream, windows[first:last], batch_seqs, deadline, where, use_compiled)
     if world == 1:
         return local
     scored = windows.scored

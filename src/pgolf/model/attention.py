@@ -102,7 +102,7 @@ def _flex_kernel(device: torch.device):
     if device.type != "cuda" or torch.compiler.is_compiling():
         return flex_attention
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = torch.compile(flex_attention)  # as documented; new shapes (generation) go dynamic
     return _compiled_flex
 
 
