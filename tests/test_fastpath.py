@@ -59,6 +59,7 @@ def test_varlen_segments_reproduce_the_document_mask(where):
     """Both cu_seqlens builders (in-graph fallback, host-side in the loader) list the same segments, padding apart."""
     ids = random_ids(3, 40)
     ids[1, 7] = ids[2, 39] = 1  # a BOS mid-row and one on a row's last position
+    ids[1, 0] = 5                # a row that starts inside a document
     doc_ids = torch.cumsum((ids == 1).int(), dim=1)
     cu = segment_offsets(doc_ids) if where == "in_graph" else cu_seqlens(ids, 1, segment_capacity(3, 40))
     n = ids.numel()
@@ -70,6 +71,7 @@ def test_varlen_segments_reproduce_the_document_mask(where):
     seg = seg.view(3, 40)
     assert torch.equal(document_mask(doc_ids), document_mask(seg))
     assert int((cu[1:] > cu[:-1]).sum()) == 3 + int((ids[:, 1:] == 1).sum())  # one per row start and per BOS
+    assert 40 in cu.tolist() and 47 in cu.tolist()
 
 
 def test_loader_segments_grow_past_the_capacity_instead_of_dropping_documents():

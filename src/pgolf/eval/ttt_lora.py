@@ -15,7 +15,7 @@ Each chunk step is one batched forward over all rows (no per-document Python loo
 device until the batch ends. Compiled (eval.compile), the step keeps static shapes: always ttt_batch_docs rows
 (finished documents and missing ones are padding rows whose loss is masked out) and a window width rounded up
 to chunk * 2^k (at most context_len), so a whole evaluation compiles about log2(context_len / chunk) + 1 graphs.
-One set of adapters serves every batch (reset in place), so the compiled step never sees new parameters.
+One set of adapters serves every batch, reset in place (at pr1536's size they hold about 2 GB).
 """
 
 from __future__ import annotations
