@@ -15,6 +15,7 @@ from torch._dynamo.testing import CompileCounter
 import pgolf
 from pgolf.config import recipe_names
 from pgolf.data.segments import cu_seqlens, segment_capacity
+from pgolf.quant.qat import attach_qat, refresh_qat
 
 import fa3_standin
 
@@ -35,6 +36,8 @@ def training_model(name: str, backend: str, vocab: int = 64):
     model.set_looping(True)  # the looped phase: every block the schedule reuses
     model.attention_backend = backend
     model.fused_loss = True   # as on CUDA
+    attach_qat(model, cfg.quant)  # as the trainer does before compiling (pr206 fake-quantizes)
+    refresh_qat(model)
     return model.train()
 
 
