@@ -50,6 +50,25 @@ def micro_config(recipe: str = "baseline", **overrides) -> pgolf.Config:
     return pgolf.load_recipe(recipe, scale="tiny", overrides=over)
 
 
+# A recipe at scale tiny with narrower layers and short sequences; its depth and switches stay (layer schedules,
+# value-embedding layers and parallel lanes name physical layers).
+MICRO_RECIPE = {
+    "model.model_dim": 64, "model.num_heads": 4, "model.num_kv_heads": 2, "train.steps": 2,
+    "train.batch_tokens": 512, "train.seq_len": 64, "train.micro_batch_tokens": 512, "train.compile_priming_steps": 0,
+    "data.val_tokens_limit": 2049, "eval.context_len": 0,
+}
+
+
+def micro_recipe(recipe: str, **overrides) -> pgolf.Config:
+    """A shipped recipe shrunk by MICRO_RECIPE, on the FineWeb sample and tokenizer of its own vocabulary."""
+    vocab = pgolf.load_recipe(recipe, scale="tiny").model.vocab_size
+    over = dict(MICRO_RECIPE)
+    over.update({"data.path": str(SHARED / "datasets" / f"fineweb10B_sp{vocab}_sample"),
+                 "data.tokenizer": str(SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model")})
+    over.update({k.replace("__", "."): v for k, v in overrides.items()})
+    return pgolf.load_recipe(recipe, scale="tiny", overrides=over)
+
+
 @pytest.fixture
 def micro(shared_data):
     return micro_config

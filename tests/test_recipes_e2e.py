@@ -13,7 +13,7 @@ import json
 import pytest
 
 import pgolf
-from pgolf.artifact.bundle import bundle_source
+from pgolf.artifact.bundle import code_bytes
 from pgolf.cli import main
 from pgolf.config import load_config, recipe_names
 from pgolf.training.runs import RESULT_KEYS
@@ -65,7 +65,7 @@ def test_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
     assert 0 < result["val_bpb"] < 20 and result["under_limit"] is True
     assert result["artifact_bytes"] == result["model_bytes"] + result["code_bytes"]
     assert result["model_bytes"] == (out / "artifact.pgolf").stat().st_size
-    assert result["code_bytes"] == len(bundle_source(load_config(out / "config.toml")).encode())
+    assert result["code_bytes"] == code_bytes(load_config(out / "config.toml"))
     assert (result["eval_mode"] == "plain") == (cfg.eval.sliding_stride == 0 and cfg.eval.ttt == "none")
     assert result["legal"] is (cfg.eval.ttt != "pre")  # #595's pre-scoring TTT trains on validation tokens
     for name in ("config.toml", "env.json", "log.jsonl", "loss.png"):

@@ -1,9 +1,9 @@
-"""The bundled train_gpt.py (its size is code_bytes; it carries every runtime module; it trains the same run) and
-`pgolf submit` (the challenge's submission folder)."""
+"""`pgolf submit` (the challenge's submission folder): it checks the runs instead of trusting result.json, writes
+the one script whose size the runs counted, its line map and a custom tokenizer, and that script reproduces every
+recipe's run in a clean virtual environment."""
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -17,125 +17,81 @@ import torch
 
 import pgolf
 from pgolf.artifact import bundle
-from pgolf.artifact.bundle import EXCLUDED_MODULES, PACKAGE_DIR, bundle_source, bundled_module_paths, slim_source
-from pgolf.artifact.sizes import runtime_code_bytes
 from pgolf.cli import main
-from pgolf.cli.submit import SubmissionError, make_submission
-from pgolf.config import load_config
+from pgolf.cli.submit import CHALLENGE_TOKENIZERS, LINEMAP_NAME, SubmissionError, make_submission
+from pgolf.config import load_config, recipe_names
+from pgolf.data.tokenizer import file_sha256
 from pgolf.training.bundle_entry import bundle_config
 
-from conftest import micro_config
+from conftest import SHARED, micro_config, micro_recipe
+
+
+def _train(tmp_path_factory, name, **overrides):
+    from conftest import SP1024_MODEL, VAL_SHARD
+
+    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
+        pytest.skip("needs the FineWeb sample and sp1024 tokenizer (the project's shared/data)")
+    run = tmp_path_factory.mktemp("submit") / name
+    pgolf.train(micro_config("baseline", train__steps=4, data__val_tokens_limit=2049, **overrides), run, progress=False)
+    return run
 
 
 @pytest.fixture(scope="module")
 def micro_run(tmp_path_factory):
     """One finished micro run of the baseline recipe on the FineWeb sample."""
-    from conftest import SP1024_MODEL, VAL_SHARD
-
-    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
-        pytest.skip("needs the FineWeb sample and sp1024 tokenizer (the project's shared/data)")
-    run = tmp_path_factory.mktemp("submit") / "run"
-    pgolf.train(micro_config("baseline", train__steps=4, data__val_tokens_limit=2049), run, progress=False)
-    return run
+    return _train(tmp_path_factory, "run")
 
 
-# ----------------------------------------------------------------------------- the bundle
+@pytest.fixture(scope="module")
+def micro_run_seed2(tmp_path_factory):
+    return _train(tmp_path_factory, "run_s2", seed=2)
 
-def test_bundle_is_deterministic_and_its_size_is_the_counted_code_bytes(micro_run):
+
+def _copy(run, tmp_path, name="copy"):
+    dst = tmp_path / name
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data))
+
+
+# ----------------------------------------------------------------------------- the script and its size
+
+def test_the_runs_code_bytes_are_the_size_of_its_script(micro_run):
     cfg = load_config(micro_run / "config.toml")
-    text = bundle_source(cfg)
-    assert text == bundle_source(load_config(micro_run / "config.toml"))
-    size = len(text.encode("utf-8"))
+    data = bundle.bundle_bytes(cfg)
     result = json.loads((micro_run / "result.json").read_text())
-    assert result["code_bytes"] == size == runtime_code_bytes(cfg) == bundle.code_bytes(cfg)
-    assert result["artifact_bytes"] == size + (micro_run / "artifact.pgolf").stat().st_size
+    assert result["code_bytes"] == len(data) == bundle.code_bytes(load_config(micro_run / "config.toml"))
+    assert result["artifact_bytes"] == len(data) + (micro_run / "artifact.pgolf").stat().st_size
     other_seed = load_config(micro_run / "config.toml")
     other_seed.seed = 7
-    assert bundle_source(other_seed) != text and "seed = 7" in bundle_source(other_seed)
+    assert b"seed = 7" in bundle.bundle_bytes(other_seed) and b"seed = 7" not in data
 
 
-def test_budget_estimate_counts_the_bundle():
+def test_budget_estimate_counts_the_script():
     from pgolf.artifact.budget import estimate_artifact_bytes
 
     cfg = pgolf.load_recipe("tiny", scale="tiny")
-    small = estimate_artifact_bytes(cfg)
-    assert small > runtime_code_bytes(cfg) > 20_000
+    lora = pgolf.load_recipe("tiny", scale="tiny", overrides={"eval.ttt": "lora"})  # more code, same model
+    extra_code = bundle.code_bytes(lora) - bundle.code_bytes(cfg)
+    assert extra_code > 1000
+    assert estimate_artifact_bytes(lora) - estimate_artifact_bytes(cfg) == extra_code
 
 
-def test_bundle_carries_every_module_except_the_cli_and_report_ones():
-    on_disk = {p.relative_to(PACKAGE_DIR).as_posix() for p in PACKAGE_DIR.rglob("*.py") if "__pycache__" not in p.parts}
-    assert set(bundled_module_paths()) == on_disk - EXCLUDED_MODULES
-    for needed in ("training/loop.py", "training/bundle_entry.py", "config/schema.py", "quant/pack.py", "eval/bpb.py",
-                   "model/gpt.py", "artifact/bundle.py"):
-        assert needed in bundled_module_paths()
-
-
-def _imported_modules(rel: str, source: str) -> set[str]:
-    """Package-relative paths of the pgolf modules `rel` imports (module level or inside functions)."""
-    package = rel.split("/")[:-1]
-    found = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ImportFrom) and node.level > 0:
-            base = package[: len(package) - (node.level - 1)]
-            parts = base + (node.module.split(".") if node.module else [])
-            names = [parts + [alias.name] for alias in node.names] + [parts]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pgolf":
-            parts = node.module.split(".")[1:]
-            names = [parts + [alias.name] for alias in node.names] + [parts]
-        elif isinstance(node, ast.Import):
-            names = [a.name.split(".")[1:] for a in node.names if a.name.split(".")[0] == "pgolf"]
-        else:
-            continue
-        for parts in names:
-            for candidate in ("/".join(parts) + ".py", "/".join(parts + ["__init__.py"])):
-                if (PACKAGE_DIR / candidate).is_file():
-                    found.add(candidate)
-    return found
-
-
-def test_no_bundled_module_imports_an_excluded_one():
-    for rel in bundled_module_paths():
-        source = (PACKAGE_DIR / rel).read_text(encoding="utf-8")
-        try:
-            imported = _imported_modules(rel, source)
-        except SyntaxError:
-            continue  # a module being edited right now; its own tests report it
-        leaked = imported & EXCLUDED_MODULES
-        assert not leaked, (f"pgolf/{rel} imports {sorted(leaked)}, which pgolf.artifact.bundle.EXCLUDED_MODULES leaves out of "
-                            f"train_gpt.py: remove it from EXCLUDED_MODULES")
-
-
-def test_slimming_keeps_line_numbers_and_drops_comments_and_docstrings():
-    source = '"""Module doc."""\nimport os  # why\n\n\ndef f(x):\n    """Doc\n    more."""\n    s = "# not a comment"\n    return x  # done\n\n\nclass C:\n    """Only a docstring."""\n'
-    slim = slim_source(source)
-    assert slim.count("\n") == source.count("\n")
-    assert "why" not in slim and "Doc" not in slim and "Only a docstring" not in slim
-    assert '"# not a comment"' in slim
-    scope: dict = {}
-    exec(compile(slim, "<slim>", "exec"), scope)
-    assert scope["f"](3) == 3 and scope["C"].__doc__ == ""
-    for rel in bundled_module_paths():
-        original = (PACKAGE_DIR / rel).read_text(encoding="utf-8")
-        assert slim_source(original).count("\n") == original.count("\n"), rel
-
-
-def test_bundled_script_imports_pgolf_from_itself(micro_run, tmp_path):
-    script = tmp_path / "train_gpt.py"
-    bundle.write_bundle(load_config(micro_run / "config.toml"), script)
-    probe = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); import pgolf.training.loop, inspect; "
-             "print(pgolf.training.loop.__file__); print(len(inspect.getsource(pgolf.training.loop.grad_accum_steps)))")
-    out = subprocess.run([sys.executable, "-c", probe, str(script)], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.split()
-    assert lines[0] == f"{script}/pgolf/training/loop.py" and int(lines[1]) > 50
-
-
-def test_requirements_pin_the_third_party_imports():
-    lines, optional = bundle.requirements()
+def test_requirements_pin_what_the_script_imports():
+    lines, optional = bundle.requirements(micro_config("baseline"))
     names = {line.split("==")[0].lower().replace("_", "-") for line in lines}
     assert {"torch", "numpy", "sentencepiece", "safetensors"} <= names
     assert all("==" in line and "+" not in line for line in lines)
-    assert "huggingface-hub" not in names  # only `pgolf data download` (not bundled) needs it
+    assert not names & {"huggingface-hub", "python-minifier"}  # only pgolf itself imports them (downloads, bundling)
     assert all(m not in sys.stdlib_module_names for m in optional)
 
 
@@ -145,11 +101,15 @@ def test_environment_overrides_of_the_embedded_config(micro_run):
     same = bundle_config(config_text, {})
     assert same == cfg
     moved = bundle_config(config_text, {"DATA_PATH": "/elsewhere/data", "SEED": "42",
-                                               "PGOLF_SET": "train.steps=2 eval.sliding_stride=0"})
+                                        "PGOLF_SET": "train.steps=2 eval.sliding_stride=0"})
     assert (moved.data.path, moved.seed, moved.train.steps) == ("/elsewhere/data", 42, 2)
     assert moved.data.tokenizer == cfg.data.tokenizer  # the run's tokenizer file still exists here
     with pytest.raises(pgolf.ConfigError, match="PGOLF_SET"):
         bundle_config(config_text, {"PGOLF_SET": "train.steps"})
+    carried = set(bundle.module_sources(cfg))
+    with pytest.raises(pgolf.ConfigError, match="does not carry pgolf.eval.modes"):
+        bundle_config(config_text, {"PGOLF_SET": "eval.sliding_stride=32"}, carried)
+    assert bundle_config(config_text, {"PGOLF_SET": "train.steps=3"}, carried).train.steps == 3
 
 
 # ----------------------------------------------------------------------------- pgolf submit
@@ -158,12 +118,12 @@ def test_submit_writes_the_challenge_folder(micro_run, tmp_path):
     out = tmp_path / "sub"
     made = make_submission([micro_run], out, name="Micro test", author="Tester")
     assert sorted(made["files"]) == sorted(["README.md", "submission.json", "train_gpt.py", "requirements.txt",
-                                            "log.jsonl", "train.log", "loss.png"])
+                                            LINEMAP_NAME, "log.jsonl", "train.log", "loss.png"])
     result = json.loads((micro_run / "result.json").read_text())
     record = json.loads((out / "submission.json").read_text())
     code = (out / "train_gpt.py").stat().st_size
     assert record["bytes_code"] == code == result["code_bytes"]
-    assert record["bytes_total"] == result["artifact_bytes"]
+    assert record["bytes_total"] == result["artifact_bytes"] and "bytes_tokenizer" not in record  # sp1024: published
     assert record["val_bpb"] == result["val_bpb"] and record["val_loss"] == result["val_loss"]
     assert record["name"] == "Micro test" and record["author"] == "Tester" and record["github_id"]
     assert record["seeds"] == [1337] and record["track"] == "non_record_16mb"
@@ -181,32 +141,104 @@ def test_submit_writes_the_challenge_folder(micro_run, tmp_path):
         make_submission([micro_run], out)
 
 
-def test_submit_several_seeds_and_refuses_different_configs(micro_run, tmp_path):
-    def copy_with(name, **changes):
-        run = tmp_path / name
-        shutil.copytree(micro_run, run)
-        table = tomllib.loads((run / "config.toml").read_text())
-        result = json.loads((run / "result.json").read_text())
-        for key, value in changes.items():
-            section, field = key.split("__")
-            table[section][field] = value
-        (run / "config.toml").write_text(tomli_w.dumps(table))
-        return run, table, result
-
-    run2, table, result = copy_with("seed2")
-    table["seed"] = 2
-    (run2 / "config.toml").write_text(tomli_w.dumps(table))
-    result.update(seed=2, val_bpb=result["val_bpb"] + 0.01, val_loss=result["val_loss"] + 0.02)
-    (run2 / "result.json").write_text(json.dumps(result))
-    made = make_submission([micro_run, run2], tmp_path / "two")
+def test_submit_several_seeds_and_refuses_different_configs(micro_run, micro_run_seed2, tmp_path):
+    made = make_submission([micro_run, micro_run_seed2], tmp_path / "two")
     record = made["record"]
     assert record["seeds"] == [1337, 2] and set(record["seed_results"]) == {"1337", "2"}
     assert record["val_bpb_std"] > 0
     assert {"train_seed1337.log", "train_seed2.log", "log_seed2.jsonl"} <= set(made["files"])
 
-    other, _, _ = copy_with("wider", model__num_layers=3)
+    other = _copy(micro_run, tmp_path, "wider")
+    table = tomllib.loads((other / "config.toml").read_text())
+    table["model"]["num_layers"] = 3
+    (other / "config.toml").write_text(tomli_w.dumps(table))
     with pytest.raises(SubmissionError, match="model.num_layers"):
         make_submission([micro_run, other], tmp_path / "bad")
+
+
+# ----------------------------------------------------------------------------- nothing taken on trust
+
+def test_an_artifact_repacked_in_place_is_refused(micro_run, tmp_path):
+    run = _copy(micro_run, tmp_path)
+    model, cfg = pgolf.unpack(run / "artifact.pgolf")
+    cfg.quant.compressor = "lzma"  # another policy, written over the run's artifact
+    pgolf.pack(model, cfg, run / "artifact.pgolf")
+    with pytest.raises(SubmissionError, match="model_bytes"):  # a new size
+        make_submission([run], tmp_path / "a")
+    size = (run / "artifact.pgolf").stat().st_size
+    _edit_json(run / "result.json", model_bytes=size)  # even with the size patched: the checksum
+    with pytest.raises(SubmissionError, match="sha256 differs"):
+        make_submission([run], tmp_path / "b")
+    _edit_json(run / "result.json", artifact_sha256=None)  # a result.json without one: the embedded config
+    with pytest.raises(SubmissionError, match="embedded config differs .* quant.compressor"):
+        make_submission([run], tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # refused before writing anything
+
+
+def test_a_corrupted_or_missing_artifact_is_refused(micro_run, tmp_path):
+    run = _copy(micro_run, tmp_path)
+    data = bytearray((run / "artifact.pgolf").read_bytes())
+    data[-10] ^= 0xFF
+    (run / "artifact.pgolf").write_bytes(bytes(data))
+    with pytest.raises(SubmissionError, match="sha256 differs"):
+        make_submission([run], tmp_path / "a")
+    _edit_json(run / "result.json", artifact_sha256=None)
+    with pytest.raises(SubmissionError, match="cannot be read back"):
+        make_submission([run], tmp_path / "b")
+    (run / "artifact.pgolf").unlink()
+    with pytest.raises(SubmissionError, match="missing"):
+        make_submission([run], tmp_path / "c")
+
+
+def test_changed_code_is_refused_unless_forced(micro_run, tmp_path):
+    run = _copy(micro_run, tmp_path)
+    result = json.loads((run / "result.json").read_text())
+    _edit_json(run / "result.json", code_bytes=result["code_bytes"] - 1)  # as if the sources changed since
+    with pytest.raises(SubmissionError, match=r"counted .* code bytes, its train_gpt.py would now be"):
+        make_submission([run], tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    made = make_submission([run], tmp_path / "b", force=True)
+    assert any("pgolf's code changed" in w for w in made["warnings"])
+    assert made["record"]["bytes_code"] == (tmp_path / "b" / "train_gpt.py").stat().st_size == result["code_bytes"]
+
+
+def test_seeds_must_be_integers_before_they_name_files(micro_run, tmp_path):
+    for bad in ("../../etc/x", True, 1.5, None):
+        run = _copy(micro_run, tmp_path, f"seed_{bad}".replace("/", "_"))
+        _edit_json(run / "result.json", seed=bad) if bad is not None else _edit_json(run / "result.json", seed=None)
+        with pytest.raises(SubmissionError, match="'seed' must be an integer"):
+            make_submission([run], tmp_path / "out")
+    run = _copy(micro_run, tmp_path, "seed_mismatch")
+    _edit_json(run / "result.json", seed=5)
+    with pytest.raises(SubmissionError, match="result.json says seed 5, config.toml says 1337"):
+        make_submission([run], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_custom_tokenizer_ships_in_the_folder(micro_run, tmp_path):
+    official = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
+    assert file_sha256(official) in CHALLENGE_TOKENIZERS
+    run = _copy(micro_run, tmp_path)
+    custom = tmp_path / "my_tokenizer.model"
+    shutil.copyfile(official, custom)
+    with custom.open("ab") as f:
+        f.write(b"\0")  # another file: the challenge does not publish it
+    _edit_json(run / "env.json", tokenizer=str(custom), tokenizer_sha256=file_sha256(custom))
+    made = make_submission([run], tmp_path / "sub")
+    assert "tokenizers/my_tokenizer.model" in made["files"]
+    assert (tmp_path / "sub" / "tokenizers" / "my_tokenizer.model").read_bytes() == custom.read_bytes()
+    record = made["record"]
+    assert record["bytes_tokenizer"] == custom.stat().st_size and record["tokenizer"] == "tokenizers/my_tokenizer.model"
+    assert record["bytes_total"] == json.loads((run / "result.json").read_text())["artifact_bytes"]  # not counted
+    readme = (tmp_path / "sub" / "README.md").read_text()
+    assert "TOK=tokenizers/my_tokenizer.model" in readme and "not part of the counted artifact" in readme
+    with custom.open("ab") as f:
+        f.write(b"\0")  # changed since the run
+    with pytest.raises(SubmissionError, match="tokenizer changed since the run"):
+        make_submission([run], tmp_path / "sub2")
+    custom.unlink()
+    with pytest.raises(SubmissionError, match="the file is gone"):
+        make_submission([run], tmp_path / "sub3")
 
 
 def test_cli_submit(micro_run, tmp_path, capsys):
@@ -218,28 +250,50 @@ def test_cli_submit(micro_run, tmp_path, capsys):
     assert main(["submit", str(micro_run), "--out", str(out), "--force"]) == 0
 
 
+@pytest.fixture(scope="module")
+def recipe_runs(tmp_path_factory):
+    """A micro run of every shipped recipe (conftest.micro_recipe: 2 steps) on the FineWeb sample, by the package."""
+    from conftest import SP1024_MODEL, VAL_SHARD
+
+    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
+        pytest.skip("needs the FineWeb sample and sp1024 tokenizer (the project's shared/data)")
+    root = tmp_path_factory.mktemp("recipes")
+    runs = {}
+    for name in sorted(recipe_names()):
+        pgolf.train(micro_recipe(name), root / name, progress=False)
+        runs[name] = root / name
+    return runs
+
+
 @pytest.mark.slow
-def test_submitted_script_reproduces_the_run_in_a_clean_venv(micro_run, tmp_path):
-    """python -m venv + pip install -r requirements.txt, then `python train_gpt.py` scores the same val_bpb."""
-    sub = tmp_path / "sub"
-    make_submission([micro_run], sub)
+def test_every_recipes_script_reproduces_its_run_in_a_clean_venv(recipe_runs, tmp_path):
+    """python -m venv + pip install -r requirements.txt (once), then each recipe's `python train_gpt.py` scores
+    the same val_bpb, with the same code and model bytes, as the package did; pgolf is not installed there."""
+    subs = {}
+    requirements = set()
+    for name, run in recipe_runs.items():
+        subs[name] = tmp_path / "sub" / name
+        make_submission([run], subs[name])
+        requirements |= {line for line in (subs[name] / "requirements.txt").read_text().splitlines() if "==" in line}
+    (tmp_path / "requirements.txt").write_text("\n".join(sorted(requirements)) + "\n")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(sub / "requirements.txt")],
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(tmp_path / "requirements.txt")],
                          capture_output=True, text=True, timeout=1800)
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PGOLF"))}
-    env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), RUN_DIR=str(tmp_path / "rerun"),
-               PGOLF_CACHE=str(tmp_path / "cache"))
-    proc = subprocess.run([str(py), "train_gpt.py"], cwd=sub, env=env, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    original = json.loads((micro_run / "result.json").read_text())
-    rerun = json.loads((tmp_path / "rerun" / "result.json").read_text())
-    assert rerun["code_bytes"] == (sub / "train_gpt.py").stat().st_size == original["code_bytes"]
-    assert rerun["val_bpb"] == pytest.approx(original["val_bpb"], abs=1e-9)
-    assert rerun["val_loss"] == pytest.approx(original["val_loss"], abs=1e-9)
-    assert rerun["model_bytes"] == original["model_bytes"]
-    assert "final val_loss:" in proc.stdout
+    env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), PGOLF_CACHE=str(tmp_path / "cache"))
     probe = subprocess.run([str(py), "-c", "import pgolf"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert probe.returncode != 0  # pgolf itself is not installed there: the script carried it
+    assert probe.returncode != 0  # pgolf itself is not installed there: each script carries what it needs
+    for name, run in recipe_runs.items():
+        rerun = tmp_path / "rerun" / name
+        proc = subprocess.run([str(py), "train_gpt.py"], cwd=subs[name], env=dict(env, RUN_DIR=str(rerun)),
+                              capture_output=True, text=True, timeout=1800)
+        assert proc.returncode == 0, name + proc.stdout[-3000:] + proc.stderr[-5000:]
+        original = json.loads((run / "result.json").read_text())
+        again = json.loads((rerun / "result.json").read_text())
+        assert again["code_bytes"] == (subs[name] / "train_gpt.py").stat().st_size == original["code_bytes"], name
+        assert again["val_bpb"] == original["val_bpb"] and again["val_loss"] == original["val_loss"], name
+        assert again["model_bytes"] == original["model_bytes"] and again["eval_mode"] == original["eval_mode"], name
+        assert f"val_bpb:{original['val_bpb']:.8f}" in proc.stdout

@@ -16,6 +16,7 @@ from typing import Any
 import torch.distributed as dist
 
 from ..artifact.budget import check_budget
+from ..artifact.linemap import LineMapError, check_script, load_linemap, map_traceback
 from ..config import ConfigError, config_to_toml, describe_keys, load_config, load_recipe, parse_set_args
 from ..data.dataset import DataMismatchError
 from ..data.docs import DocsError, prepare_file
@@ -310,6 +311,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_traceback(args: argparse.Namespace) -> int:
+    try:
+        linemap = load_linemap(args.linemap)
+        if args.script:
+            check_script(linemap, args.script)
+        text = Path(args.traceback).read_text(encoding="utf-8") if args.traceback else sys.stdin.read()
+    except (LineMapError, OSError) as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    sys.stdout.write(map_traceback(text, linemap))
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,8 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--author", help="your name (default: a placeholder)")
     p.add_argument("--github-id", help="your GitHub id (default: a placeholder)")
     p.add_argument("--blurb", help="one paragraph on what is new (default: a placeholder)")
-    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty --out folder, and submit even when "
+                   "the script pgolf writes now differs in size from the code the runs counted (their scores came "
+                   "from other code)")
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("traceback", help="map a traceback from a submitted train_gpt.py back to pgolf's repository")
+    p.add_argument("linemap", metavar="LINEMAP", help="train_gpt.linemap.json from the submission folder")
+    p.add_argument("traceback", nargs="?", metavar="FILE", help="file holding the traceback (default: standard input)")
+    p.add_argument("--script", metavar="TRAIN_GPT", help="check that this train_gpt.py is the one the map belongs to")
+    p.set_defaults(func=cmd_traceback)
     return parser
 
 

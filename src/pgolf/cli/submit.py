@@ -1,8 +1,15 @@
 """`pgolf submit`: the challenge's submission folder from one run (or several seeds of one config).
 
 The folder holds README.md (written from the config and the results), submission.json (the challenge's
-fields), the training logs (log.jsonl and a readable train.log per seed), requirements.txt and one
-self-contained train_gpt.py (pgolf.artifact.bundle) whose size is the counted code bytes.
+fields), the training logs (log.jsonl and a readable train.log per seed), requirements.txt, one
+self-contained train_gpt.py (pgolf.artifact.bundle) whose size is the counted code bytes, its line map
+(train_gpt.linemap.json: tracebacks back to the repository; not code, not counted) and, when the run used a
+tokenizer the challenge does not publish, that tokenizer under tokenizers/.
+
+Nothing is taken on trust from result.json: each run's artifact.pgolf must be the file the run scored (size,
+sha256, and its embedded config equal to config.toml's: a re-pack in place is caught), the script pgolf would
+write now must have the size each run counted (else pgolf's sources changed since: refused unless --force),
+the seeds must be integers and the tokenizer file must still be the one the run used.
 """
 
 from __future__ import annotations
@@ -17,14 +24,22 @@ from typing import Any, Sequence
 import tomli_w
 
 from .._version import __version__
-from ..artifact.bundle import config_delta, requirements, write_bundle
+from ..artifact.bundle import bundle_bytes, code_bytes, config_delta, linemap, requirements
+from ..artifact.linemap import write_linemap
 from ..artifact.sizes import LIMIT_BYTES
-from ..config import load_config
+from ..config import config_to_dict, load_config
 from ..data.dataset import challenge_paths
+from ..data.tokenizer import file_sha256
+from ..quant.pack import unpack
 from .recipes_info import switches
 from .report import Run, RunFolderError, comparability_problems, load_run
 
 TIME_LIMIT_S = 600.0
+LINEMAP_NAME = "train_gpt.linemap.json"
+# Tokenizers the challenge publishes with its data (sha256 -> file name); any other one ships in the folder.
+# Only sp1024 is listed: the sp4096 / sp8192 copies at hand are not proven to be the published ones
+# (shared/data/README.md §2), so a run on them ships its tokenizer file too, which is never wrong.
+CHALLENGE_TOKENIZERS = {"4f5e8adb109c66b4886963bc75a7befd73bda36d27fd7102df8e9e66503b0e2a": "fineweb_1024_bpe.model"}
 
 
 class SubmissionError(ValueError):
@@ -82,8 +97,70 @@ def _load(run_dirs: Sequence[str | Path]) -> list[Run]:
         run = load_run(path)
         if run.config is None:
             raise RunFolderError(f"{path}: no config.toml; cannot rebuild the training script")
+        _check_seed(run)
         runs.append(run)
     return runs
+
+
+def _check_seed(run: Run) -> None:
+    """The seed goes into file names: an integer, the one config.toml says."""
+    seed = run.result.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SubmissionError(f"{run.path / 'result.json'}: 'seed' must be an integer, got {seed!r}")
+    if run.config is not None and run.config.get("seed") != seed:
+        raise SubmissionError(f"{run.path}: result.json says seed {seed}, config.toml says {run.config.get('seed')!r}")
+
+
+def check_artifact(run: Run) -> None:
+    """artifact.pgolf must be the file the run scored: its size, its sha256, and its embedded config."""
+    path = run.path / "artifact.pgolf"
+    result_file = run.path / "result.json"
+    if not path.is_file():
+        raise SubmissionError(f"{path}: missing; the submission's figures were measured on it")
+    size = path.stat().st_size
+    stale = "was re-packed or replaced after the run, so result.json's figures (val_bpb, bytes) are not its own"
+    if size != run.result.get("model_bytes"):
+        raise SubmissionError(f"{path} is {size:,} bytes but {result_file} says model_bytes = "
+                              f"{run.result.get('model_bytes')!r}: the artifact {stale}; score it again or re-run")
+    recorded = run.result.get("artifact_sha256")
+    if recorded is not None and file_sha256(path) != recorded:
+        raise SubmissionError(f"{path}: sha256 differs from the one in {result_file}: the artifact {stale}")
+    try:
+        _, embedded_cfg = unpack(path)
+    except ValueError as exc:  # ArtifactError and the config's own errors
+        raise SubmissionError(f"{path}: cannot be read back ({exc})") from exc
+    embedded = _flat(config_to_dict(embedded_cfg))
+    config = _flat(config_to_dict(load_config(run.path / "config.toml")))
+    differs = sorted(k for k in embedded.keys() | config.keys() if embedded.get(k) != config.get(k))
+    if differs:
+        raise SubmissionError(f"{path}: its embedded config differs from {run.path / 'config.toml'} in "
+                              f"{', '.join(differs[:8])}: the artifact {stale}")
+
+
+def code_changes(runs: list[Run]) -> list[str]:
+    """Runs whose counted code_bytes differ from the train_gpt.py pgolf would write for their config now."""
+    problems = []
+    for run in runs:
+        now = code_bytes(load_config(run.path / "config.toml"))
+        counted = run.result.get("code_bytes")
+        if counted != now:
+            problems.append(f"{run.path}: the run counted {counted!r} code bytes, its train_gpt.py would now be {now:,}")
+    return problems
+
+
+def custom_tokenizer(run: Run) -> Path | None:
+    """The run's tokenizer file when the challenge does not publish it (it must ship in the folder), else None."""
+    env = run.env or {}
+    path = Path(env.get("tokenizer") or load_config(run.path / "config.toml").data.tokenizer)
+    recorded = env.get("tokenizer_sha256")
+    if recorded in CHALLENGE_TOKENIZERS:
+        return None
+    if not path.is_file():
+        raise SubmissionError(f"{path}: the run's tokenizer is not one the challenge publishes, so it must ship in "
+                              f"the folder, but the file is gone")
+    if recorded is not None and file_sha256(path) != recorded:
+        raise SubmissionError(f"{path}: the tokenizer changed since the run (sha256 differs from {run.path / 'env.json'})")
+    return path
 
 
 def _flat(delta: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +173,9 @@ def _flat(delta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _same_config(runs: list[Run]) -> None:
+def same_config(runs: list[Run]) -> None:
     """The runs must be seeds of one config, scored on the same validation data the same way."""
+
     ignored = {"seed", "data.path", "data.tokenizer"}  # paths may differ between machines; checksums are checked
 
     def settings(run: Run) -> dict[str, Any]:
@@ -187,6 +265,7 @@ def submission_record(runs: list[Run], code_bytes: int, *, name: str | None, aut
 
 
 def render_readme(runs: list[Run], record: dict[str, Any], delta_toml: str, log_names: list[str]) -> str:
+
     cfg = load_config(runs[0].path / "config.toml")
     first = runs[0].result
     rows = ["| seed | val_loss (nats) | val_bpb | artifact bytes | steps | train s | eval s |",
@@ -201,10 +280,20 @@ def render_readme(runs: list[Run], record: dict[str, Any], delta_toml: str, log_
     nproc = first.get("world_size") or 1
     launch = (f"torchrun --standalone --nproc_per_node={nproc} train_gpt.py" if nproc > 1 else "python train_gpt.py")
     seed_cmds = "\n".join(f"SEED={run.result.get('seed')} DATA_PATH=$DATA TOKENIZER_PATH=$TOK {launch}" for run in runs)
-    files = ["`train_gpt.py`: the training and evaluation script (pgolf's runtime code and this config in one file)",
+    files = ["`train_gpt.py`: the training and evaluation script (the pgolf modules this config uses, minified, "
+             "and the config, in one file)",
+             f"`{LINEMAP_NAME}`: where each line of the script's minified modules comes from in pgolf's repository "
+             f"(`pgolf traceback {LINEMAP_NAME} < error.txt` annotates a traceback); not code, not counted",
              "`requirements.txt`: the packages it imports, at the versions used",
              "`submission.json`: leaderboard metadata"]
+    tokenizer = record.get("tokenizer")
+    if tokenizer:
+        files.append(f"`{tokenizer}`: the tokenizer the run used ({record['bytes_tokenizer']:,} bytes), which the "
+                     f"challenge does not publish (the data shards are tokenized with it: `pgolf data prepare`); like "
+                     f"records with their own tokenizer, it ships beside the script and is not part of the counted "
+                     f"artifact (code + compressed model)")
     files += [f"`{n}`" for n in log_names]
+    tokenizer_arg = tokenizer or f"data/{challenge_paths(cfg.model.vocab_size)[1]}"
     text = f"""# {record['name']}
 
 {record['blurb']}
@@ -241,7 +330,7 @@ Every setting that differs from pgolf's defaults (the same text is embedded in `
 
 ```bash
 pip install -r requirements.txt          # on a GPU machine: a CUDA build of torch
-DATA=data/{challenge_paths(cfg.model.vocab_size)[0]}; TOK=data/{challenge_paths(cfg.model.vocab_size)[1]}
+DATA=data/{challenge_paths(cfg.model.vocab_size)[0]}; TOK={tokenizer_arg}
 {seed_cmds}
 ```
 
@@ -264,17 +353,31 @@ def make_submission(run_dirs: Sequence[str | Path], out: str | Path, *, name: st
                     force: bool = False) -> dict[str, Any]:
     """Write the submission folder; returns {'out', 'files', 'record', 'warnings'}."""
     runs = _load(run_dirs)
-    _same_config(runs)
+    same_config(runs)
+    for run in runs:
+        check_artifact(run)
+    warnings = []
+    changed = code_changes(runs)
+    if changed:
+        message = ("pgolf's code changed since the run(s): " + "; ".join(changed) + ". The scores were measured with "
+                   "other code than the script would carry")
+        if not force:
+            raise SubmissionError(message + ": re-run, or --force to submit the new script at its real size")
+        warnings.append(message + "; submission.json uses the new script's size (--force)")
+    cfg = load_config(runs[0].path / "config.toml")
+    tokenizer = custom_tokenizer(runs[0])
     out = Path(out)
     _prepare_out(out, force)
-    cfg = load_config(runs[0].path / "config.toml")
-    code_bytes = write_bundle(cfg, out / "train_gpt.py")
-    warnings = []
-    counted = runs[0].result.get("code_bytes")
-    if counted != code_bytes:
-        warnings.append(f"{runs[0].path / 'result.json'} counted {counted} code bytes but train_gpt.py is "
-                        f"{code_bytes} bytes: pgolf's sources changed since the run; submission.json uses the file's size")
-    lines, optional = requirements()
+    script = bundle_bytes(cfg)
+    (out / "train_gpt.py").write_bytes(script)
+    script_bytes = len(script)
+    write_linemap(linemap(cfg), out / LINEMAP_NAME)
+    tokenizer_bytes = 0
+    if tokenizer is not None:
+        (out / "tokenizers").mkdir(exist_ok=True)
+        shutil.copyfile(tokenizer, out / "tokenizers" / tokenizer.name)
+        tokenizer_bytes = tokenizer.stat().st_size
+    lines, optional = requirements(cfg)
     req = "".join(line + "\n" for line in lines)
     if optional:
         req += "".join(f"# optional fast path, used when installed: {m}\n" for m in optional)
@@ -292,7 +395,10 @@ def make_submission(run_dirs: Sequence[str | Path], out: str | Path, *, name: st
         if (run.path / "loss.png").is_file():
             shutil.copyfile(run.path / "loss.png", out / f"loss{stem}.png")
             log_names.append(f"loss{stem}.png")
-    record = submission_record(runs, code_bytes, name=name, author=author, github_id=github_id, blurb=blurb)
+    record = submission_record(runs, script_bytes, name=name, author=author, github_id=github_id, blurb=blurb)
+    if tokenizer is not None:
+        record["tokenizer"] = f"tokenizers/{tokenizer.name}"
+        record["bytes_tokenizer"] = tokenizer_bytes
     (out / "submission.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     delta_toml = tomli_w.dumps(config_delta(cfg))
     (out / "README.md").write_text(render_readme(runs, record, delta_toml, log_names), encoding="utf-8")
@@ -302,5 +408,5 @@ def make_submission(run_dirs: Sequence[str | Path], out: str | Path, *, name: st
     if not all(record["compliance"].values()):
         failed = [k for k, v in record["compliance"].items() if not v]
         warnings.append(f"not a valid record as it stands: {', '.join(failed)}")
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return {"out": str(out), "files": files, "record": record, "warnings": warnings}

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config
+from ..config.optional import optional_module
 from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
-from .corpus import ensure_corpus
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
 from .tokenizer import TokenizerError, file_sha256, load_tokenizer, tokenizer_exists, tokenizer_sha256
 
@@ -60,10 +60,8 @@ def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) 
     Every shard's header and size is checked, and (with `check_ids`) every token id of every shard, so bad data
     is an error before training starts rather than when the loader reaches it hours later.
     """
-    if cfg.data.path:
-        folder = Path(cfg.data.path)
-    else:
-        folder = ensure_corpus(progress)
+    corpus = optional_module("pgolf.data.corpus", cfg.data)
+    folder = Path(cfg.data.path) if corpus is None else corpus.ensure_corpus(progress)
     train_files = find_shards(folder, cfg.data.train_pattern, "training")
     val_files = find_shards(folder, cfg.data.val_pattern, "validation")
     counts = {f: read_header(f) for f in train_files + val_files}

@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 
 from ..config import EvalConfig
+from ..config.optional import optional_module
 from ..data.tokenizer import ByteTables, byte_tables, load_tokenizer, stream_bytes
 from ..model.precision import autocast_for
 from .forward import scored_nll, use_compile
-from .modes import evaluate_mode
 from .ranks import gather_concat, model_device, rank_world
 from .result import EvalResult, summarize
 
@@ -85,8 +85,9 @@ def evaluate(model: nn.Module, tokens: np.ndarray, tokenizer_path: str | None, c
         tables = byte_tables(sp, int(tokens.max()) + 1)
     start = time.perf_counter()
     token_bytes = stream_bytes(tokens, tables)
-    if cfg.ttt != "none" or cfg.sliding_stride > 0 or cfg.doc_boundaries or cfg.max_seconds > 0:
-        result = evaluate_mode(model, tokens, token_bytes, cfg)
+    modes = optional_module("pgolf.eval.modes", cfg)  # sliding/document-cut windows, test-time training, the time cap
+    if modes is not None:
+        result = modes.evaluate_mode(model, tokens, token_bytes, cfg)
         result.seconds = time.perf_counter() - start
         return result
     nll = plain_nll(model, tokens, cfg.context_len, cfg.batch_seqs, use_compile(cfg, model_device(model)))

@@ -17,12 +17,10 @@ import numpy as np
 from torch import nn
 
 from ..config import EvalConfig, check_eval_config
+from ..config.optional import require_module
 from .deadline import Deadline
 from .result import EvalResult, summarize
 from .sliding import sliding_nll
-from .ttt_chunk import chunk_ttt_nll
-from .ttt_lora import lora_ttt_nll
-from .ttt_pre import pre_ttt
 
 
 def mode_name(cfg: EvalConfig) -> str:
@@ -45,11 +43,11 @@ def evaluate_mode(model: nn.Module, tokens: np.ndarray, token_bytes: np.ndarray,
     else:
         work = copy.deepcopy(model)  # TTT changes weights (or hooks modules): never the caller's model
         if cfg.ttt == "chunk":
-            nll, notes = chunk_ttt_nll(work, tokens, cfg, deadline, bos_id)
+            nll, notes = require_module("pgolf.eval.ttt_chunk", cfg).chunk_ttt_nll(work, tokens, cfg, deadline, bos_id)
         elif cfg.ttt == "lora":
-            nll, notes = lora_ttt_nll(work, tokens, cfg, deadline, bos_id)
+            nll, notes = require_module("pgolf.eval.ttt_lora", cfg).lora_ttt_nll(work, tokens, cfg, deadline, bos_id)
         elif cfg.ttt == "pre":
-            notes = pre_ttt(work, tokens, cfg, deadline)
+            notes = require_module("pgolf.eval.ttt_pre", cfg).pre_ttt(work, tokens, cfg, deadline)
             nll, scoring = sliding_nll(work, tokens, cfg, deadline, bos_id)
             notes += scoring
         else:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..config import QuantConfig
-from .gptq import gptq_quantize
+from ..config.optional import require_module
 from .quantize import (clip_max, dequantize, method_for, quantize_with_scales, row_clip, scale_floor_for,
                        scales_from_clip, sdclip_k_for)
 
@@ -68,7 +68,8 @@ def quantize_rows(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
             return round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
         scales = sdclip_scales(w, bits, sdclip_k_for(qclass, cfg))
         device = hessian.device  # the sweep runs where the Hessian was collected (the GPU after GPU training)
-        codes = gptq_quantize(w.to(device), hessian, scales.to(device), bits, cfg.gptq_damp, cfg.gptq_block)
+        gptq = require_module("pgolf.quant.gptq", cfg)
+        codes = gptq.gptq_quantize(w.to(device), hessian, scales.to(device), bits, cfg.gptq_damp, cfg.gptq_block)
         return codes.to(w.device), scales
     raise ValueError(f"quant method {method!r} for a tensor of class {qclass!r} is unknown "
                      f"(expected percentile, rowmax, clip_search, sdclip or gptq)")

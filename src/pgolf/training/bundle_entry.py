@@ -2,7 +2,8 @@
 
 The script (pgolf.artifact.bundle builds it) imports pgolf from the sources packed in it and calls `run_bundle`.
 It reads the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED), RUN_DIR, PGOLF_SET (any key)
-and PGOLF_DEVICE.
+and PGOLF_DEVICE. The script carries only the modules its config uses: an override that would switch on a
+technique it does not carry is refused here, before anything runs, naming the setting.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact.budget import check_budget
-from ..artifact.bundle import running_in_script
+from ..artifact.sizes import running_in_script
 from ..config import Config, ConfigError, apply_overrides, config_from_dict, finalize, parse_override_value
+from ..config.optional import OPTIONAL_MODULES, needed_optional_modules
 from .loop import train
 from .runtime import init_runtime, shutdown_runtime
 
@@ -38,23 +40,38 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     return overrides
 
 
-def bundle_config(config: str, environ: dict[str, str] | None = None) -> Config:
-    """The embedded config (TOML text) with the environment's overrides applied, checked against the budget."""
+def check_carried(cfg: Config, carried: set[str] | None) -> None:
+    """Refuse a config that needs an optional module the script does not carry (`carried`: 'pgolf/x/y.py')."""
+    if carried is None:
+        return
+    switches = {m.name: m.switch for m in OPTIONAL_MODULES}
+    missing = [name for name in needed_optional_modules(cfg) if name.replace(".", "/") + ".py" not in carried]
+    if missing:
+        raise ConfigError(
+            "this train_gpt.py does not carry " + ", ".join(f"{n} (pulled in by {switches[n]})" for n in missing)
+            + ": it ships only what its embedded config uses; build a script for the new settings "
+              "(pgolf submit, or pgolf.artifact.bundle.write_bundle)")
+
+
+def bundle_config(config: str, environ: dict[str, str] | None = None, carried: set[str] | None = None) -> Config:
+    """The embedded config (TOML text) with the environment's overrides applied, checked against the budget
+    and against the modules the script carries (`carried`, its source paths; None: no check)."""
     environ = dict(os.environ if environ is None else environ)
     cfg = config_from_dict(tomllib.loads(config), "train_gpt.py (embedded config)")
     overrides = _env_overrides(environ)
     if "data.path" in overrides and "data.tokenizer" not in overrides and not Path(cfg.data.tokenizer).is_file():
         overrides["data.tokenizer"] = ""  # the new data folder's own tokenizer (challenge layout)
     cfg = finalize(apply_overrides(cfg, overrides, "environment"))
+    check_carried(cfg, carried)
     check_budget(cfg)
     return cfg
 
 
 def run_bundle(config: str, script: str, sources: dict[str, str]) -> int:
     """Entry point of a generated train_gpt.py: train and evaluate the embedded config; 4 if over the limit."""
-    running_in_script(Path(script).stat().st_size, sources)
+    running_in_script(Path(script).stat().st_size)
     try:
-        cfg = bundle_config(config)
+        cfg = bundle_config(config, carried=set(sources))
     except ConfigError as exc:
         print(f"train_gpt.py: error: {exc}", file=sys.stderr)
         return 2

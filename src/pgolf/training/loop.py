@@ -34,10 +34,11 @@ from torch.nn.parallel import DistributedDataParallel
 from ..artifact.budget import check_budget
 from ..artifact.sizes import pack
 from ..config import Config, ConfigError
+from ..config.optional import optional_module, require_module
 from ..data.atomic import atomic_write
 from ..data.dataset import Dataset, check_vocabularies, load_validation, max_token_id, resolve_dataset
 from ..data.loader import DistributedTokenLoader, PrefetchingLoader
-from ..data.tokenizer import byte_tables, load_tokenizer
+from ..data.tokenizer import byte_tables, file_sha256, load_tokenizer
 from ..eval.bpb import evaluate
 from ..model.attention import flash3_available
 from ..model.gpt import GPT, build_model, count_parameters
@@ -46,12 +47,9 @@ from ..optim.averaging import WeightAverager
 from ..optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
 from ..optim.muon import Muon
 from ..optim.schedule import lr_multiplier, training_fraction
-from ..quant.gptq import collect_hessians
 from ..quant.pack import unpack
-from ..quant.qat import attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
 from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
 from .clock import TrainingClock
-from .fastpath import assert_fast_paths, check_fast_paths
 from .runs import (LogWriter, Progress, device_memory, device_name, environment, new_run_dir, plot_losses,
                    save_config, summary, write_json)
 from .runtime import (Runtime, any_rank, any_rank_flags, barrier, broadcast_object, gather_objects, init_runtime,
@@ -225,7 +223,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     model = build_model(cfg.model, cfg.data.bos_id).to(rt.device)
     model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
     model.fused_loss = rt.device.type == "cuda"
-    attach_qat(model, cfg.quant)  # quant.qat: fake-quantize attn/mlp matrices on the export grid (before compile)
+    qat = optional_module("pgolf.quant.qat", cfg.quant)  # quant.qat: fake-quantize attn/mlp matrices on the export grid
+    if qat is not None:
+        qat.attach_qat(model, cfg.quant)  # before compile
     optimizers = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings)
     averager = WeightAverager(model, t)
     # with document-isolated attention the loader also builds each batch's cu_seqlens (FA3 varlen) on its thread
@@ -292,11 +292,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             at_step_start = {"loader": loader.state_dict(), "torch_rng": torch.get_rng_state()}
             mult = lr_multiplier(step, clock.read(), t, reserve)
             set_lr_multiplier(optimizers, mult)
-            if late_qat_due(step, mult, cfg.quant, t.warmup_steps) and not qat_enabled(model):
-                set_qat_enabled(model, True)
-                bar.message(f"late QAT on at step {step} (lr multiplier {mult:.3f} < {cfg.quant.qat_start_lr})")
-            if cfg.quant.qat != "none":
-                refresh_qat(model)  # W_hat of this step's weights, computed eagerly on the export grid
+            if qat is not None:
+                if qat.late_qat_due(step, mult, cfg.quant, t.warmup_steps) and not qat.qat_enabled(model):
+                    qat.set_qat_enabled(model, True)
+                    bar.message(f"late QAT on at step {step} (lr multiplier {mult:.3f} < {cfg.quant.qat_start_lr})")
+                qat.refresh_qat(model)  # W_hat of this step's weights, computed eagerly on the export grid
             set_muon_momentum(optimizers, muon_momentum_at(step, cfg.optim))
             if not model.looping and training_fraction(step, clock.read(), t, reserve) >= cfg.model.recurrence_start_frac:
                 model.set_looping(True)
@@ -371,11 +371,12 @@ def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Con
     probe = DistributedTokenLoader(dataset.train_files[:1], 0, 1)
     x, _ = probe.next_batch(min(cfg.train.batch_tokens, 4 * cfg.train.seq_len), cfg.train.seq_len, 1)
     compiled = forward if forward is not model and not hasattr(forward, "module") else None
-    report = check_fast_paths(model, x.to(rt.device), cfg.train.dtype, compiled)
+    fastpath = require_module("pgolf.training.fastpath", cfg.train)
+    report = fastpath.check_fast_paths(model, x.to(rt.device), cfg.train.dtype, compiled)
     dtype = "bfloat16" if (cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and rt.device.type == "cuda")) else "float32"
     if rt.is_main:
         print(f"fast paths vs reference: {report}", flush=True)
-    assert_fast_paths(report, dtype)
+    fastpath.assert_fast_paths(report, dtype)
 
 
 def _on_device(tensors, device: torch.device) -> list:
@@ -397,10 +398,12 @@ def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: Distributed
     opt_states = {k: copy.deepcopy(o.state_dict()) for k, o in optimizers.items()}
     loader_state = loader.state_dict()
     looping = model.looping
+    qat = optional_module("pgolf.quant.qat", cfg.quant)
     for i in range(t.compile_priming_steps):
         if cfg.model.recurrence_start_frac > 0:
             model.set_looping(i >= t.compile_priming_steps // 2)
-        refresh_qat(model)
+        if qat is not None:
+            qat.refresh_qat(model)
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
         for _ in range(accum):
@@ -419,10 +422,11 @@ def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: Distributed
 
 def _calibrate(cfg: Config, rt: Runtime, model: GPT, loader: DistributedTokenLoader) -> tuple[dict | None, float]:
     """GPTQ's calibration Hessians from training tokens, timed as training: (hessians or None, seconds)."""
-    if "gptq" not in (cfg.quant.method, cfg.quant.embed_method):
+    gptq = optional_module("pgolf.quant.gptq", cfg.quant)
+    if gptq is None:
         return None, 0.0
     start = time.perf_counter()
-    hessians = collect_hessians(model, loader, cfg, rt.device)
+    hessians = gptq.collect_hessians(model, loader, cfg, rt.device)
     synchronize(rt.device)
     return hessians, time.perf_counter() - start
 
@@ -471,6 +475,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         "val_bpb_prequant": prequant.val_bpb, "val_loss_prequant": prequant.val_loss,
         "val_bpb_plain": roundtrip_plain.val_bpb,
         **{k: sizes[k] for k in ("artifact_bytes", "code_bytes", "model_bytes", "under_limit", "limit_bytes", "compressor")},
+        "artifact_sha256": file_sha256(artifact),  # pgolf submit checks the artifact is still the one scored
         "steps": steps, "train_tokens": train_tokens, "train_seconds": train_seconds,
         "eval_seconds": final.seconds if final is not roundtrip_plain else roundtrip_plain.seconds,
         "tokens_per_second": train_tokens / max(train_seconds, 1e-9),

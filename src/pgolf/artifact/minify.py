@@ -1,0 +1,93 @@
+"""Minify one module with python-minifier, keeping a line map back to the original source.
+
+python-minifier (a kept library) does the work: docstrings and comments go, local names are shortened, annotations
+that are only hints go (class-level ones stay: dataclasses read them), constants are folded. It runs on an AST
+that pgolf.artifact.shipping may already have pruned, and its own self-check (the printed code parses back into
+the transformed tree) runs on every module.
+
+Minified statements share lines, so each statement's place is recorded: `lines[n]` lists, for line n + 1 of the
+minified code, (column, original line) of every statement that starts on it, in column order; columns count
+characters from the line's first non-blank one (tracebacks print lines stripped). A traceback of a
+train_gpt.py names the minified line (and the column under its ^ markers); pgolf.artifact.linemap maps it back.
+
+Built for the python-minifier release pinned in pyproject.toml: the pipeline below is `python_minifier.minify`
+step by step (that function only takes source text, and the line map needs the transformed tree), with
+literal hoisting off (it makes lzma's output larger, measured) and global names kept (other modules import them).
+"""
+
+from __future__ import annotations
+
+import ast
+
+import python_minifier
+from python_minifier.ast_annotation import add_parent
+from python_minifier.rename import (add_namespace, allow_rename_globals, allow_rename_locals, bind_names, rename,
+                                    resolve_names)
+from python_minifier.transforms.combine_imports import CombineImports
+from python_minifier.transforms.constant_folding import FoldConstants
+from python_minifier.transforms.remove_annotations import RemoveAnnotations
+from python_minifier.transforms.remove_annotations_options import RemoveAnnotationsOptions
+from python_minifier.transforms.remove_dead_branches import RemoveDeadBranches
+from python_minifier.transforms.remove_exception_brackets import remove_no_arg_exception_call
+from python_minifier.transforms.remove_explicit_return_none import RemoveExplicitReturnNone
+from python_minifier.transforms.remove_literal_statements import RemoveLiteralStatements
+from python_minifier.transforms.remove_object_base import RemoveObject
+from python_minifier.transforms.remove_pass import RemovePass
+from python_minifier.transforms.remove_posargs import remove_posargs
+
+LineMap = list[list[tuple[int, int]]]  # per minified line: [(column, original line), ...]
+
+
+def _transform(module: ast.Module) -> ast.Module:
+    """python_minifier.minify's transformations (its defaults, plus docstring removal, minus literal hoisting)."""
+    add_parent(module)
+    add_namespace(module)
+    module = RemoveLiteralStatements()(module)
+    module = CombineImports()(module)
+    # class-level annotations stay: dataclasses (the config schema) are built from them
+    module = RemoveAnnotations(RemoveAnnotationsOptions(remove_class_attribute_annotations=False))(module)
+    module = RemovePass()(module)
+    module = RemoveObject()(module)
+    module = FoldConstants()(module)
+    module = RemoveDeadBranches()(module)
+    module = RemoveExplicitReturnNone()(module)
+    bind_names(module)
+    resolve_names(module)
+    if not module.tainted:  # a module using locals()/exec keeps its names
+        remove_no_arg_exception_call(module)
+    rename_locals = not module.tainted
+    allow_rename_locals(module, rename_locals, list(module.preserved))
+    allow_rename_globals(module, False, list(module.preserved))
+    rename(module, prefix_globals=True, preserved_globals=list(module.preserved))
+    return remove_posargs(module)
+
+
+def _statements(tree: ast.AST) -> list[ast.stmt]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.stmt)]
+
+
+def minify_tree(tree: ast.Module) -> tuple[str, LineMap]:
+    """(minified code, line map) of a parsed module; the tree is consumed (transformed in place)."""
+    transformed = _transform(tree)
+    code = python_minifier.unparse(transformed)  # raises UnstableMinification if the code would not round-trip
+    printed = ast.parse(code)
+    before, after = _statements(transformed), _statements(printed)
+    if len(before) != len(after):  # unparse checked that both trees are equal, so this cannot happen
+        raise AssertionError(f"minified code has {len(after)} statements, its tree {len(before)}")
+    text_lines = code.split("\n")
+    lines: LineMap = [[] for _ in text_lines]
+    for old, new in zip(before, after):
+        original = getattr(old, "lineno", None)
+        if original is None:  # a statement python-minifier made (combined imports): no single origin
+            continue
+        line_text = text_lines[new.lineno - 1]
+        column = len(line_text.encode("utf-8")[: new.col_offset].decode("utf-8"))  # ast columns are UTF-8 bytes
+        indent = len(line_text) - len(line_text.lstrip())
+        lines[new.lineno - 1].append((column - indent, original))
+    for entries in lines:
+        entries.sort()
+    return code, lines
+
+
+def minify_source(source: str, filename: str = "<module>") -> tuple[str, LineMap]:
+    return minify_tree(ast.parse(source, filename))

@@ -1,0 +1,320 @@
+"""What a config's train_gpt.py carries: the modules its switches reach, and in them only what is used.
+
+Modules. The bundle starts at its entry point (`ENTRY`, what `python train_gpt.py` runs) and follows every
+pgolf import written in the code (module level or inside a function: read with `ast`, nothing is imported),
+plus each carried module's parent packages. Optional technique modules are never imported that way: the code
+reaches them through pgolf.config.optional, whose table says which config value pulls in which module; the
+ones the config switches on are carried with everything they import in turn. A technique that is off is not
+shipped, and a config cannot need a module its bundle left out: asking the registry for a module the config
+does not use is an error everywhere, and a train_gpt.py refuses environment overrides that would switch on a
+technique it does not carry (pgolf.training.bundle_entry). The modules that build scripts (`BUILD_ONLY`) never
+ship and carried code's imports of them are cut: the one that exists, pgolf.artifact.sizes's code_bytes, is
+reached only outside a script (inside one, the script's entry point sets the code size to its own first).
+
+Definitions. In the carried modules, a top-level function, class, `from . import` name or constant that no
+carried code refers to by name (a name, an attribute, a string) is dropped, repeated until nothing changes;
+modules no carried code imports any more are then dropped too. A definition with a decorator other than the
+plain ones in `PURE_DECORATORS` is always kept (a decorator could register it). `if TYPE_CHECKING:` blocks go.
+`__all__` lists are cut to the names that stay (they re-export; they do not use).
+
+Documentation arguments. The config schema's fields carry help texts (`_f(default, help, ...)`), read only by
+`describe_keys` for the command line and the README: when no carried code reads a field's help, the texts are
+replaced by "" (`DOC_ARGUMENTS`).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config.optional import needed_optional_modules
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+ENTRY = "training/bundle_entry.py"
+ENTRY_USES = frozenset({"run_bundle"})  # what the script's bootstrap calls (pgolf.artifact.bundle)
+# The script builder: never carried; pgolf.artifact.sizes imports its code_bytes for use outside a script.
+BUILD_ONLY = frozenset({"artifact/bundle.py", "artifact/shipping.py", "artifact/minify.py", "artifact/linemap.py"})
+PURE_DECORATORS = frozenset({
+    "dataclass", "dataclasses.dataclass", "staticmethod", "classmethod", "property", "functools.lru_cache",
+    "lru_cache", "functools.cache", "torch.no_grad", "torch.inference_mode", "torch.compile",
+    "contextlib.contextmanager", "contextmanager", "torch.compiler.disable"})
+# (module, function, positional index, keyword, metadata key): arguments that only document.
+DOC_ARGUMENTS = (("config/schema.py", "_f", 1, "help", "help"),)
+
+
+def rel_of(dotted: str) -> str:
+    """'pgolf.eval.bpb' -> 'eval/bpb.py' (or the package's '__init__.py')."""
+    parts = dotted.split(".")[1:]
+    module = "/".join(parts) + ".py"
+    return module if (PACKAGE_DIR / module).is_file() else "/".join(parts + ["__init__.py"])
+
+
+def read_tree(rel: str) -> ast.Module:
+    return ast.parse((PACKAGE_DIR / rel).read_text(encoding="utf-8"), f"pgolf/{rel}")
+
+
+def imported_modules(rel: str, tree: ast.AST) -> set[str]:
+    """Package-relative paths of the pgolf modules that `tree` (the module `rel`) imports anywhere in its code."""
+    package = rel.split("/")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level > 0:
+            base = package[: len(package) - (node.level - 1)]
+            parts = base + (node.module.split(".") if node.module else [])
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "pgolf":
+            parts = node.module.split(".")[1:]
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "pgolf":
+                    found |= _existing([alias.name.split(".")[1:]])
+            continue
+        else:
+            continue
+        found |= _existing([parts + [alias.name] for alias in node.names] + [parts])
+    return found
+
+
+def _existing(candidates: list[list[str]]) -> set[str]:
+    out = set()
+    for parts in candidates:
+        for rel in ("/".join(parts) + ".py", "/".join(parts + ["__init__.py"])):
+            if parts and (PACKAGE_DIR / rel).is_file():
+                out.add(rel)
+    return out
+
+
+def parents(rel: str) -> list[str]:
+    """The package __init__.py files that importing `rel` runs first."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i] + ["__init__.py"]) for i in range(len(parts) + 1)
+            if (PACKAGE_DIR / "/".join(parts[:i] + ["__init__.py"])).is_file()]
+
+
+def closure(roots: list[str], trees: dict[str, ast.Module]) -> list[str]:
+    """Every module `roots` reach through imports written in `trees` (parsed on demand), sorted."""
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        rel = todo.pop()
+        if rel in seen or rel in BUILD_ONLY:
+            continue
+        seen.add(rel)
+        if rel not in trees:
+            trees[rel] = read_tree(rel)
+        todo += parents(rel) + sorted(imported_modules(rel, trees[rel]))
+    return sorted(seen)
+
+
+def roots_for(optional: Sequence[str]) -> list[str]:
+    """The entry point and the optional modules (dotted names) a config switches on."""
+    return [ENTRY] + [rel_of(name) for name in optional]
+
+
+def module_set(cfg: Any) -> list[str]:
+    """Package-relative paths of the modules `cfg`'s train_gpt.py would carry before pruning definitions."""
+    return closure(roots_for(needed_optional_modules(cfg)), {})
+
+
+# ----------------------------------------------------------------------------- pruning definitions
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Call):
+        return _dotted(node.func)
+    if isinstance(node, ast.Attribute):
+        return f"{_dotted(node.value)}.{node.attr}"
+    return node.id if isinstance(node, ast.Name) else "?"
+
+
+def _is_all(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+            and stmt.targets[0].id == "__all__")
+
+
+_PURE_CALLS = frozenset({"frozenset", "set", "dict", "tuple", "list", "Path", "re.compile", "object"})
+
+
+def _pure(node: ast.AST) -> bool:
+    """An expression that only computes a value (no call with effects)."""
+    if isinstance(node, ast.Call):
+        return _dotted(node.func) in _PURE_CALLS and all(_pure(a) for a in node.args) and all(
+            _pure(k.value) for k in node.keywords)
+    if isinstance(node, (ast.Constant, ast.Name)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return _pure(node.value)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return all(_pure(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is None or _pure(k) for k in node.keys) and all(_pure(v) for v in node.values)
+    if isinstance(node, ast.BinOp):
+        return _pure(node.left) and _pure(node.right)
+    if isinstance(node, ast.UnaryOp):
+        return _pure(node.operand)
+    return False
+
+
+def defined_names(stmt: ast.stmt) -> list[str] | None:
+    """Names a droppable top-level statement defines, or None when the statement always stays."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        if stmt.name.startswith("__") or any(_dotted(d) not in PURE_DECORATORS for d in stmt.decorator_list):
+            return None
+        return [stmt.name]
+    if _pgolf_import(stmt):
+        return [a.asname or a.name for a in stmt.names]
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and not _is_all(stmt):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        names = [t.id for t in targets if isinstance(t, ast.Name)]
+        if (stmt.value is not None and len(names) == len(targets) and _pure(stmt.value)
+                and not any(n.startswith("__") for n in names)):
+            return names
+    return None
+
+
+def used_names(node: ast.AST) -> set[str]:
+    """Every name `node` may refer to: names, attributes, imported names, identifier-like strings."""
+    out: set[str] = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            out.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            out.add(n.attr)
+        elif isinstance(n, ast.alias):
+            out.add(n.name.split(".")[0])
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            out.update(n.names)
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.isidentifier():
+            out.add(n.value)
+    return out
+
+
+def _pgolf_import(stmt: ast.stmt) -> bool:
+    """`from .x import a` or `from pgolf.x import a` (not `*`): it binds names of pgolf modules."""
+    return (isinstance(stmt, ast.ImportFrom) and (stmt.level > 0 or (stmt.module or "").split(".")[0] == "pgolf")
+            and all(a.name != "*" for a in stmt.names))
+
+
+def _uses(stmt: ast.stmt) -> set[str]:
+    """Names a kept statement uses (a definition's own name and an import's bound names are not uses)."""
+    if _pgolf_import(stmt):
+        return set()  # `from .x import a` uses nothing by itself; whoever uses `a` keeps it and x's `a`
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        parts = stmt.decorator_list + stmt.body
+        parts += stmt.bases + [k.value for k in stmt.keywords] if isinstance(stmt, ast.ClassDef) else [stmt.args]
+        return set().union(*(used_names(p) for p in parts)) if parts else set()
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)) and defined_names(stmt) is not None:
+        return used_names(stmt.value)
+    return used_names(stmt)
+
+
+def _is_type_checking(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.If) and not stmt.orelse and _dotted(stmt.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+
+
+@dataclass
+class Pruned:
+    trees: dict[str, ast.Module]      # rel path -> pruned tree, for every carried module
+    dropped: dict[str, list[str]]     # rel path -> names dropped from it
+
+
+def prune(trees: dict[str, ast.Module], roots: list[str]) -> Pruned:
+    """Drop the definitions no kept code uses, then the modules no kept code imports, until nothing changes."""
+    modules = sorted(trees)
+    while True:
+        bodies = {rel: [s for s in trees[rel].body if not _is_type_checking(s) and not _is_all(s)] for rel in modules}
+        kept: dict[str, list[bool]] = {rel: [defined_names(s) is None for s in body] for rel, body in bodies.items()}
+        uses: set[str] = set(ENTRY_USES)
+        pending = [(rel, i) for rel in modules for i, k in enumerate(kept[rel]) if k]
+        while pending:
+            for rel, i in pending:
+                uses |= _uses(bodies[rel][i])
+            pending = []
+            for rel in modules:
+                for i, stmt in enumerate(bodies[rel]):
+                    if not kept[rel][i] and any(name in uses for name in defined_names(stmt) or []):
+                        kept[rel][i] = True
+                        pending.append((rel, i))
+        pruned: dict[str, ast.Module] = {}
+        dropped: dict[str, list[str]] = {}
+        for rel in modules:
+            body = [s for s, k in zip(bodies[rel], kept[rel]) if k]
+            names = [n for s, k in zip(bodies[rel], kept[rel]) if not k for n in defined_names(s) or []]
+            body = _cut_imports(rel, body, uses)
+            all_stmt = next((s for s in trees[rel].body if _is_all(s)), None)
+            if all_stmt is not None:
+                body.append(_cut_all(all_stmt, uses))
+            pruned[rel] = ast.Module(body=body, type_ignores=[])
+            if names:
+                dropped[rel] = names
+        still = closure(roots, dict(pruned))
+        if still == modules:
+            return Pruned(pruned, dropped)
+        modules = still
+        trees = {rel: pruned[rel] for rel in modules}
+
+
+def _cut_imports(rel: str, body: list[ast.stmt], uses: set[str]) -> list[ast.stmt]:
+    """`from .x import a, b` keeps only the names used somewhere (or the statement if all are); imports of
+    BUILD_ONLY modules go."""
+    out = []
+    for stmt in body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) and imported_modules(rel, stmt) & BUILD_ONLY:
+            continue
+        if _pgolf_import(stmt):
+            names = [a for a in stmt.names if (a.asname or a.name) in uses]
+            if names:
+                new = ast.ImportFrom(module=stmt.module, names=names, level=stmt.level)
+                out.append(ast.copy_location(new, stmt))
+            continue
+        out.append(stmt)
+    return out
+
+
+def _cut_all(stmt: ast.Assign, uses: set[str]) -> ast.stmt:
+    value = stmt.value
+    if isinstance(value, (ast.List, ast.Tuple)):
+        elts = [e for e in value.elts if isinstance(e, ast.Constant) and (e.value in uses or e.value.startswith("__"))]
+        value = ast.copy_location(ast.List(elts=elts, ctx=ast.Load()), value)
+    return ast.copy_location(ast.Assign(targets=stmt.targets, value=value), stmt)
+
+
+def strip_doc_arguments(trees: dict[str, ast.Module]) -> list[str]:
+    """Replace documentation-only arguments by "" where no kept code reads them; returns what was stripped."""
+    stripped = []
+    for rel, function, index, keyword, key in DOC_ARGUMENTS:
+        if rel not in trees or any(_reads(tree, key, function) for tree in trees.values()):
+            continue
+        for node in ast.walk(trees[rel]):
+            if isinstance(node, ast.Call) and _dotted(node.func) == function:
+                if len(node.args) > index:
+                    node.args[index] = ast.copy_location(ast.Constant(""), node.args[index])
+                for kw in node.keywords:
+                    if kw.arg == keyword:
+                        kw.value = ast.copy_location(ast.Constant(""), kw.value)
+        stripped.append(f"{rel}:{function}({keyword})")
+    return stripped
+
+
+def _reads(tree: ast.AST, key: str, writer: str) -> bool:
+    """Whether the string `key` (a metadata key) occurs in `tree` outside the function `writer` that stores it."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.FunctionDef) and node.name == writer:
+            continue
+        if isinstance(node, ast.Constant) and node.value == key:
+            return True
+        stack.extend(ast.iter_child_nodes(node))
+    return False
+
+
+def carried_trees(optional: Sequence[str]) -> Pruned:
+    """The pruned trees of every module a train_gpt.py carries for a config that uses the optional modules
+    `optional` (dotted names, pgolf.config.optional.needed_optional_modules), keyed by package-relative path."""
+    roots = roots_for(optional)
+    trees: dict[str, ast.Module] = {}
+    closure(roots, trees)
+    result = prune(trees, roots)
+    strip_doc_arguments(result.trees)
+    return result

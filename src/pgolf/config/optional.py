@@ -1,0 +1,79 @@
+"""Optional technique modules: which config value pulls in which module (the one dispatch point).
+
+A module listed here implements a technique that a config may leave off. Code reaches it only through
+`optional_module` / `require_module` with the config section that decides it, never by a plain import, so:
+- the generated train_gpt.py (pgolf.artifact.shipping) carries exactly the modules whose `needed` holds for
+  the run's config, plus the static imports of what it carries — a technique that is off is not shipped;
+- loading a module for a section that does not need it is an error here, in the package, in every test, so a
+  config can never need a module that its train_gpt.py left out.
+
+The modules are imported with importlib (the registry names them as strings): a static import would make them
+part of every bundle. tests/test_submit.py checks that no other module imports them and that each dispatch
+point sits in the module's own layer or above it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable
+
+from .schema import SECTIONS
+
+
+@dataclass(frozen=True)
+class OptionalModule:
+    name: str                      # dotted module name, 'pgolf.eval.ttt_lora'
+    section: str                   # the config section `needed` reads: 'eval', 'quant', ...
+    needed: Callable[[Any], bool]  # section config -> the module is used
+    switch: str                    # the setting that pulls it in, for messages and the README
+
+
+OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
+    OptionalModule("pgolf.data.corpus", "data", lambda d: not d.path, "data.path = '' (the embedded corpus)"),
+    OptionalModule("pgolf.eval.modes", "eval",
+                   lambda e: e.ttt != "none" or e.sliding_stride > 0 or e.doc_boundaries or e.max_seconds > 0,
+                   "eval.ttt, eval.sliding_stride, eval.doc_boundaries or eval.max_seconds"),
+    OptionalModule("pgolf.eval.ttt_chunk", "eval", lambda e: e.ttt == "chunk", "eval.ttt = 'chunk'"),
+    OptionalModule("pgolf.eval.ttt_lora", "eval", lambda e: e.ttt == "lora", "eval.ttt = 'lora'"),
+    OptionalModule("pgolf.eval.ttt_pre", "eval", lambda e: e.ttt == "pre", "eval.ttt = 'pre'"),
+    OptionalModule("pgolf.quant.gptq", "quant", lambda q: "gptq" in (q.method, q.embed_method),
+                   "quant.method or quant.embed_method = 'gptq'"),
+    OptionalModule("pgolf.quant.qat", "quant", lambda q: q.qat != "none", "quant.qat = 'always' or 'late'"),
+    OptionalModule("pgolf.training.fastpath", "train", lambda t: t.check_fast_paths, "train.check_fast_paths = true"),
+)
+_BY_NAME = {m.name: m for m in OPTIONAL_MODULES}
+
+
+class OptionalModuleError(RuntimeError):
+    """Code asked for an optional module with a config that does not use it (the registry above is wrong)."""
+
+
+def _entry(name: str, section_cfg: Any) -> OptionalModule:
+    entry = _BY_NAME.get(name)
+    if entry is None:
+        raise OptionalModuleError(f"{name} is not in pgolf.config.optional.OPTIONAL_MODULES")
+    if not isinstance(section_cfg, SECTIONS[entry.section]):
+        raise OptionalModuleError(f"{name} is decided by the [{entry.section}] section, got {type(section_cfg).__name__}")
+    return entry
+
+
+def optional_module(name: str, section_cfg: Any) -> ModuleType | None:
+    """The module when `section_cfg` switches its technique on, else None."""
+    entry = _entry(name, section_cfg)
+    return importlib.import_module(name) if entry.needed(section_cfg) else None
+
+
+def require_module(name: str, section_cfg: Any) -> ModuleType:
+    """The module, for code that only runs with the technique on; an error if the section leaves it off."""
+    module = optional_module(name, section_cfg)
+    if module is None:
+        raise OptionalModuleError(f"{name} is needed here, but the config leaves it off ({_BY_NAME[name].switch} "
+                                  f"pulls it in): fix pgolf.config.optional.OPTIONAL_MODULES or the caller")
+    return module
+
+
+def needed_optional_modules(cfg: Any) -> list[str]:
+    """Dotted names of the optional modules `cfg` (a whole Config) uses, in registry order."""
+    return [m.name for m in OPTIONAL_MODULES if m.needed(getattr(cfg, m.section))]

@@ -1,0 +1,373 @@
+"""The generated train_gpt.py: it carries exactly the modules its config's switches reach (every optional module
+only through pgolf.config.optional), pruned and minified without changing what the code does, stored
+deterministically, with a line map that leads a traceback back to the repository."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import importlib
+import io
+import json
+import math
+import os
+import re
+import runpy
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+import pgolf
+from pgolf.artifact import bundle, shipping
+from pgolf.artifact.linemap import map_traceback, original_line
+from pgolf.artifact.minify import minify_source
+from pgolf.config import SECTIONS, recipe_names
+from pgolf.config.optional import OPTIONAL_MODULES, OptionalModuleError, needed_optional_modules, optional_module, require_module
+
+from conftest import REPO, micro_config
+
+PACKAGE = shipping.PACKAGE_DIR
+OPTIONAL_PATHS = {shipping.rel_of(m.name) for m in OPTIONAL_MODULES}
+# The layers, bottom to top (README "Layout"); eval, quant and optim sit side by side and do not reach each other.
+LAYERS = {"config": 0, "data": 1, "model": 2, "eval": 3, "quant": 3, "optim": 3, "artifact": 4, "training": 5, "cli": 6}
+
+
+def _all_modules() -> list[str]:
+    return sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _layer(rel: str) -> int:
+    return LAYERS.get(rel.split("/")[0], 7)  # pgolf/__init__.py, __main__.py: the API above everything
+
+
+def _dispatch_calls(tree: ast.AST) -> list[str]:
+    """Module names passed to optional_module / require_module in `tree`."""
+    out = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) in ("optional_module", "require_module")):
+            assert isinstance(node.args[0], ast.Constant), ast.dump(node)  # the registry key is always a literal
+            out.append(node.args[0].value)
+    return out
+
+
+# ----------------------------------------------------------------------------- what ships
+
+def test_optional_modules_are_reached_only_through_the_registry():
+    """No module that can ship imports an optional module by a plain import (that would ship it always and skip
+    the check); only other optional modules may, as they ship together; cli/ and the builder never ship."""
+    never_shipped = shipping.BUILD_ONLY | {r for r in _all_modules() if r.startswith("cli/") or r == "__main__.py"}
+    for rel in _all_modules():
+        if rel in never_shipped or rel in OPTIONAL_PATHS:
+            continue
+        leaked = shipping.imported_modules(rel, shipping.read_tree(rel)) & OPTIONAL_PATHS
+        assert not leaked, f"pgolf/{rel} imports {sorted(leaked)} directly: use pgolf.config.optional.optional_module"
+        for tree_rel in (rel,):
+            text = (PACKAGE / tree_rel).read_text(encoding="utf-8")
+            assert "import_module(" not in text or rel == "config/optional.py", f"pgolf/{rel}: dynamic import"
+
+
+def test_dispatch_points_name_registered_modules_from_their_own_layer_or_above():
+    registered = {m.name for m in OPTIONAL_MODULES}
+    seen = set()
+    for rel in _all_modules():
+        if rel == "config/optional.py":  # the registry itself
+            continue
+        for name in _dispatch_calls(shipping.read_tree(rel)):
+            assert name in registered, f"pgolf/{rel} asks for {name}, which OPTIONAL_MODULES does not list"
+            target = shipping.rel_of(name)
+            caller, callee = rel.split("/")[0], target.split("/")[0]
+            assert _layer(rel) >= _layer(target), f"pgolf/{rel} reaches up into {target}"
+            assert caller == callee or _layer(rel) > _layer(target), f"pgolf/{rel} reaches sideways into {target}"
+            seen.add(name)
+    assert seen == registered, f"registered but never dispatched: {sorted(registered - seen)}"
+
+
+def test_registry_refuses_a_module_the_config_leaves_off():
+    cfg = pgolf.Config()
+    assert optional_module("pgolf.eval.ttt_lora", cfg.eval) is None
+    with pytest.raises(OptionalModuleError, match="eval.ttt = 'lora'"):
+        require_module("pgolf.eval.ttt_lora", cfg.eval)
+    with pytest.raises(OptionalModuleError, match=r"\[quant\] section"):
+        optional_module("pgolf.quant.gptq", cfg.eval)
+    cfg.eval.ttt = "lora"
+    assert require_module("pgolf.eval.ttt_lora", cfg.eval).__name__ == "pgolf.eval.ttt_lora"
+
+
+def _keys_read(entry) -> set[str]:
+    """The config keys `entry.needed` reads, found by running it on a recording stand-in of its section."""
+    read = set()
+    section = SECTIONS[entry.section]()
+
+    class Recorder:
+        def __getattr__(self, key):
+            read.add(f"{entry.section}.{key}")
+            return getattr(section, key)
+
+    entry.needed(Recorder())
+    return read
+
+
+def test_module_sets_follow_the_switches():
+    base = pgolf.load_recipe("baseline", overrides={"data.path": "/data/x", "data.tokenizer": "/data/x.model"})
+    carried = set(shipping.module_set(base))
+    assert {"training/loop.py", "training/bundle_entry.py", "quant/pack.py", "eval/bpb.py", "config/schema.py",
+            "model/gpt.py", "__init__.py", "config/__init__.py"} <= carried
+    off = {"eval/modes.py", "eval/sliding.py", "eval/windows.py", "eval/ttt_lora.py", "eval/lora_adapters.py",
+           "eval/ttt_chunk.py", "eval/ttt_pre.py", "eval/ttt_train.py", "quant/gptq.py", "quant/qat.py", "training/fastpath.py", "data/corpus.py", "data/prepare.py"}
+    assert not carried & off
+    assert not carried & (shipping.BUILD_ONLY | {r for r in _all_modules() if r.startswith("cli/")})
+    lora = pgolf.load_recipe("baseline", overrides={"data.path": "/data/x", "eval.ttt": "lora"})
+    assert set(shipping.module_set(lora)) - carried == {"eval/modes.py", "eval/ttt_lora.py", "eval/lora_adapters.py",
+                                                        "eval/windows.py", "eval/sliding.py", "eval/deadline.py"}
+    gptq = pgolf.load_recipe("baseline", overrides={"data.path": "/data/x", "quant.method": "gptq"})
+    assert set(shipping.module_set(gptq)) - carried == {"quant/gptq.py"}
+
+
+def test_full_and_tiny_recipes_carry_the_same_modules():
+    """The tiny scale changes sizes only, so the tiny runs below cover the full recipes' bundles too."""
+    for name in recipe_names():
+        full, tiny = pgolf.load_recipe(name, "full"), pgolf.load_recipe(name, "tiny")
+        assert needed_optional_modules(bundle.script_config(full)) == needed_optional_modules(bundle.script_config(tiny))
+
+
+def test_a_script_never_carries_the_embedded_corpus():
+    cfg = pgolf.load_recipe("tiny")
+    assert cfg.data.path == "" and "pgolf.data.corpus" in needed_optional_modules(cfg)
+    script_cfg = bundle.script_config(cfg)
+    assert script_cfg.data.path and Path(script_cfg.data.tokenizer).name == "tokenizer.model"
+    assert "pgolf.data.corpus" not in needed_optional_modules(script_cfg)
+    assert "pgolf/data/corpus.py" not in bundle.module_sources(cfg)
+
+
+def test_pruning_drops_only_what_nothing_carried_uses():
+    cfg = micro_config("baseline")
+    pruned = shipping.carried_trees(tuple(needed_optional_modules(cfg)))
+    dropped = {name for names in pruned.dropped.values() for name in names}
+    assert {"load_recipe", "describe_keys", "recipe_path"} <= dropped  # recipes are read by pgolf, not the script
+    carried = bundle.module_sources(cfg)
+    identifiers = {tok.string for text in carried.values()
+                   for tok in tokenize.generate_tokens(io.StringIO(text).readline) if tok.type == tokenize.NAME}
+    for rel, names in pruned.dropped.items():
+        for name in names:
+            assert name not in identifiers, f"{name} was dropped from pgolf/{rel} but carried code names it"
+    assert "def config_from_dict" in ast.unparse(pruned.trees["config/load.py"])
+    assert "def run_bundle" in ast.unparse(pruned.trees["training/bundle_entry.py"])
+    # help texts are read only by describe_keys, which went: they are gone, the defaults and choices stay
+    schema_text = ast.unparse(pruned.trees["config/schema.py"])
+    assert "the embedded corpus" not in schema_text and "'relu2', 'leaky_relu2', 'swiglu'" in schema_text
+
+
+def test_minify_keeps_behaviour_and_maps_statements_to_their_lines():
+    source = '''"""doc"""
+import math
+
+
+def area(radius):
+    """Area."""
+    squared = radius * radius  # r^2
+    return math.pi * squared
+
+
+def check(value):
+    first = value + 1
+    second = first * 2
+    if second > 10:
+        raise ValueError(f"too big: {second}")
+    return second
+'''
+    code, lines = minify_source(source)
+    assert len(code) < 0.7 * len(source) and "doc" not in code and "r^2" not in code
+    scope: dict = {}
+    exec(compile(code, "<m>", "exec"), scope)
+    assert scope["area"](2.0) == 4 * math.pi and scope["check"](3) == 8
+    with pytest.raises(ValueError, match="too big: 12"):
+        scope["check"](5)
+    linemap = {"modules": {"m": {"source": "m.py", "lines": lines}}}
+    code_lines = code.split("\n")
+    # each statement found where it starts in the minified code maps to its own original line
+    for needle, original in (("def area", 5), ("return math.pi", 8), ("def check", 11), ("raise ValueError", 15),
+                             ("return ", 16)):
+        n = next(i for i, t in enumerate(code_lines) if needle in t and (needle != "return " or "math" not in t))
+        column = code_lines[n].lstrip().index(needle)
+        assert original_line(linemap, "m", n + 1, column) == ("m.py", original), needle
+    raise_line = next(i for i, t in enumerate(code_lines) if "raise" in t)
+    assert code_lines[raise_line].lstrip().startswith("if")  # `if ...:raise ...` share a line: the column decides
+    assert original_line(linemap, "m", raise_line + 1, 0) == ("m.py", 14)
+    assert original_line(linemap, "m", raise_line + 1) == ("m.py", 14)
+
+
+def test_escaping_of_raw_data_round_trips_every_byte():
+    data = bytes(range(256)) * 3 + b"\\'\n\r\x00''\\"
+    escaped = bundle.escape_raw(data)
+    assert not set(escaped) & {0, 10, 13, 39} and len(escaped) == len(data) + sum(b in (0, 10, 13, 39, 92) for b in data)
+    assert bundle.unescape_raw(escaped) == data
+    literal = b"# -*- coding: latin-1 -*-\n_=r'" + escaped + b"'\n"
+    compile(literal, "<raw>", "exec")  # a valid Python source file
+
+
+def test_bundle_is_deterministic_across_processes(tmp_path):
+    """Same sources and config: the same bytes, whatever the hash seed of the process that builds them."""
+    probe = ("import sys, pgolf; from pgolf.artifact import bundle; "
+             "cfg = pgolf.load_recipe('pr1536', 'tiny', {'data.path': '/d', 'data.tokenizer': '/t.model'}); "
+             "sys.stdout.buffer.write(bundle.bundle_bytes(cfg))")
+    outs = []
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed, PYTHONPATH=str(REPO / "src"))
+        outs.append(subprocess.run([sys.executable, "-c", probe], capture_output=True, env=env, timeout=600, check=True).stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 5000
+    here = bundle.bundle_bytes(pgolf.load_recipe("pr1536", "tiny", {"data.path": "/d", "data.tokenizer": "/t.model"}))
+    assert here == outs[0]
+
+
+def test_raw_storage_is_smaller_than_base85_and_both_carry_the_same_code():
+    cfg = micro_config("baseline")
+    raw, b85 = bundle.bundle_bytes(cfg, "raw"), bundle.bundle_bytes(cfg, "base85")
+    packed = len(bundle.compressed_sources(cfg))
+    assert len(raw) < len(b85) and len(raw) - packed < 0.04 * packed + 4000
+    assert bundle.code_bytes(cfg) == len(raw)
+    sources = []
+    for data in (raw, b85):
+        path = Path(f"/tmp/pgolf_test_{os.getpid()}_{len(data)}.py")
+        path.write_bytes(data)
+        try:
+            with _carried_import_scope():
+                namespace = runpy.run_path(str(path), run_name="probe")
+            sources.append(namespace["SOURCES"])
+        finally:
+            path.unlink()
+    assert sources[0] == sources[1] == bundle.module_sources(cfg)
+
+
+# ----------------------------------------------------------------------------- running the carried code
+
+@contextlib.contextmanager
+def _carried_import_scope():
+    """Import pgolf from a script inside this process: the package's modules step aside and come back after."""
+    saved = {k: v for k, v in sys.modules.items() if k == "pgolf" or k.startswith("pgolf.")}
+    meta, hook = list(sys.meta_path), sys.excepthook
+    for key in saved:
+        del sys.modules[key]
+    try:
+        yield
+    finally:
+        sys.meta_path[:] = meta
+        sys.excepthook = hook
+        for key in [k for k in sys.modules if k == "pgolf" or k.startswith("pgolf.")]:
+            del sys.modules[key]
+        sys.modules.update(saved)
+
+
+def run_script_in_process(script: Path, environ: dict[str, str]) -> tuple[int, set[str]]:
+    """Run a train_gpt.py's entry point here (its importer, its modules); returns (status, pgolf modules used)."""
+    with _carried_import_scope():
+        namespace = runpy.run_path(str(script), run_name="bundle_test")
+        entry = importlib.import_module("pgolf.training.bundle_entry")
+        old = dict(os.environ)
+        os.environ.update(environ)
+        try:
+            status = entry.run_bundle(namespace["CONFIG"], str(script), namespace["SOURCES"])
+        finally:
+            os.environ.clear()
+            os.environ.update(old)
+        used = {k for k in sys.modules if k == "pgolf" or k.startswith("pgolf.")}
+        files = {getattr(sys.modules[k], "__file__", "") for k in used}
+        assert all(f.startswith(str(script) + "/pgolf/") for f in files), sorted(files)  # nothing from the package
+    return status, used
+
+
+SWITCH_VALUES = {  # a valid value for each non-choice key a registry entry reads (choices are all tried)
+    "eval.sliding_stride": 32, "eval.max_seconds": 600.0, "eval.doc_boundaries": True, "train.check_fast_paths": True,
+}
+COMPANIONS = {  # settings a switch value needs to be a valid config at micro size
+    ("eval.ttt", "pre"): {"eval.ttt_epochs": 1}, ("eval.ttt", "chunk"): {"eval.ttt_epochs": 1, "eval.ttt_chunk_tokens": 512},
+    ("eval.ttt", "lora"): {"eval.ttt_lora_rank": 4, "eval.ttt_batch_docs": 4},
+    ("quant.qat", "late"): {"quant.qat_start_lr": 0.9},
+}
+
+
+def switch_cases() -> list[tuple[str, dict]]:
+    """(id, overrides): every value of every key the registry's predicates read, on the micro baseline."""
+    cases = []
+    for entry in OPTIONAL_MODULES:
+        for key in sorted(_keys_read(entry)):
+            if key == "data.path":
+                continue  # a script never prepares the embedded corpus: test_a_script_never_carries_the_embedded_corpus
+            section, name = key.split(".")
+            fld = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+            values = list(fld.metadata.get("choices") or [SWITCH_VALUES[key]])
+            for value in values:
+                if value == fld.default:
+                    continue
+                over = {key: value, **COMPANIONS.get((key, value), {})}
+                case = (f"{key}={value}", over)
+                if case[0] not in [c[0] for c in cases]:
+                    cases.append(case)
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", switch_cases(), ids=lambda c: c[0])
+def test_each_switch_value_runs_under_its_own_scripts_importer(case, shared_data, tmp_path):
+    _run_case(micro_config("baseline", train__steps=2, data__val_tokens_limit=2049,
+                           **{k.replace(".", "__"): v for k, v in case[1].items()}), tmp_path)
+
+
+def _run_case(cfg: pgolf.Config, tmp_path: Path) -> None:
+    """Train a few steps, pack and score with only the modules the config's script carries; same val_bpb as pgolf.
+
+    Every recipe's script runs the same way, in a clean virtual environment without pgolf
+    (tests/test_submit.py::test_every_recipes_script_reproduces_its_run_in_a_clean_venv); its full-scale
+    bundle carries the same modules (test_full_and_tiny_recipes_carry_the_same_modules)."""
+    package = pgolf.train(cfg, tmp_path / "package", progress=False)
+    script = tmp_path / "train_gpt.py"
+    size = bundle.write_bundle(cfg, script)
+    status, used = run_script_in_process(script, {"RUN_DIR": str(tmp_path / "script"), "PGOLF_DEVICE": "cpu"})
+    assert status == 0
+    carried = {m.path[: -len(".py")].removesuffix("/__init__").replace("/", ".") for m in bundle.modules_for(cfg)}
+    assert used <= carried and used >= {"pgolf.training.loop", "pgolf.quant.pack", "pgolf.eval.bpb"}
+    for name in needed_optional_modules(cfg):
+        assert name in used, f"{name} is carried for this config but the run never imported it"
+    result = json.loads((tmp_path / "script" / "result.json").read_text())
+    assert result["code_bytes"] == size == package["code_bytes"]
+    assert result["val_bpb"] == package["val_bpb"] and result["model_bytes"] == package["model_bytes"]
+
+
+def test_an_override_needing_an_uncarried_module_is_refused(shared_data, tmp_path):
+    cfg = micro_config("baseline", train__steps=2, data__val_tokens_limit=2049)
+    script = tmp_path / "train_gpt.py"
+    bundle.write_bundle(cfg, script)
+    env = dict(os.environ, PGOLF_SET="eval.ttt=lora", RUN_DIR=str(tmp_path / "r"))
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "does not carry pgolf.eval.modes" in proc.stderr and "eval.ttt = 'lora'" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_traceback_from_a_script_maps_back_to_the_repository(shared_data, tmp_path):
+    cfg = micro_config("baseline", train__steps=2)
+    script = tmp_path / "train_gpt.py"
+    bundle.write_bundle(cfg, script, tmp_path / "train_gpt.linemap.json")
+    env = dict(os.environ, DATA_PATH=str(tmp_path / "no_such_data"), RUN_DIR=str(tmp_path / "r"))
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0 and "data folder not found" in proc.stderr
+    out = subprocess.run([sys.executable, "-m", "pgolf", "traceback", str(tmp_path / "train_gpt.linemap.json"),
+                          "--script", str(script)], input=proc.stderr, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(REPO / "src")), timeout=300)
+    assert out.returncode == 0, out.stderr
+    places = re.findall(r'File "[^"]*?/(pgolf/[^"]+)", line \d+, in (\w+)   \[(src/pgolf/[^:]+):(\d+)\]', out.stdout)
+    assert [p[1] for p in places][-3:] == ["_resolve_data", "resolve_dataset", "find_shards"], out.stdout
+    for module, function, source, line in places:
+        assert source == f"src/{module}"
+        text = (REPO / source).read_text(encoding="utf-8").split("\n")
+        enclosing = next(t for t in reversed(text[: int(line)]) if re.match(r"\s*def ", t))
+        assert re.match(rf"\s*def {function}\(", enclosing), (source, line, enclosing)
+    source, line = places[-1][2:]
+    assert "data folder not found" in (REPO / source).read_text(encoding="utf-8").split("\n")[int(line) - 1]
+    assert "[not in the line map]" not in out.stdout
