@@ -50,12 +50,13 @@ def micro_config(recipe: str = "baseline", **overrides) -> pgolf.Config:
     return pgolf.load_recipe(recipe, scale="tiny", overrides=over)
 
 
-# A recipe at scale tiny with narrower layers and short sequences; its depth and switches stay (layer schedules,
-# value-embedding layers and parallel lanes name physical layers).
+# A recipe at scale tiny with narrower layers, short sequences and light calibration / test-time training; its
+# depth and switches stay (layer schedules, value-embedding layers and parallel lanes name physical layers).
 MICRO_RECIPE = {
     "model.model_dim": 64, "model.num_heads": 4, "model.num_kv_heads": 2, "train.steps": 2,
     "train.batch_tokens": 512, "train.seq_len": 64, "train.micro_batch_tokens": 512, "train.compile_priming_steps": 0,
     "data.val_tokens_limit": 2049, "eval.context_len": 0,
+    "quant.gptq_calib_batches": 4, "eval.ttt_epochs": 1, "eval.ttt_lora_rank": 4,  # the same stages, less work
 }
 
 

@@ -283,7 +283,8 @@ def test_every_recipes_script_reproduces_its_run_in_a_clean_venv(recipe_runs, tm
                          capture_output=True, text=True, timeout=1800)
     assert pip.returncode == 0, pip.stdout[-3000:] + pip.stderr[-3000:]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PGOLF"))}
-    env.update(OMP_NUM_THREADS=str(torch.get_num_threads()), PGOLF_CACHE=str(tmp_path / "cache"))
+    threads = str(torch.get_num_threads())  # the package's runs used these: another count changes the floats
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PGOLF_CACHE=str(tmp_path / "cache"))
     probe = subprocess.run([str(py), "-c", "import pgolf"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert probe.returncode != 0  # pgolf itself is not installed there: each script carries what it needs
     for name, run in recipe_runs.items():
