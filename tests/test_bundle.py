@@ -231,7 +231,7 @@ def test_raw_storage_is_smaller_than_base85_and_both_carry_the_same_code():
     assert len(raw) < len(b85) and len(raw) - packed < 0.04 * packed + 4000
     assert bundle.code_bytes(cfg) == len(raw)
     sources = []
-    for data in (raw, b85):
+    for data in (raw, b85, raw.replace(b"\n", b"\r\n")):  # CRLF line ends (a Windows checkout) do not hurt either
         path = Path(f"/tmp/pgolf_test_{os.getpid()}_{len(data)}.py")
         path.write_bytes(data)
         try:
@@ -240,7 +240,7 @@ def test_raw_storage_is_smaller_than_base85_and_both_carry_the_same_code():
             sources.append(namespace["SOURCES"])
         finally:
             path.unlink()
-    assert sources[0] == sources[1] == bundle.module_sources(cfg)
+    assert sources[0] == sources[1] == sources[2] == bundle.module_sources(cfg)
 
 
 # ----------------------------------------------------------------------------- running the carried code

@@ -187,10 +187,10 @@ if __name__=="__main__":
  from pgolf.training.bundle_entry import run_bundle;sys.exit(run_bundle(CONFIG,__file__,SOURCES))
 """
 _DECODE = {
-    # everything after the last line's opening quote, without the closing quote and newline, unescaped
+    # between the last line's opening quote and the file's last quote (so a CRLF or trailing blank is harmless)
     "raw": ("re", "re.sub(rb'\\\\(.)',lambda m:b\"\\0\\n\\r'\\\\\"[b'0nrq\\\\'.index(m[1]):][:1],"
-                  "d[d.rindex(b\"\\n_=r'\")+5:-2],flags=re.S)"),
-    "base85": ("base64", "base64.b85decode(d[d.rindex(b\"\\n_=b'\")+5:-2])"),
+                  "d[d.rindex(b\"\\n_=r'\")+5:d.rindex(b\"'\")],flags=re.S)"),
+    "base85": ("base64", "base64.b85decode(d[d.rindex(b\"\\n_=b'\")+5:d.rindex(b\"'\")])"),
 }
 
 
