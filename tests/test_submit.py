@@ -20,7 +20,7 @@ from pgolf.artifact import bundle
 from pgolf.cli import main
 from pgolf.cli.submit import CHALLENGE_TOKENIZERS, LINEMAP_NAME, SubmissionError, make_submission
 from pgolf.config import load_config, recipe_names
-from pgolf.data.tokenizer import file_sha256
+from pgolf.data.tokenizer import file_sha256, tokenizer_sha256
 from pgolf.training.bundle_entry import bundle_config
 
 from conftest import SHARED, micro_config, micro_recipe
@@ -239,6 +239,8 @@ def test_a_custom_tokenizer_ships_in_the_folder(micro_run, tmp_path):
     custom.unlink()
     with pytest.raises(SubmissionError, match="the file is gone"):
         make_submission([run], tmp_path / "sub3")
+    _edit_json(run / "env.json", tokenizer="byte260", tokenizer_sha256=tokenizer_sha256("byte260"))
+    assert not any(f.startswith("tokenizers/") for f in make_submission([run], tmp_path / "sub4")["files"])  # published
 
 
 def test_cli_submit(micro_run, tmp_path, capsys):

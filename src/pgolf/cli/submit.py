@@ -29,7 +29,8 @@ from ..artifact.linemap import write_linemap
 from ..artifact.sizes import LIMIT_BYTES
 from ..config import config_to_dict, load_config
 from ..data.dataset import challenge_paths
-from ..data.tokenizer import file_sha256
+from ..data.byte_tokenizer import BYTE260, BYTE260_FILENAME
+from ..data.tokenizer import file_sha256, tokenizer_exists, tokenizer_sha256
 from ..quant.pack import unpack
 from .recipes_info import switches
 from .report import Run, RunFolderError, comparability_problems, load_run
@@ -37,9 +38,10 @@ from .report import Run, RunFolderError, comparability_problems, load_run
 TIME_LIMIT_S = 600.0
 LINEMAP_NAME = "train_gpt.linemap.json"
 # Tokenizers the challenge publishes with its data (sha256 -> file name); any other one ships in the folder.
-# Only sp1024 is listed: the sp4096 / sp8192 copies at hand are not proven to be the published ones
+# sp1024 and byte260 are listed; the sp4096 / sp8192 copies at hand are not proven to be the published ones
 # (shared/data/README.md §2), so a run on them ships its tokenizer file too, which is never wrong.
-CHALLENGE_TOKENIZERS = {"4f5e8adb109c66b4886963bc75a7befd73bda36d27fd7102df8e9e66503b0e2a": "fineweb_1024_bpe.model"}
+CHALLENGE_TOKENIZERS = {"4f5e8adb109c66b4886963bc75a7befd73bda36d27fd7102df8e9e66503b0e2a": "fineweb_1024_bpe.model",
+                        tokenizer_sha256(BYTE260): BYTE260_FILENAME}
 
 
 class SubmissionError(ValueError):
@@ -153,7 +155,8 @@ def custom_tokenizer(run: Run) -> Path | None:
     env = run.env or {}
     path = Path(env.get("tokenizer") or load_config(run.path / "config.toml").data.tokenizer)
     recorded = env.get("tokenizer_sha256")
-    if recorded in CHALLENGE_TOKENIZERS:
+    if recorded in CHALLENGE_TOKENIZERS or (recorded is None and tokenizer_exists(path)
+                                            and tokenizer_sha256(path) in CHALLENGE_TOKENIZERS):
         return None
     if not path.is_file():
         raise SubmissionError(f"{path}: the run's tokenizer is not one the challenge publishes, so it must ship in "
