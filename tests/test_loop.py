@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -124,8 +125,9 @@ def test_clock_counts_queued_device_work_and_logging_but_not_validation_or_primi
 
 
 def test_gptq_calibration_counts_against_the_training_cap(micro, tmp_path, monkeypatch, capsys):
-    real = loop.collect_hessians
-    monkeypatch.setattr(loop, "collect_hessians", lambda *a, **k: (time.sleep(2.0), real(*a, **k))[1])
+    gptq = importlib.import_module("pgolf.quant.gptq")  # the optional module the loop reaches through the registry
+    real = gptq.collect_hessians
+    monkeypatch.setattr(gptq, "collect_hessians", lambda *a, **k: (time.sleep(2.0), real(*a, **k))[1])
     cfg = micro(train__steps=2, train__max_wallclock_s=1.5, quant__method="gptq", quant__gptq_calib_batches=2)
     result = pgolf.train(cfg, tmp_path / "run", progress=True)
     assert result["calibration_seconds"] >= 2.0
