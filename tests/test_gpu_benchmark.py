@@ -60,7 +60,12 @@ def test_parity_check_fails_on_a_one_token_mask_error(monkeypatch):
 
 
 def test_dtype_check_fails_when_attention_gets_mixed_dtypes(shared_data, monkeypatch):
-    real = gpu.attention_module.attend
-    monkeypatch.setattr(gpu.attention_module, "attend", lambda q, k, v, *a, **kw: real(q.float(), k.float(), v, *a, **kw))
+    module = gpu.attention_module
+
+    def attend_without_the_cast(q, k, v, ctx):  # attend before #18's fix, as CUDA's fp32 rms_norm left q and k
+        assert ctx.backend == "sdpa"  # what `auto` picks on a CPU
+        return module.attention_sdpa(q.float(), k.float(), v, ctx.doc_ids)
+
+    monkeypatch.setattr(module, "attend", attend_without_the_cast)
     with pytest.raises(gpu.CheckFailed, match="mixed q/k/v dtypes"):
         gpu.dtypes(torch.device("cpu"), SHARED, smoke=True)
