@@ -234,6 +234,9 @@ def test_lora_hooks_put_each_virtual_slot_in_its_place():
 
 @pytest.mark.parametrize("variant", [{}, {"model.layer_schedule": [0, 1, 2, 1, 2, 3]}, {"model.tie_embeddings": False},
                                      {"model.parallel_residual": "separate_lanes", "model.parallel_start_layer": 2},
+                                     {"model.parallel_residual": "cross_lanes", "model.parallel_start_layer": 2},
+                                     {"model.sparse_attn_gate": True, "model.gate_window": 4},
+                                     {"model.smear": "content_gate"},
                                      {"model.doc_attention": True}])
 def test_fresh_lora_adapters_are_a_no_op_on_every_target(variant):
     model = small_model(variant)

@@ -20,12 +20,14 @@ TECHNIQUES = {
     "partial_rope": {"model.rope_dims": 8},
     "ntk_rope": {"model.rope_dims": 8, "model.rope_ntk_train_len": 16},
     "attn_gate": {"model.attn_gate": True},
+    "sparse_attn_gate": {"model.sparse_attn_gate": True, "model.sparse_attn_gate_scale": 0.5, "model.gate_window": 4},
     "value_residual": {"model.value_residual": True},
     "xsa_all": {"model.xsa_last_n": -1},
     "doc_attention": {"model.doc_attention": True},
     "bigram": {"model.bigram_buckets": 97, "model.bigram_dim": 16},
     "smear_pre": {"model.smear": "pre_norm"},
     "smear_post": {"model.smear": "post_norm"},
+    "smear_content": {"model.smear": "content_gate", "model.gate_window": 8},
     "value_embed": {"model.value_embed_dim": 16, "model.value_embed_layers": [1, 2]},
     "loop": {"model.layer_schedule": [0, 1, 2, 1, 2, 3], "model.layer_scales": True, "model.lora_rank": 2},
     "bridge": {"model.layer_schedule": [0, 1, 1, 2, 3], "model.encoder_layers": 2, "model.bridge_layers": 1,
@@ -34,6 +36,7 @@ TECHNIQUES = {
     "ln_scale": {"model.ln_scale": True},
     "gptj": {"model.parallel_residual": "gptj", "model.parallel_start_layer": 2},
     "lanes": {"model.parallel_residual": "separate_lanes", "model.parallel_start_layer": 2},
+    "cross_lanes": {"model.parallel_residual": "cross_lanes", "model.parallel_start_layer": 2},
     "untied": {"model.tie_embeddings": False},
     "orthogonal": {"model.init": "orthogonal"},
     "no_resid_mix": {"model.resid_mix": False, "model.unet_skips": False},
@@ -97,7 +100,8 @@ def test_future_tokens_never_change_earlier_logits(kind, name):
 
 
 DOC_ISOLATED = [("technique", "doc_attention")] + [
-    ("technique_doc", k) for k in ("bigram", "smear_pre", "smear_post", "value_embed", "value_residual", "loop", "lanes")
+    ("technique_doc", k) for k in ("bigram", "smear_pre", "smear_post", "smear_content", "value_embed", "value_residual",
+                                   "loop", "lanes", "cross_lanes", "sparse_attn_gate")
 ] + [("recipe", "pr1536")]
 
 

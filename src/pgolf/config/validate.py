@@ -19,7 +19,7 @@ def finalize(cfg: Config) -> Config:
 
 
 def _check_lanes(model: ModelConfig) -> None:
-    """Separate lanes (#1536): once the lanes split, every later decoder position must run in lane mode."""
+    """Two-lane modes (#1536, #1529): once the lanes split, every later decoder position must run in lane mode."""
     for looped in (False, True):
         schedule = layer_schedule(model) if looped or model.recurrence_start_frac == 0 else list(range(model.num_layers))
         enc, bridge = virtual_layout(model, looped)
@@ -80,8 +80,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'model.mlp_mult' (or 'model.mlp_hidden') must be positive")
     if m.bigram_buckets < 0 or m.bigram_buckets == 1:
         raise ConfigError(f"'model.bigram_buckets' must be 0 (off) or >= 2, got {m.bigram_buckets}")
-    if m.parallel_residual == "separate_lanes":
+    if m.parallel_residual in ("separate_lanes", "cross_lanes"):
         _check_lanes(m)
+    _validate_gates(m)
     if t.batch_tokens % t.seq_len:
         raise ConfigError(f"'train.batch_tokens' ({t.batch_tokens}) must be a multiple of 'train.seq_len' ({t.seq_len})")
     if e.sliding_stride < 0:
@@ -98,6 +99,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'quant.matrix_bits' must be in 2..8")
     _validate_quant_numbers(q)
     _validate_optim(cfg.optim, cfg.train)
+    if t.fused_mlp != "off" and m.mlp not in ("relu2", "leaky_relu2"):
+        raise ConfigError(f"'train.fused_mlp' = '{t.fused_mlp}' fuses relu2 / leaky_relu2 MLPs only; "
+                          f"model.mlp is '{m.mlp}' (set train.fused_mlp = 'off')")
+
+
+def _validate_gates(m: ModelConfig) -> None:
+    """The content SmearGate and the SparseAttnGate read the first model.gate_window dims; one attention gate at a time."""
+    if (m.smear == "content_gate" or m.sparse_attn_gate) and not 1 <= m.gate_window <= m.model_dim:
+        raise ConfigError(f"'model.gate_window' must be in 1..{m.model_dim} (model.model_dim), got {m.gate_window}")
+    if m.attn_gate and m.sparse_attn_gate:
+        raise ConfigError("'model.attn_gate' and 'model.sparse_attn_gate' are both on: they gate the same attention "
+                          "output, choose one")
+    if m.sparse_attn_gate_init_std < 0:
+        raise ConfigError(f"'model.sparse_attn_gate_init_std' must be >= 0, got {m.sparse_attn_gate_init_std}")
 
 
 def _validate_quant_numbers(q: QuantConfig) -> None:

@@ -1,7 +1,7 @@
 """Causal self-attention with every switch of the published submissions.
 
-GQA, QK RMS-norm with a learned per-head query gain, (partial) RoPE, optional per-head sigmoid output gate,
-value residual (blend the first layer's V), value embeddings, XSA (remove each head's component along the
+GQA, QK RMS-norm with a learned per-head query gain, (partial) RoPE, optional per-head sigmoid output gate
+(dense from the whole input, or #1787's sparse one from its first gate_window dims), value residual (blend the first layer's V), value embeddings, XSA (remove each head's component along the
 token's own value), per-virtual-layer LoRA on Q and V, and document-boundary masking.
 
 Kernels (`backend`): "math" is the plain PyTorch reference; "sdpa" is torch's scaled_dot_product_attention
@@ -192,8 +192,16 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = scalar_param(torch.full((H,), cfg.qk_gain_init))
         self.use_xsa = use_xsa
         # gate g = sigmoid(W x + b), W zero, b = 4 (sigmoid(4) ~ 0.982: near no-op at init)
-        self.gate_w = scalar_param(torch.zeros(H, d)) if cfg.attn_gate else None
+        self.gate_w = scalar_param(torch.zeros(H, d), "gate") if cfg.attn_gate else None
         self.gate_b = scalar_param(torch.full((H,), 4.0)) if cfg.attn_gate else None
+        # SparseAttnGate (#1787): g = sigmoid(s * W x[:window]), W (H, window) ~ N(0, std) (std 0: zeros, g = 0.5)
+        self.sparse_gate_w = None
+        if cfg.sparse_attn_gate:
+            w = torch.zeros(H, cfg.gate_window)
+            if cfg.sparse_attn_gate_init_std > 0:
+                nn.init.normal_(w, std=cfg.sparse_attn_gate_init_std)
+            self.sparse_gate_w = scalar_param(w, "gate")
+            self.sparse_gate_scale = cfg.sparse_attn_gate_scale
         # v <- l0 * v0 + l1 * v
         self.vr_lambda = scalar_param(torch.tensor([0.5, 0.5])) if use_value_residual else None
         self.ve_scale = scalar_param(torch.ones(1)) if use_value_embed else None
@@ -224,5 +232,9 @@ class CausalSelfAttention(nn.Module):
             y = exclusive_self_attention(y, v)
         if self.gate_w is not None:
             gate = torch.sigmoid(F.linear(x, self.gate_w.to(x.dtype), self.gate_b.to(x.dtype)))
+            y = y * gate[..., None]
+        if self.sparse_gate_w is not None:  # y_h <- sigmoid(s * W_h . x[:window]) * y_h, after XSA, before W_o
+            window = self.sparse_gate_w.size(1)
+            gate = torch.sigmoid(self.sparse_gate_scale * F.linear(x[..., :window], self.sparse_gate_w.to(x.dtype)))
             y = y * gate[..., None]
         return self.proj(y.reshape(B, T, d))

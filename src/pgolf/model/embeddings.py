@@ -1,6 +1,6 @@
-"""Embedding-side techniques: BigramHash, SmearGate and value embeddings.
+"""Embedding-side techniques: BigramHash, SmearGate (per-dim and content-gated) and value embeddings.
 
-All three read document boundaries from the BOS token inside input_ids and never pull information from
+All of them read document boundaries from the BOS token inside input_ids and never pull information from
 before a BOS: a document's representation does not depend on the document before it.
 """
 
@@ -60,6 +60,30 @@ class SmearGate(nn.Module):
         if self.variant == "pre_norm":
             return s * x + (1 - s) * prev
         return (1 - s) * x + s * prev
+
+
+class ContentSmearGate(nn.Module):
+    """#1855's content-gated, BOS-fixed SmearGate on the raw embedding (before the first norm):
+
+        e_t <- e_t + lam * sigmoid(w . e_t[:W]) * e_{t-1} * [id_t != BOS]   (t >= 1; e_0 is kept)
+
+    The gate reads the current token's first W dims. w (1, W) and lam (1,) start at zero, so a fresh gate is the
+    identity (and w learns only once lam != 0). The BOS factor is #1855's fix of #1667, whose unmasked form let a
+    document's first token read the previous document's last one.
+    """
+
+    variant = "content_gate"
+
+    def __init__(self, window: int, bos_id: int):
+        super().__init__()
+        self.window, self.bos_id = window, bos_id
+        self.weight = scalar_param(torch.zeros(1, window))
+        self.lam = scalar_param(torch.zeros(1))
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        gate = self.lam.to(x.dtype) * torch.sigmoid(x[:, 1:, : self.window] @ self.weight.to(x.dtype).T)  # (B, T-1, 1)
+        keep_prev = (ids[:, 1:] != self.bos_id).to(x.dtype)[..., None]
+        return torch.cat((x[:, :1], x[:, 1:] + gate * x[:, :-1] * keep_prev), dim=1)
 
 
 class ValueEmbedding(nn.Module):

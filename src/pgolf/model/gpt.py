@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig, layer_schedule, virtual_layout
 from .attention import AttentionContext, CausalSelfAttention
-from .embeddings import BigramHash, SmearGate, ValueEmbedding
+from .embeddings import BigramHash, ContentSmearGate, SmearGate, ValueEmbedding
 from .layers import Linear, Rotary, rms_norm, scalar_param, tag
 from .loss import softcapped_cross_entropy
 from .mlp import MLP
@@ -83,6 +83,25 @@ class Block(nn.Module):
         lane_m = lane_m + m * self.mlp(self._norm(lane_m))
         return lane_a, lane_m
 
+    def forward_cross_lanes(self, lane0: Tensor, lane1: Tensor, x0: Tensor, ctx: AttentionContext, rho: Tensor,
+                            post: Tensor, scale: Tensor | None = None,
+                            lora: tuple[Tensor, ...] | None = None) -> tuple[Tensor, Tensor]:
+        """#1529/#1855 two lanes with cross routing; rho (2,) the lanes' residual weights, post (2, 2) = P[source, lane]:
+
+            a = attn_scale * Attn(norm(mix(lane0, x0)) * c)      (resid_mix forms only the attention input)
+            m = mlp_scale * MLP(norm(lane1) * c)
+            lane0' = rho0 * lane0 + P[attn,0] a + P[mlp,0] m,   lane1' = rho1 * lane1 + P[attn,1] a + P[mlp,1] m
+        """
+        dt = lane0.dtype
+        a = self.attn_scale.to(dt) if scale is None else self.attn_scale.to(dt) * scale.to(dt)
+        m = self.mlp_scale.to(dt) if scale is None else self.mlp_scale.to(dt) * scale.to(dt)
+        attn_out = a * self.attn(self._norm(self.mix(lane0, x0)), ctx, lora)
+        mlp_out = m * self.mlp(self._norm(lane1))
+        rho, post = rho.to(dt), post.to(dt)
+        new0 = rho[0] * lane0 + post[0, 0] * attn_out + post[1, 0] * mlp_out
+        new1 = rho[1] * lane1 + post[0, 1] * attn_out + post[1, 1] * mlp_out
+        return new0, new1
+
 
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, bos_id: int = BOS_ID):
@@ -100,7 +119,10 @@ class GPT(nn.Module):
         self.tok_emb = tag(nn.Parameter(torch.empty(cfg.vocab_size, d)), "embed", "embed")
         self.bigram = (BigramHash(cfg.bigram_buckets, cfg.bigram_dim, d, cfg.bigram_scale_init, bos_id)
                        if cfg.bigram_buckets else None)
-        self.smear = SmearGate(d, cfg.smear, bos_id) if cfg.smear != "none" else None
+        if cfg.smear == "content_gate":
+            self.smear = ContentSmearGate(cfg.gate_window, bos_id)
+        else:
+            self.smear = SmearGate(d, cfg.smear, bos_id) if cfg.smear != "none" else None
         self.value_embed = (ValueEmbedding(cfg.vocab_size, cfg.value_embed_dim, kv_dim)
                             if cfg.value_embed_layers else None)
         self.rotary = Rotary(head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_ntk_train_len)
@@ -120,6 +142,11 @@ class GPT(nn.Module):
         else:
             self.bridge_scale = self.bridge_bias = None
         self.lane_merge = scalar_param(torch.tensor(0.5)) if cfg.parallel_residual == "separate_lanes" else None
+        if cfg.parallel_residual == "cross_lanes":  # all L rows, as #1855 allocates them (only lane layers use theirs)
+            self.lane_resid = scalar_param(torch.full((L, 2), cfg.lane_resid_init))
+            self.lane_post = scalar_param(torch.full((L, 2, 2), cfg.lane_post_init))
+        else:
+            self.lane_resid = self.lane_post = None
         r = cfg.lora_rank
         if r:
             self.lora_a_q = tag(nn.Parameter(torch.empty(n_virtual, d, r)), "lora", "lora")
@@ -163,7 +190,7 @@ class GPT(nn.Module):
         x = F.embedding(ids, self.tok_emb)
         if self.bigram is not None:
             x = x + self.bigram(ids)
-        if self.smear is not None and self.smear.variant == "pre_norm":
+        if self.smear is not None and self.smear.variant in ("pre_norm", "content_gate"):
             x = self.smear(x, ids)
         x = rms_norm(x)
         if self.smear is not None and self.smear.variant == "post_norm":
@@ -203,12 +230,19 @@ class GPT(nn.Module):
                 x = x * self.bridge_scale[i].to(x.dtype) + self.bridge_bias[i].to(x.dtype)
             if pos >= enc + bridge:
                 i = pos - enc - bridge
+                in_lanes = cfg.parallel_residual in ("separate_lanes", "cross_lanes") and phys >= cfg.parallel_start_layer
+                if in_lanes and lane_a is None and cfg.parallel_residual == "cross_lanes":
+                    lane_a, lane_m = x, x  # #1855 splits before the skip: the first lane skip reaches lane 0 only
                 if self.skip_weights is not None and skips:
                     if lane_a is None:
                         x = self._skip(x, skips.pop(), i)
                     else:
                         lane_a = self._skip(lane_a, skips.pop(), i)
-                if cfg.parallel_residual == "separate_lanes" and phys >= cfg.parallel_start_layer:
+                if in_lanes and cfg.parallel_residual == "cross_lanes":
+                    lane_a, lane_m = block.forward_cross_lanes(lane_a, lane_m, x0, ctx, self.lane_resid[phys],
+                                                               self.lane_post[phys], scale, lora)
+                    continue
+                if in_lanes:
                     if lane_a is None:
                         lane_a, lane_m = x, x
                     lane_a, lane_m = block.forward_lanes(lane_a, lane_m, x0, ctx, scale, lora)
@@ -216,7 +250,9 @@ class GPT(nn.Module):
             x = block(x, x0, ctx, scale, lora)
             if pos < enc and self.skip_weights is not None:
                 skips.append(x)
-        if lane_a is not None:  # x = l * lane_a + (1 - l) * lane_m
+        if lane_a is not None and self.lane_merge is None:  # cross lanes: x = (lane0 + lane1) / 2
+            x = 0.5 * (lane_a + lane_m)
+        elif lane_a is not None:  # separate lanes: x = l * lane_a + (1 - l) * lane_m
             lam = self.lane_merge.to(lane_a.dtype)
             x = lam * lane_a + (1 - lam) * lane_m
         return rms_norm(x)

@@ -3,8 +3,8 @@
 Every parameter declares two things through `tag`:
 - its optimizer role: "matrix" (Muon family), "embed", "head", "scalar", "proj" (small projections,
   Muon or the scalar Adam group by config), "lora" — so optimizers never need name patterns;
-- its quantization class: "attn", "mlp", "embed", "table", "other", "lora", "control" — so export policy is
-  per class.
+- its quantization class: "attn", "mlp", "embed", "table", "other", "lora", "control", "gate" (attention-gate
+  weights: stored like control tensors unless a gate quantization targets them) — so export policy is per class.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROLES = ("matrix", "embed", "head", "scalar", "proj", "lora")
-QUANT_CLASSES = ("attn", "mlp", "embed", "table", "other", "lora", "control")
+QUANT_CLASSES = ("attn", "mlp", "embed", "table", "other", "lora", "control", "gate")
 
 
 def tag(param: nn.Parameter, role: str, qclass: str) -> nn.Parameter:
@@ -57,9 +57,12 @@ class Linear(nn.Module):
         else:  # nn.Linear's default
             nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
+    def effective_weight(self) -> Tensor:
+        """The weight the layer computes with: W, or its fake-quantized W_hat under QAT."""
+        return self.weight if self.fake_quant is None else self.fake_quant(self.weight)
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight if self.fake_quant is None else self.fake_quant(self.weight)
-        return F.linear(x, w.to(x.dtype))
+        return F.linear(x, self.effective_weight().to(x.dtype))
 
 
 def scalar_param(value: Tensor, qclass: str = "control") -> nn.Parameter:

@@ -65,7 +65,7 @@ def plan_tensor(tensor: Tensor, qclass: str, cfg: QuantConfig, name: str = "") -
         return Plan("raw")
     if name in cfg.keep_float:
         return Plan("float16")
-    if qclass == "control":
+    if qclass in ("control", "gate"):  # gate weights: like control tensors until a gate quantization targets them
         return Plan(cfg.control_dtype)
     if tensor.numel() <= cfg.passthrough_max_numel:
         return Plan("float16")
