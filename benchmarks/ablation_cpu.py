@@ -45,11 +45,13 @@ TECHNIQUES: dict[str, dict] = {
     "partial_rope16": {"model.rope_dims": 16},
     "qk_gain5": {"model.qk_gain_init": 5.0},
     "attn_gate": {"model.attn_gate": True},
+    "sparse_attn_gate": {"model.sparse_attn_gate": True, "model.sparse_attn_gate_scale": 0.5},
     "value_residual": {"model.value_residual": True},
     "xsa_all": {"model.xsa_last_n": -1},
     "doc_attention": {"model.doc_attention": True},
     "bigram_hash": {"model.bigram_buckets": 2048, "model.bigram_dim": 64},
     "smear_post": {"model.smear": "post_norm"},
+    "smear_content": {"model.smear": "content_gate"},
     "value_embed": {"model.value_embed_dim": 64, "model.value_embed_layers": [2, 3]},
     "loop_2x": {"model.layer_schedule": [0, 1, 2, 3, 0, 1, 2, 3]},
     "replay_1_2": {"model.layer_schedule": [0, 1, 1, 2, 2, 3], "model.encoder_layers": 2, "model.bridge_layers": 2,
@@ -59,6 +61,7 @@ TECHNIQUES: dict[str, dict] = {
     "skip_gates": {"model.skip_gates": True},
     "ln_scale": {"model.ln_scale": True},
     "parallel_lanes": {"model.parallel_residual": "separate_lanes", "model.parallel_start_layer": 2},
+    "cross_lanes": {"model.parallel_residual": "cross_lanes", "model.parallel_start_layer": 2},
     "orthogonal_init": {"model.init": "orthogonal"},
 }
 

@@ -18,6 +18,8 @@ fails. Sections, in order:
                TFLOP/s spec and the measured matmul peak, peak allocated and reserved memory, compile (priming)
                seconds, the share of the `train()` call's wall time the 600 s clock did not count and where it
                went, and for pr1536 the end of the run: GPTQ calibration, packing, evaluation/TTT seconds;
+  training_kernels  train.fused_mlp (Triton) and train.fused_ce (liger-kernel) against their PyTorch references,
+               forward and backward, fp32 and bf16 (benchmarks/kernels_gpu.py; asserted within its tolerance);
   reference    the challenge's own train_gpt.py (--train-gpt PATH, read at run time, never part of pgolf) on
                the same GPU, data and batch: its ms/step beside pgolf's baseline, and the ratio;
   targets      baseline >= 1.25x the reference's tokens/s; pr1536 >= 1.02 M (plain) and 0.70 M (looped)
@@ -72,6 +74,8 @@ from pgolf.training import loop
 from pgolf.training.loop import choose_attention_backend
 from pgolf.training.plan import GPUS, flops_per_token
 from pgolf.training.runs import write_json
+
+from kernels_gpu import kernel_parity  # benchmarks/kernels_gpu.py: train.fused_mlp / fused_ce vs their references
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC_PEAK_FLOPS = GPUS["h100"]["peak_bf16_flops"]  # 989 TFLOP/s dense bf16 (H100 SXM; the H200 has the same)
@@ -419,6 +423,10 @@ def main() -> int:
     peak = env["matmul_peak_flops"] if env and not smoke else None
     report.run("dtypes", lambda: dtypes(device, data, smoke))
     report.run("parity", lambda: parity(device, smoke))
+    if smoke:  # the Triton kernels are CUDA-only; tests/test_kernels.py runs them under Triton's interpreter
+        report.data["sections"]["training_kernels"] = {"skipped": "CUDA only"}
+    else:
+        report.run("training_kernels", lambda: kernel_parity(device))
     with tempfile.TemporaryDirectory() as work:
         runs = {r: report.run(f"train_{r}", lambda r=r: train_recipe(r, device, data, smoke, args.steps,
                                                                         args.val_tokens, peak, Path(work)))

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import pgolf
-from pgolf.data.shards import write_shard
+# The Triton training kernels (tests/test_kernels.py) run under Triton's CPU interpreter where there is no GPU.
+# triton reads the switch when it is first imported (torch._dynamo imports it), so it is set before anything can.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pgolf  # noqa: E402
+from pgolf.data.shards import write_shard  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -41,6 +41,9 @@ OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
     OptionalModule("pgolf.quant.gptq", "quant", lambda q: "gptq" in (q.method, q.embed_method),
                    "quant.method or quant.embed_method = 'gptq'"),
     OptionalModule("pgolf.quant.qat", "quant", lambda q: q.qat != "none", "quant.qat = 'always' or 'late'"),
+    OptionalModule("pgolf.model.kernels.mlp_triton", "train", lambda t: t.fused_mlp == "triton",
+                   "train.fused_mlp = 'triton'"),
+    OptionalModule("pgolf.model.kernels.ce_liger", "train", lambda t: t.fused_ce == "liger", "train.fused_ce = 'liger'"),
     OptionalModule("pgolf.training.fastpath", "train", lambda t: t.check_fast_paths, "train.check_fast_paths = true"),
 )
 _BY_NAME = {m.name: m for m in OPTIONAL_MODULES}

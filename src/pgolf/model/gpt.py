@@ -156,6 +156,7 @@ class GPT(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else Linear(d, cfg.vocab_size, "head", "embed", zero_init=True)
         self.attention_backend = "sdpa"
         self.fused_loss = False  # True: training loss via the chunked soft-capped CE (same function, less memory)
+        self.loss_kernel = None  # with fused_loss, in training mode: a fused kernel of that CE (train.fused_ce)
         self.head_adapter = None  # optional callable h -> delta z added to the logits before the softcap (LoRA TTT)
         if self.tok_emb.device.type != "meta":
             self.reset_parameters()
@@ -270,7 +271,8 @@ class GPT(nn.Module):
         h = self.hidden(input_ids, cu_seqlens)
         if targets is not None and self.fused_loss and getattr(self, "head_adapter", None) is None:
             weight = self.tok_emb if self.lm_head is None else self.lm_head.weight
-            return softcapped_cross_entropy(h.flatten(0, 1), weight, targets.flatten(), self.cfg.logit_softcap)
+            loss_fn = self.loss_kernel if self.training and self.loss_kernel is not None else softcapped_cross_entropy
+            return loss_fn(h.flatten(0, 1), weight, targets.flatten(), self.cfg.logit_softcap)
         logits = self.logits(h).float()
         if targets is None:
             return logits

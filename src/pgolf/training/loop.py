@@ -50,6 +50,7 @@ from ..optim.schedule import lr_multiplier, training_fraction
 from ..quant.pack import unpack
 from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
 from .clock import TrainingClock
+from .kernels import attach_training_kernels, describe, training_kernels_for
 from .runs import (LogWriter, Progress, device_memory, device_name, environment, new_run_dir, plot_losses,
                    save_config, summary, write_json)
 from .runtime import (Runtime, any_rank, any_rank_flags, barrier, broadcast_object, gather_objects, init_runtime,
@@ -223,6 +224,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     model = build_model(cfg.model, cfg.data.bos_id).to(rt.device)
     model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
     model.fused_loss = rt.device.type == "cuda"
+    kernels = training_kernels_for(t, rt.device)  # train.fused_mlp / fused_ce: CUDA training only
+    attach_training_kernels(model, kernels)
     qat = optional_module("pgolf.quant.qat", cfg.quant)  # quant.qat: fake-quantize attn/mlp matrices on the export grid
     if qat is not None:
         qat.attach_qat(model, cfg.quant)  # before compile
@@ -243,7 +246,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
         forward = wrap_ddp(forward, cfg, rt)
 
     if t.check_fast_paths:
-        _check_fast_paths(model, forward, dataset, cfg, rt)
+        _check_fast_paths(model, forward, dataset, cfg, rt, kernels)
     step, priming_s = 0, 0.0
     clock = TrainingClock(rt.device)
     if rt.device.type == "cuda":
@@ -267,7 +270,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     if show:
         bar.message(f"pgolf: {cfg.recipe} ({cfg.scale}) | {count_parameters(cfg.model):,} params | "
                     f"{rt.world_size} x {device_name(rt.device)} | {t.batch_tokens:,} tokens/step "
-                    f"({accum} micro-step{'s' if accum > 1 else ''}) | run {run_dir}")
+                    f"({accum} micro-step{'s' if accum > 1 else ''}) | kernels {describe(kernels, t)} | run {run_dir}")
     val_tokens = tables = None
 
     def checkpoint_state(at_step_start: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -366,13 +369,16 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     return _finish(cfg, rt, run_dir, model, averager, val_tokens, tables, step, timing, show, loader)
 
 
-def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Config, rt: Runtime) -> None:
+def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Config, rt: Runtime,
+                      kernels: dict) -> None:
     """Debug mode: the chosen kernels against the plain reference on one real batch, before training."""
     probe = DistributedTokenLoader(dataset.train_files[:1], 0, 1)
     x, _ = probe.next_batch(min(cfg.train.batch_tokens, 4 * cfg.train.seq_len), cfg.train.seq_len, 1)
     compiled = forward if forward is not model and not hasattr(forward, "module") else None
     fastpath = require_module("pgolf.training.fastpath", cfg.train)
     report = fastpath.check_fast_paths(model, x.to(rt.device), cfg.train.dtype, compiled)
+    if kernels:
+        report |= fastpath.check_training_kernels(model, x[:2].to(rt.device), kernels, cfg.train.dtype)
     dtype = "bfloat16" if (cfg.train.dtype == "bfloat16" or (cfg.train.dtype == "auto" and rt.device.type == "cuda")) else "float32"
     if rt.is_main:
         print(f"fast paths vs reference: {report}", flush=True)
