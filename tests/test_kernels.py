@@ -177,3 +177,21 @@ def test_the_gpu_parity_benchmark_runs_and_agrees_at_small_shapes():
     report = kernels_gpu.kernel_parity(DEVICE, {"tokens": 24, "d": 40, "hidden": 72, "vocab": 96}, dtypes=("float32",))
     for part in ("mlp_float32", "ce_float32", "ce_chunked_float32"):
         assert report[part] and max(report[part].values()) < 1e-5, (part, report[part])
+
+
+def test_liger_ce_under_bf16_autocast_matches_the_chunked_ce_to_bf16_precision():
+    """The training dtype path: fp32 hidden states and weight under autocast; matmuls in bf16, dW accumulated in fp32."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(40, 32, generator=g).to(DEVICE)
+    weight = (torch.randn(200, 32, generator=g) * 0.3).to(DEVICE)
+    targets = torch.randint(0, 200, (40,), generator=g).to(DEVICE)
+    results = []
+    for fn in (ce_liger.softcapped_cross_entropy, chunked_ce):
+        hh, ww = h.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            loss = fn(hh, ww, targets, 30.0)
+        loss.backward()
+        assert loss.dtype == torch.float32 and hh.grad.dtype == ww.grad.dtype == torch.float32
+        results.append((loss.detach(), hh.grad, ww.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))

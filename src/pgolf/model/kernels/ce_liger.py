@@ -52,6 +52,11 @@ _loss_and_grads.register_autograd(_backward, setup_context=_setup_context)
 
 
 def softcapped_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, cap: float) -> Tensor:
-    """Mean CE of cap * tanh((h W^T) / cap) against `targets`; h (N, d), weight (V, d), targets (N,)."""
-    loss, _, _ = _loss_and_grads(h.contiguous(), weight, targets.long().contiguous(), float(cap))
+    """Mean CE of cap * tanh((h W^T) / cap) against `targets`; h (N, d), weight (V, d), targets (N,).
+
+    h is cast to the compute dtype (autocast's, else its own) before the op, so the matmuls run in that dtype
+    whatever the dtype of the final norm's output (CUDA autocast keeps rms_norm in fp32).
+    """
+    dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+    loss, _, _ = _loss_and_grads(h.to(dtype).contiguous(), weight, targets.long().contiguous(), float(cap))
     return loss
