@@ -32,7 +32,6 @@ import pgolf
 from pgolf.model.loss import softcapped_cross_entropy as chunked_ce
 from pgolf.model.precision import autocast_for
 from pgolf.training.fastpath import check_training_kernels
-from pgolf.training.kernels import LOSS_KERNELS, MLP_KERNELS
 from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,8 +52,8 @@ def has_liger() -> bool:
 
 def _kernels():
     """(fused_mlp, liger CE or None when liger-kernel is not installed)."""
-    mlp = importlib.import_module(MLP_KERNELS["triton"]).fused_mlp
-    ce = importlib.import_module(LOSS_KERNELS["liger"]).softcapped_cross_entropy if has_liger() else None
+    mlp = importlib.import_module("pgolf.model.kernels.mlp_triton").fused_mlp
+    ce = importlib.import_module("pgolf.model.kernels.ce_liger").softcapped_cross_entropy if has_liger() else None
     return mlp, ce
 
 

@@ -15,19 +15,19 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..config.optional import require_module
+from ..config.optional import optional_module
 
-MLP_KERNELS = {"triton": "pgolf.model.kernels.mlp_triton"}   # train.fused_mlp -> module with fused_mlp()
-LOSS_KERNELS = {"liger": "pgolf.model.kernels.ce_liger"}     # train.fused_ce -> module with softcapped_cross_entropy()
 
 
 def load_training_kernels(t: TrainConfig) -> dict[str, Callable]:
     """{'mlp': fused_mlp, 'loss': softcapped_cross_entropy} for the kernels `t` switches on (none by default)."""
     kernels: dict[str, Callable] = {}
-    if t.fused_mlp in MLP_KERNELS:
-        kernels["mlp"] = require_module(MLP_KERNELS[t.fused_mlp], t).fused_mlp
-    if t.fused_ce in LOSS_KERNELS:
-        kernels["loss"] = require_module(LOSS_KERNELS[t.fused_ce], t).softcapped_cross_entropy
+    mlp = optional_module("pgolf.model.kernels.mlp_triton", t)  # train.fused_mlp = 'triton'
+    if mlp is not None:
+        kernels["mlp"] = mlp.fused_mlp
+    loss = optional_module("pgolf.model.kernels.ce_liger", t)   # train.fused_ce = 'liger'
+    if loss is not None:
+        kernels["loss"] = loss.softcapped_cross_entropy
     return kernels
 
 
