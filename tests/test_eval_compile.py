@@ -15,6 +15,7 @@ from torch._dynamo.testing import CompileCounter
 import pgolf
 import pgolf.eval.forward as forward
 from pgolf.config import EvalConfig
+from pgolf.eval import audit
 from pgolf.eval.ttt_lora import window_width
 
 from test_eval_modes import MODES, one_thread, run, stream, tables  # noqa: F401  (fixtures)
@@ -52,6 +53,20 @@ def test_padded_static_batches_score_what_eager_scores(doc_model, stream, tables
     static = run(doc_model, stream[:1500], tables, **MODES[mode], compile="on")
     assert static.targets == eager.targets
     np.testing.assert_allclose(static.token_nll, eager.token_nll, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["plain", "sliding", "sliding_docs", "chunk", "lora"])
+def test_padded_batches_record_every_scored_target_once_and_no_padding(doc_model, stream, tables, mode,
+                                                                         padded_eager):
+    """eval.audit under static shapes: padding rows (a partial last batch, finished LoRA documents) and padding
+    columns (short windows, a short document's last chunk) are never recorded; each target is, once, at its own
+    index, with the distribution its score came from."""
+    tokens = stream[:1500]
+    with audit.recording() as recorded:
+        ev = run(doc_model, tokens, tables, **MODES[mode], compile="on")
+    assert sorted(recorded) == list(range(tokens.size - 1))
+    logp = np.stack([recorded[i] for i in range(tokens.size - 1)])
+    np.testing.assert_allclose(-logp[np.arange(tokens.size - 1), tokens[1:]], ev.token_nll, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["plain", "sliding"])

@@ -25,14 +25,16 @@ from .result import EvalResult, summarize
 
 
 @torch.no_grad()
-def window_nll(model: nn.Module, inputs: Tensor, targets: Tensor, device: torch.device, rows: int = 0,
+def window_nll(model: nn.Module, inputs: Tensor, targets: Tensor, device: torch.device, first: int, rows: int = 0,
                width: int = 0, use_compiled: bool = False) -> Tensor:
-    """Per-position next-token NLL (fp32) of a batch of windows (B, T); compiled, run padded to (rows, width)."""
+    """Per-position next-token NLL (fp32) of a batch of consecutive windows (B, T) whose first target is `first`;
+    compiled, run padded to (rows, width)."""
     n, t = inputs.shape
     rows, width = (max(rows, n), max(width, t)) if use_compiled else (n, t)
     index = (torch.arange(n)[:, None] * width + torch.arange(t)).flatten()
+    positions = torch.arange(first, first + n * t)  # stream index of each target, row-major like `index`
     with autocast_for(device):
-        nll = scored_nll(model, inputs, targets, index, rows, width, device, use_compiled)
+        nll = scored_nll(model, inputs, targets, index, positions, rows, width, device, use_compiled)
     return nll.view(n, t)
 
 
@@ -58,11 +60,11 @@ def plain_nll(model: nn.Module, tokens: np.ndarray, context_len: int, batch_seqs
         chunk = stream[w * context_len : w_end * context_len + 1]
         x = chunk[:-1].view(-1, context_len)
         y = chunk[1:].view(-1, context_len)
-        out.append(window_nll(model, x, y, device, batch_seqs, context_len, use_compiled).flatten().cpu())
+        out.append(window_nll(model, x, y, device, w * context_len, batch_seqs, context_len, use_compiled).flatten().cpu())
     if last > full_end:  # the short final window
         start = full_end * context_len
         chunk = stream[start:]
-        out.append(window_nll(model, chunk[None, :-1], chunk[None, 1:], device, batch_seqs, context_len,
+        out.append(window_nll(model, chunk[None, :-1], chunk[None, 1:], device, start, batch_seqs, context_len,
                               use_compiled).flatten().cpu())
     model.train(was_training)
     local = torch.cat(out) if out else torch.zeros(0)

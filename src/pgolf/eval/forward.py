@@ -11,11 +11,12 @@ or not, compiled or not, the scores are the same function (tested).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import EvalConfig
 from ..data.segments import cu_seqlens, segment_capacity
+from . import audit
+from .audit import target_nll
 
 HEAD_ROWS = 8192  # positions per head + cross-entropy call: 8192 x vocab fp32 logits at most
 
@@ -41,7 +42,13 @@ def _compile(fn):
 
 
 def compiled(fn):
-    """fn compiled once per process (fullgraph, static shapes); each model and shape is one cache entry."""
+    """fn compiled once per process (fullgraph, static shapes); each model and shape is one cache entry.
+
+    While eval.audit records, fn runs eagerly instead: recording reads each scored target's distribution back to
+    the host, which no graph can hold (the compiled and the eager step are the same function, tested).
+    """
+    if audit.is_recording():
+        return fn
     if fn.__name__ not in _COMPILED:
         _COMPILED[fn.__name__] = _compile(fn)
     return _COMPILED[fn.__name__]
@@ -85,21 +92,28 @@ def training_loss(model: nn.Module, ids: Tensor, targets: Tensor, device: torch.
     return (compiled(_loss) if use_compiled else _loss)(model, *args)
 
 
-def head_nll(model: nn.Module, h: Tensor, targets: Tensor) -> Tensor:
-    """Per-position NLL (fp32) of hidden states h (N, d) against targets (N,), HEAD_ROWS positions at a time."""
-    parts = [F.cross_entropy(model.logits(h[i : i + HEAD_ROWS]).float(), targets[i : i + HEAD_ROWS], reduction="none")
+def head_nll(model: nn.Module, h: Tensor, targets: Tensor, positions: Tensor) -> Tensor:
+    """Per-position NLL (fp32) of hidden states h (N, d) against targets (N,), HEAD_ROWS positions at a time;
+    `positions` are the targets' stream indices (eval.audit)."""
+    parts = [target_nll(model.logits(h[i : i + HEAD_ROWS]), targets[i : i + HEAD_ROWS], positions[i : i + HEAD_ROWS])
              for i in range(0, h.size(0), HEAD_ROWS)]
     return torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
 
 
-def scored_nll(model: nn.Module, inputs: Tensor, targets: Tensor, flat_index: Tensor, rows: int, width: int,
-               device: torch.device, use_compiled: bool) -> Tensor:
-    """NLL (fp32) at the flattened (row * width + col) positions of a CPU batch padded to (rows, width)."""
+def scored_nll(model: nn.Module, inputs: Tensor, targets: Tensor, flat_index: Tensor, positions: Tensor, rows: int,
+               width: int, device: torch.device, use_compiled: bool) -> Tensor:
+    """NLL (fp32) at the flattened (row * width + col) positions of a CPU batch padded to (rows, width).
+
+    `positions` are the stream indices of those targets (one per flat_index entry), for eval.audit: only the
+    scored positions reach the head, so padding rows and columns are never scored nor recorded.
+    """
+    if positions.shape != flat_index.shape:
+        raise ValueError(f"scored_nll: {positions.numel()} target positions for {flat_index.numel()} scored positions")
     x = pad_rows(inputs, rows, width)
     y = pad_rows(targets, rows, width).to(device).flatten()
     index = flat_index.to(device)
     if not has_hidden(model):  # any model that maps ids to logits (e.g. a reference implementation)
         logits = model(x.to(device)).flatten(0, 1)[index]
-        return F.cross_entropy(logits.float(), y[index], reduction="none")
+        return target_nll(logits, y[index], positions)
     h = hidden_states(model, x, device, use_compiled).flatten(0, 1)[index]
-    return head_nll(model, h, y[index])
+    return head_nll(model, h, y[index], positions)

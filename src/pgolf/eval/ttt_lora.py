@@ -3,8 +3,10 @@
 Documents are the BOS-delimited spans of the stream: document i has inputs [s_i, s_{i+1}) and so its last target
 is the next document's BOS (0 bytes, still scored, as in plain evaluation); the stream's first token is never a
 target. Each document gets fresh LoRA adapters (lora_adapters.py) and a fresh AdamW; its targets are cut into
-chunks of `eval.ttt_lora_chunk`. For chunk c the model sees the last `eval.context_len` inputs ending at the
-chunk's end, clipped to the document's start; the chunk's per-token losses are recorded (the score), then,
+chunks of `eval.ttt_lora_chunk` (K). For chunk c the model sees the inputs from (c + 1) K - `eval.context_len`,
+clipped to the document's start, to the chunk's end. (#1536 counts the context back from the chunk's actual end,
+which is earlier in a document's last chunk: the context of those targets then depended on where the document
+ends, i.e. on a later token. Here it never does.) The chunk's per-token losses are recorded (the score), then,
 unless it is the document's last chunk, one AdamW step on the mean chunk loss. The base weights stay frozen.
 
 Documents are independent, so the order in which they are processed cannot change a score: each rank takes a
@@ -22,11 +24,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import EvalConfig
 from ..model.precision import autocast_for
+from .audit import target_nll
 from .deadline import Deadline
 from .forward import batch_segments, compiled, use_compile
 from .lora_adapters import BatchedLoRA
@@ -34,13 +36,14 @@ from .ranks import gather_concat, model_device, rank_world
 from .windows import batches, document_starts
 
 
-def _chunk_nll(model: nn.Module, inputs: Tensor, targets: Tensor, cols: Tensor, cu: Tensor | None) -> Tensor:
-    """(rows, K) NLL of the targets at window columns `cols` of a (rows, width) batch."""
+def _chunk_nll(model: nn.Module, inputs: Tensor, targets: Tensor, cols: Tensor, positions: Tensor,
+               cu: Tensor | None) -> Tensor:
+    """(rows, K) NLL of the targets at window columns `cols` of a (rows, width) batch; `positions` (rows, K) are
+    their stream indices for eval.audit, -1 where a column is not scored (past a document's end, padding rows)."""
     h = model.hidden(inputs, cu)
     h = h.gather(1, cols[:, :, None].expand(-1, -1, h.size(-1)))
     logits = model.logits(h)
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.gather(1, cols).flatten(),
-                           reduction="none").view(cols.shape)
+    return target_nll(logits.flatten(0, 1), targets.gather(1, cols).flatten(), positions.flatten()).view(cols.shape)
 
 
 def window_width(chunk_index: int, chunk: int, context: int, static: bool) -> int:
@@ -78,25 +81,30 @@ def _document_batch(model: nn.Module, lora: BatchedLoRA, stream: Tensor, starts:
             active = int(np.sum(lengths > c * K))               # a prefix: documents are sorted longest first
             batch_rows = rows if use_compiled else active
             end = torch.minimum(torch.tensor((c + 1) * K), length[:batch_rows])  # chunk end (document inputs)
-            first = (end - W).clamp(min=0)                      # window start, clipped to the document
+            # window start: W inputs back from the chunk's nominal end, clipped to the document. Not from `end`: that
+            # would move with the document's last token, a token after the targets it scores (#1536 does that)
+            first = torch.full((batch_rows,), max((c + 1) * K - W, 0), dtype=torch.int64)
             width = window_width(c, K, W, use_compiled)
             col = torch.arange(width)[None, :]
-            inside = col < (end - first)[:, None]               # finished and padding rows: nothing inside
+            inside = col < (end - first)[:, None]               # padding rows: nothing inside
             position = (start[:batch_rows, None] + first[:, None] + col).clamp(max=last_input)
             inputs = torch.where(inside, stream[position], 0)
             targets = torch.where(inside, stream[position + 1], 0)
             cols = ((c * K - first)[:, None] + k).clamp(min=0, max=width - 1)  # scored window columns
-            valid = (k[None, :] < (end - c * K)[:, None]).float()
+            scored = k[None, :] < (end - c * K)[:, None]        # the chunk's targets in each row's document
+            valid = scored.float()
+            # stream index of each scored target (-1: a column past a short document's end, or a padding row)
+            positions = torch.where(scored, start[:batch_rows, None] + c * K + k, -1)
             train = (length[:batch_rows] > (c + 1) * K).float()  # documents with a later chunk
             cu = batch_segments(model, inputs)
-            inputs, targets, cols, valid, train = (t.to(device, non_blocking=True)
-                                                   for t in (inputs, targets, cols, valid, train))
+            inputs, targets, cols, positions, valid, train = (t.to(device, non_blocking=True)
+                                                              for t in (inputs, targets, cols, positions, valid, train))
             cu = cu.to(device, non_blocking=True) if cu is not None else None
             learn = optimizer is not None and bool(np.any(lengths > (c + 1) * K))
             with torch.set_grad_enabled(learn or use_compiled):  # compiled: one grad-mode graph per width
                 lora.reset()
                 with autocast_for(device):
-                    nll = step(model, inputs, targets, cols, cu)
+                    nll = step(model, inputs, targets, cols, positions, cu)
                 lora.check_complete()
                 scores[:batch_rows, c * K : (c + 1) * K] = nll.detach()  # the score, before any update on it
                 if learn:

@@ -89,9 +89,10 @@ def eval_windows(tokens: np.ndarray, context_len: int, stride: int, doc_boundari
     return clip_to_documents(windows, tokens, bos_id) if doc_boundaries else windows
 
 
-def pack_batch(stream: Tensor, windows: Windows, width: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """(inputs, targets, flat index of the scored positions) of windows padded with token 0 to `width` columns
-    (0: the longest window). Padding follows a window's last input, so causality keeps it out of every score."""
+def pack_batch(stream: Tensor, windows: Windows, width: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(inputs, targets, flat index of the scored positions, their stream indices) of windows padded with token 0
+    to `width` columns (0: the longest window). Padding follows a window's last input, so causality keeps it out
+    of every score; padding is never among the scored positions."""
     length = max(int((windows.end - windows.start).max()), width)
     start, size = torch.from_numpy(windows.start)[:, None], torch.from_numpy(windows.end - windows.start)[:, None]
     col = torch.arange(length)[None, :]
@@ -100,7 +101,8 @@ def pack_batch(stream: Tensor, windows: Windows, width: int = 0) -> tuple[Tensor
     inputs = torch.where(inside, stream[position], 0)
     targets = torch.where(inside, stream[position + 1], 0)
     scored = inside & (col >= torch.from_numpy(windows.score)[:, None] - start)
-    return inputs, targets, torch.nonzero(scored.flatten()).flatten()
+    index = torch.nonzero(scored.flatten()).flatten()
+    return inputs, targets, index, (start + col).flatten()[index]  # target i is predicted at input position i
 
 
 @torch.no_grad()
@@ -124,10 +126,10 @@ def score_windows(model: nn.Module, stream: Tensor, windows: Windows, batch_seqs
             deadline.check(where)
             rows = order[i : i + batch_seqs]
             batch = windows[rows]
-            inputs, targets, index = pack_batch(stream, batch, width)
+            inputs, targets, index, positions = pack_batch(stream, batch, width)
             shape = (batch_seqs, inputs.size(1)) if use_compiled else tuple(inputs.shape)
             with autocast_for(device):
-                nll = scored_nll(model, inputs, targets, index, *shape, device, use_compiled).cpu()
+                nll = scored_nll(model, inputs, targets, index, positions, *shape, device, use_compiled).cpu()
             for row, part in zip(rows.tolist(), torch.split(nll, batch.scored.tolist())):
                 pieces[row] = part
     finally:
