@@ -5,8 +5,13 @@ A tokenizer is named by a SentencePiece .model, a pure-byte .json (the challenge
     bytes(t, p) = base_bytes[t] + [has_leading_space[t] and not is_boundary[p]]
 where base_bytes is the UTF-8 length of the piece without its leading '▁', byte-fallback pieces count 1,
 and control/unknown/unused ids count 0 and are boundaries. Summed over a document this equals the UTF-8
-length of the decoded text. For the pure-byte tokenizer the same tables hold base_bytes = 1 for every byte id, 0
-for the specials, and no leading spaces.
+length of the decoded text, except where decoding cannot give the original bytes, and there the rule (the
+challenge's own lookup table) is what counts: an unknown piece decodes to " ⁇ " but counts 0, byte-fallback
+pieces that do not form valid UTF-8 decode to U+FFFD (3 bytes each) but count 1 each. User-defined pieces have
+no rule: their bytes in the original text are not their piece text (CaseOps operators, issue #22, stand for no
+bytes at all), so byte_tables refuses a tokenizer that has them unless the caller says what they count. For the
+pure-byte tokenizer the same tables hold base_bytes = 1 for every byte id, 0 for the specials, and no leading
+spaces.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import sentencepiece as spm
@@ -23,6 +28,8 @@ import sentencepiece as spm
 from .byte_tokenizer import BYTE260, ByteTokenizer, ByteTokenizerError, is_byte_tokenizer_spec, load_byte_tokenizer
 
 SPACE_PIECE = "\u2581"
+# SentencePiece piece types (sentencepiece_model.proto, ModelProto.SentencePiece.Type)
+PIECE_NORMAL, PIECE_UNKNOWN, PIECE_CONTROL, PIECE_USER_DEFINED, PIECE_UNUSED, PIECE_BYTE = 1, 2, 3, 4, 5, 6
 
 # The challenge exporter's trainer settings (data/download_hf_docs_and_tokenize.py).
 CHALLENGE_TRAINER_SETTINGS = dict(
@@ -121,8 +128,61 @@ class ByteTables:
         return self.base_bytes[targets].astype(np.int64) + space.astype(np.int64)
 
 
-def byte_tables(sp: Tokenizer, vocab_size: int | None = None) -> ByteTables:
-    """The byte rule's tables for ids up to max(tokenizer vocab, vocab_size); ids past the tokenizer count 0."""
+def _varint(buf: memoryview, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _proto_fields(buf: memoryview) -> Iterable[tuple[int, int, int | memoryview]]:
+    """(field number, wire type, value) of a serialized protobuf message: ints for varints, bytes otherwise."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field_number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i : i + n], i + n
+        elif wire in (1, 5):  # fixed 64 / 32 bit
+            value, i = buf[i : i + (8 if wire == 1 else 4)], i + (8 if wire == 1 else 4)
+        else:
+            raise TokenizerError(f"SentencePiece model proto: unsupported wire type {wire} (field {field_number})")
+        yield field_number, wire, value
+
+
+def piece_types(sp: spm.SentencePieceProcessor) -> np.ndarray:
+    """The type (PIECE_*) of every piece id, from the model proto (the processor's API has no is_user_defined).
+
+    Read with a 20-line wire-format reader rather than protobuf's generated module: protobuf is not a
+    dependency of sentencepiece, and this is the only field pgolf needs.
+    """
+    proto = memoryview(sp.serialized_model_proto())
+    types = []
+    for field_number, wire, piece in _proto_fields(proto):
+        if field_number == 1 and wire == 2:  # ModelProto.pieces; its field 3 is the type (NORMAL when absent)
+            types.append(next((v for f, w, v in _proto_fields(piece) if f == 3 and w == 0), PIECE_NORMAL))
+    out = np.asarray(types, dtype=np.int8)
+    if out.size != sp.vocab_size():
+        raise TokenizerError(f"SentencePiece model proto lists {out.size} pieces, the processor {sp.vocab_size()}")
+    return out
+
+
+def byte_tables(sp: Tokenizer, vocab_size: int | None = None,
+                user_defined_bytes: Mapping[int, int] | str | None = None) -> ByteTables:
+    """The byte rule's tables for `sp` (padded to `vocab_size` with 0-byte boundary ids; byte260 has no
+    user-defined pieces).
+
+    `user_defined_bytes` says what user-defined pieces count, which the rule cannot know: a mapping
+    {piece id: bytes} for every one of them (e.g. 0 for CaseOps operators), or "text" for the UTF-8 length of
+    the piece (pieces that stand for themselves in the text). With user-defined pieces and no policy: TokenizerError.
+    """
     size = max(int(sp.vocab_size()), vocab_size or 0)
     base = np.zeros(size, dtype=np.int16)
     space = np.zeros(size, dtype=bool)
@@ -132,6 +192,7 @@ def byte_tables(sp: Tokenizer, vocab_size: int | None = None) -> ByteTables:
         base[byte_ids] = 1  # one byte per byte token; specials (pad, bos, eos, unk) 0 and boundaries
         boundary[byte_ids] = False
         return ByteTables(base, space, boundary)
+    user_defined = _user_defined_bytes(sp, piece_types(sp), user_defined_bytes)
     for tid in range(int(sp.vocab_size())):
         if sp.is_control(tid) or sp.is_unknown(tid) or sp.is_unused(tid):
             continue
@@ -139,12 +200,39 @@ def byte_tables(sp: Tokenizer, vocab_size: int | None = None) -> ByteTables:
         if sp.is_byte(tid):
             base[tid] = 1
             continue
+        if tid in user_defined:
+            base[tid] = user_defined[tid]
+            continue
         piece = sp.id_to_piece(tid)
         if piece.startswith(SPACE_PIECE):
             space[tid] = True
             piece = piece[1:]
         base[tid] = len(piece.encode("utf-8"))
     return ByteTables(base, space, boundary)
+
+
+def _user_defined_bytes(sp: spm.SentencePieceProcessor, types: np.ndarray,
+                        policy: Mapping[int, int] | str | None) -> dict[int, int]:
+    """{id: bytes} for the user-defined pieces that do not count as their text; checks the policy covers them."""
+    ids = [int(i) for i in np.flatnonzero(types == PIECE_USER_DEFINED)]
+    if not ids or policy == "text":
+        return {}
+    shown = ", ".join(f"{i} {sp.id_to_piece(i)!r}" for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
+    if policy is None:
+        raise TokenizerError(
+            f"the tokenizer has {len(ids)} user-defined piece(s) ({shown}): the byte rule cannot know what they "
+            f"stand for in the original text; pass user_defined_bytes={{id: bytes}} (a byte sidecar, e.g. 0 for "
+            f"CaseOps operators) or 'text' (each counts as its UTF-8 length) to byte_tables")
+    if isinstance(policy, str):
+        raise TokenizerError(f"user_defined_bytes must be a mapping {{id: bytes}} or 'text', got {policy!r}")
+    wrong = sorted(set(policy) ^ set(ids))
+    if wrong:
+        raise TokenizerError(f"user_defined_bytes must give the bytes of exactly the user-defined pieces ({shown}); "
+                             f"id {wrong[0]} is {'not user-defined' if wrong[0] in policy else 'missing'}")
+    bad = [(i, n) for i, n in policy.items() if not isinstance(n, (int, np.integer)) or n < 0]
+    if bad:
+        raise TokenizerError(f"user_defined_bytes[{bad[0][0]}] = {bad[0][1]!r}: bytes must be an integer >= 0")
+    return {int(i): int(n) for i, n in policy.items()}
 
 
 def stream_bytes(tokens: np.ndarray, tables: ByteTables) -> np.ndarray:

@@ -1,0 +1,216 @@
+"""Mutation testing of the code behind the score (issue #20 item 5): mutmut over eval/ and the byte rule.
+
+mutmut changes one small thing at a time (an operator, a constant, a comparison, a dropped argument) in every
+function of src/pgolf/eval/ and in the byte-rule functions of src/pgolf/data/tokenizer.py, and runs the tests
+that cover that function; a mutant the tests do not notice "survives". The score is killed / (killed +
+survived + timeouts counted as killed are reported apart). Each run works on a copy of the tree in a temporary
+folder, so the repository is never touched:
+
+    python benchmarks/mutation.py --label after                    # the working tree with its tests
+    python benchmarks/mutation.py --label before --ref b897ecf     # sources and tests of an older commit
+
+Each call updates its label in benchmarks/results/mutation.json (other labels are kept), with the score, the
+counts, and every surviving mutant with its diff; survivors listed in EQUIVALENT below carry the reason they
+cannot be killed (an equivalent mutant: the same function computed another way, or only a message changed).
+`--max-children` sets the parallel workers (default 2); on 2 shared cores a run takes about an hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import tomllib
+from io import BytesIO
+from pathlib import Path
+
+import tomli_w
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+from pgolf.training.runs import write_json  # noqa: E402
+
+OUT = REPO / "benchmarks" / "results" / "mutation.json"
+MUTATED_FILES = ["src/pgolf/eval/*", "src/pgolf/data/tokenizer.py"]
+# mutants that are run: all of eval/, and the byte rule of tokenizer.py (not its loading or training helpers)
+MUTANTS = ["pgolf.eval.*", "pgolf.data.tokenizer.x_byte_tables__mutmut_*",
+           "pgolf.data.tokenizer.xǁByteTablesǁtarget_bytes__mutmut_*", "pgolf.data.tokenizer.x_stream_bytes__mutmut_*",
+           "pgolf.data.tokenizer.x_piece_types__mutmut_*"]
+# The fast, targeted tests of those modules (the slow multi-process ones are left out by -m).
+TESTS = ["tests/test_eval.py", "tests/test_eval_modes.py", "tests/test_score_first.py", "tests/test_byte_rule.py",
+         "tests/test_data.py::test_byte_rule_on_official_val_sample_equals_decoded_utf8",
+         "tests/test_data.py::test_trained_tokenizer_keeps_exact_bytes"]
+# The leak tests build modules from pgolf's source text, which in mutmut's copy holds every mutant: left out.
+PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow and not gpu", "-k", "not deliberate_leak", "-q"]
+
+# Lines that only build text (error messages, notes, the time cap's "where"): not part of any score, not mutated.
+TEXT_ONLY_LINES = [r"raise \w+\(", r"^\s*f?[\"']", r"^\s*\+ \(f?[\"']", r"\bnotes\b", r"deadline\.check\(",
+                   r"deadline, f[\"']"]
+# Runs each mutant's tests fastest first (by the durations mutmut measured), so a killed mutant costs little.
+ORDER_PLUGIN = "mutation_fastest_first"
+ORDER_PLUGIN_SOURCE = '''
+import json
+from pathlib import Path
+
+def pytest_collection_modifyitems(items):
+    stats = Path("mutmut-stats.json")
+    durations = json.loads(stats.read_text()).get("duration_by_test", {}) if stats.is_file() else {}
+    items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+'''
+
+# Survivors that no test can kill, by mutant name: why the mutant computes the same score.
+EQUIVALENT: dict[str, str] = {}
+
+
+def export_tree(ref: str | None, dest: Path) -> str:
+    """src/, tests/ and pyproject.toml of `ref` (a git revision) or of the working tree, into dest; returns a label."""
+    parts = ["src", "tests", "pyproject.toml"]
+    if ref is None:
+        for part in parts:
+            source = REPO / part
+            if source.is_dir():
+                shutil.copytree(source, dest / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                shutil.copy2(source, dest / part)
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", *parts], capture_output=True,
+                               text=True).stdout.strip()
+        return f"{head.stdout.strip()}{' + uncommitted changes' if dirty else ''}"
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, *parts], capture_output=True, check=True)
+    with tarfile.open(fileobj=BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def configure(dest: Path, tests: list[str], timeout_multiplier: float) -> list[str]:
+    """Write mutmut's settings into the copy's pyproject.toml; returns the tests that exist in that tree."""
+    present = [t for t in tests if (dest / t.split("::")[0]).is_file()]
+    config = tomllib.loads((dest / "pyproject.toml").read_text())
+    config.setdefault("tool", {})["mutmut"] = {
+        "source_paths": ["src"], "only_mutate": MUTATED_FILES, "do_not_mutate_patterns": TEXT_ONLY_LINES,
+        "pytest_add_cli_args_test_selection": present, "pytest_add_cli_args": PYTEST_ARGS + ["-p", ORDER_PLUGIN],
+        "also_copy": [f"{ORDER_PLUGIN}.py"], "timeout_multiplier": timeout_multiplier,
+        "use_git_change_detection": False,
+    }
+    (dest / f"{ORDER_PLUGIN}.py").write_text(ORDER_PLUGIN_SOURCE)
+    (dest / "pyproject.toml").write_text(tomli_w.dumps(config))
+    return present
+
+
+REPORT_SCRIPT = """
+import json, sys
+from mutmut.mutation.data import SourceFileMutationData
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+from mutmut.stats import status_by_exit_code
+from mutmut.utils.file_utils import walk_mutatable_files
+import fnmatch
+patterns = json.loads(sys.argv[1])
+out = []
+for path in walk_mutatable_files():
+    m = SourceFileMutationData(path=path)
+    m.load()
+    for name, code in sorted(m.exit_code_by_key.items()):
+        if not any(fnmatch.fnmatch(name, p) for p in patterns):
+            continue
+        status = status_by_exit_code[code]
+        entry = {"name": name, "file": str(path), "status": status}
+        if status not in ("killed", "caught by type check"):
+            entry["diff"] = get_diff_for_mutant(name, path=path)
+        out.append(entry)
+json.dump(out, sys.stdout)
+"""
+
+
+def run_mutmut(work: Path, patterns: list[str], max_children: int, log) -> tuple[int, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)  # mutmut puts its mutated copy of src/ first on the path itself
+    mutmut = Path(sys.executable).parent / "mutmut"
+    start = time.perf_counter()
+    proc = subprocess.run([str(mutmut), "run", "--max-children", str(max_children), *patterns], cwd=work, env=env,
+                          stdout=log, stderr=subprocess.STDOUT)
+    return proc.returncode, time.perf_counter() - start
+
+
+def collect(work: Path, patterns: list[str]) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", REPORT_SCRIPT, json.dumps(patterns)], cwd=work, env=env,
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def summarise(mutants: list[dict]) -> dict:
+    counts: dict[str, int] = {}
+    for m in mutants:
+        counts[m["status"]] = counts.get(m["status"], 0) + 1
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)  # a mutant that hangs the tests is noticed
+    survived = [m for m in mutants if m["status"] == "survived"]
+    untested = [m for m in mutants if m["status"] == "no tests"]
+    explained = [dict(m, reason=EQUIVALENT[m["name"]]) for m in survived if m["name"] in EQUIVALENT]
+    unexplained = [m for m in survived if m["name"] not in EQUIVALENT]
+    scored = killed + len(survived) + len(untested)
+    return {
+        "mutants": len(mutants), "counts": counts,
+        "score": round(killed / scored, 4) if scored else None,
+        "score_without_equivalent": round(killed / (scored - len(explained)), 4) if scored - len(explained) else None,
+        "survivors_unexplained": unexplained, "survivors_equivalent": explained,
+        "untested": untested,
+        "other": [m for m in mutants if m["status"] not in ("killed", "timeout", "survived", "no tests")],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--label", default="after", help="the entry of mutation.json to write (before, after, ...)")
+    parser.add_argument("--ref", help="git revision to test (default: the working tree)")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--timeout-multiplier", type=float, default=5.0)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its mutants/ folder)")
+    parser.add_argument("--only", action="append", metavar="PATTERN",
+                        help="run only the mutants whose names match (e.g. 'pgolf.eval.bpb.*'); for a quick look")
+    parser.add_argument("--out", default=str(OUT))
+    args = parser.parse_args()
+    shared = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))
+    os.environ["PGOLF_SHARED_DATA"] = str(shared.resolve())  # the copy lives elsewhere: point it at the data
+    patterns = args.only or MUTANTS
+    work = Path(tempfile.mkdtemp(prefix="pgolf-mutation-"))
+    try:
+        tree = export_tree(args.ref, work)
+        tests = configure(work, TESTS, args.timeout_multiplier)
+        log_path = work / "mutmut.log"
+        with open(log_path, "w") as log:
+            code, seconds = run_mutmut(work, patterns, args.max_children, log)
+        if code != 0:
+            print(log_path.read_text()[-5000:], file=sys.stderr)
+            print(f"mutmut exited with {code}; the copy is kept in {work}", file=sys.stderr)
+            args.keep = True
+            return code
+        mutants = collect(work, patterns)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {"benchmark": "mutation", "runs": {}}
+    command = "python benchmarks/mutation.py " + " ".join(sys.argv[1:])
+    report["runs"][args.label] = {
+        "command": command, "tree": tree, "tests": tests, "pytest_args": PYTEST_ARGS, "mutated": patterns,
+        "not_mutated_lines": {"patterns": TEXT_ONLY_LINES, "why": "they only build error messages and notes"},
+        "mutmut": importlib.metadata.version("mutmut"), "max_children": args.max_children,
+        "wall_seconds": round(seconds, 1), **summarise(mutants),
+    }
+    write_json(out, report)
+    run = report["runs"][args.label]
+    print(f"{args.label}: score {run['score']} ({run['counts']}); {len(run['survivors_unexplained'])} unexplained "
+          f"survivors; {seconds / 60:.0f} min; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
