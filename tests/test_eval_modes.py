@@ -307,12 +307,12 @@ def test_cli_eval_flags(micro, tmp_path, capsys):
     results = {}
     for name, flags in {"sliding": ["--sliding-stride", "16"], "pre": ["--ttt", "pre", "--sliding-stride", "64"]}.items():
         assert main(["eval", str(tmp_path / "a.pgolf"), "--device", "cpu", "--json", "--set", "eval.ttt_epochs=1",
-                     *flags]) == 0
+                     "--val-tokens", "4097", *flags]) == 0
         results[name] = json.loads(capsys.readouterr().out)
     assert results["sliding"]["eval_mode"] == "sliding" and results["sliding"]["legal"] is True
     assert results["pre"]["eval_mode"] == "ttt_pre+sliding" and results["pre"]["legal"] is False
     assert results["sliding"]["val_targets"] == results["pre"]["val_targets"] == 4096
-    assert main(["eval", str(tmp_path / "a.pgolf"), "--device", "cpu", "--ttt", "lora",
+    assert main(["eval", str(tmp_path / "a.pgolf"), "--device", "cpu", "--ttt", "lora", "--val-tokens", "4097",
                  "--set", "eval.ttt_lora_chunk=4096"]) != 0
     assert "eval.ttt_lora_chunk" in capsys.readouterr().err
 

@@ -436,5 +436,5 @@ def test_pgolf_pack_gptq_calibrates_on_training_data_and_eval_scores_it(micro, t
     code = main(["pack", str(folder), "--set", "quant.method=gptq", "--set", "quant.embed_method=gptq",
                  "--set", "quant.gptq_calib_batches=2", "--set", "quant.matrix_bits=6", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
-    result = evaluate_artifact(out)
+    result = evaluate_artifact(out, val_tokens=cfg.data.val_tokens_limit)
     assert 0 < result["val_bpb"] < 20 and result["val_targets"] == cfg.data.val_tokens_limit - 1

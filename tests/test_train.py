@@ -40,7 +40,7 @@ def test_tiny_run_writes_every_output(micro, tmp_path):
     assert env["tokenizer_sha256"] and env["world_size"] == 1
     # the artifact scores the same number through `pgolf eval`
     from pgolf.cli.evaluate_artifact import evaluate_artifact
-    again = evaluate_artifact(run / "artifact.pgolf", device="cpu")
+    again = evaluate_artifact(run / "artifact.pgolf", device="cpu", val_tokens=cfg.data.val_tokens_limit)
     assert again["val_bpb"] == pytest.approx(saved["val_bpb"], abs=1e-9)
     assert not (run / "checkpoint").exists()
 

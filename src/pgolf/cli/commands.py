@@ -33,7 +33,7 @@ from ..training.loop import TrainingDiverged, TrainingInterrupted, train
 from ..training.plan import format_plan, plan
 from ..training.runtime import collective_failure
 from ..sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
-from .evaluate_artifact import evaluate_artifact
+from .evaluate_artifact import describe_targets, evaluate_artifact
 from .recipes_info import recipe_table
 from .repack import repack_run
 from .report import (ComparisonError, RunFolderError, compare_runs, load_runs, markdown_table, plot_comparison,
@@ -208,7 +208,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         overrides["eval.sliding_stride"] = args.sliding_stride
     if args.ttt is not None:
         overrides["eval.ttt"] = args.ttt
-    result = evaluate_artifact(args.artifact, args.data, args.tokenizer, overrides, device=args.device)
+    if args.tail is not None:
+        overrides["eval.tail"] = args.tail
+    result = evaluate_artifact(args.artifact, args.data, args.tokenizer, overrides, device=args.device,
+                               val_tokens=args.val_tokens)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return 0  # under torchrun every rank has the same result: rank 0 prints it
     if args.json:
@@ -217,6 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"val_bpb {result['val_bpb']:.6f}  val_loss {result['val_loss']:.6f}  ({result['eval_mode']}, "
               f"{result['val_targets']:,} targets, {result['val_bytes']:,} bytes, {result['eval_seconds']:.1f} s"
               f"{'' if result['legal'] else ', NOT LEGAL under the challenge rules'})")
+        print(f"scored {describe_targets(result)} in {result['data']}")
     return 0
 
 
@@ -412,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sliding-stride", type=int, metavar="N", help="= --set eval.sliding_stride=N (0 = plain windows)")
     p.add_argument("--ttt", choices=("none", "chunk", "lora", "pre"),
                    help="= --set eval.ttt=...: score-first chunk TTT, per-document LoRA TTT, or #595's pre-scoring TTT (not legal)")
+    p.add_argument("--val-tokens", type=int, metavar="N",
+                   help="score only the first N validation tokens (N-1 targets); default: the whole split, whatever "
+                        "prefix the run was trained with (= --set data.val_tokens_limit=N)")
+    p.add_argument("--tail", choices=("score", "drop"),
+                   help="= --set eval.tail=...: drop = score exactly the challenge's targets (its train_gpt.py drops "
+                        "the tail past the last multiple of the sequence length)")
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)

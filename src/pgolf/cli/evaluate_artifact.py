@@ -1,4 +1,9 @@
-"""`pgolf eval`: score any artifact on a validation split, with the eval settings it carries or overrides."""
+"""`pgolf eval`: score any artifact on a validation split, with the eval settings it carries or overrides.
+
+It scores the whole split unless asked for a prefix (`val_tokens`, = --val-tokens / --set data.val_tokens_limit):
+the prefix a run was trained with (its data.val_tokens_limit) is not inherited, and the result says how many
+targets it scored out of how many the split has.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +12,58 @@ from typing import Any
 
 from ..config import ConfigError, apply_overrides, finalize
 from ..data.dataset import Dataset, check_vocabularies, default_tokenizer, load_validation
-from ..data.shards import find_shards
+from ..data.shards import find_shards, read_header
 from ..data.tokenizer import byte_tables, load_tokenizer
 from ..eval.bpb import evaluate
 from ..quant.pack import unpack
 from ..training.loop import choose_attention_backend
 from ..training.runtime import init_runtime
 
+PREFIX_KEY = "data.val_tokens_limit"
+
 
 def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: str | None = None,
-                      overrides: dict[str, Any] | None = None, device: str | None = None) -> dict[str, Any]:
+                      overrides: dict[str, Any] | None = None, device: str | None = None,
+                      val_tokens: int | None = None) -> dict[str, Any]:
+    """Score `artifact`; `val_tokens` = N scores the first N validation tokens (N - 1 targets), None or 0 all."""
+    overrides = dict(overrides or {})
+    for key in overrides:
+        if not key.startswith("eval.") and key != PREFIX_KEY:
+            raise ConfigError(f"pgolf eval only takes eval.* and {PREFIX_KEY} overrides; '{key}' would change the model")
+    if val_tokens is not None:
+        overrides[PREFIX_KEY] = val_tokens
     rt = init_runtime(device)
-    for key in overrides or {}:
-        if not key.startswith("eval."):
-            raise ConfigError(f"pgolf eval only takes eval.* overrides; '{key}' would change the model")
     model, cfg = unpack(artifact, rt.device)
-    finalize(apply_overrides(cfg, overrides or {}))
+    trained_limit = cfg.data.val_tokens_limit
+    cfg.data.val_tokens_limit = 0  # the whole split unless this call asks for a prefix
+    finalize(apply_overrides(cfg, overrides))
+    limit = cfg.data.val_tokens_limit
+    if limit < 0 or limit == 1:
+        raise ConfigError(f"'{PREFIX_KEY}' (--val-tokens) must be 0 (the whole split) or at least 2 tokens, got {limit}")
     folder = Path(data or cfg.data.path)
     val_files = find_shards(folder, cfg.data.val_pattern, "validation")
     tok_path = Path(tokenizer) if tokenizer else (Path(cfg.data.tokenizer) if not data else default_tokenizer(folder, cfg.model.vocab_size))
     sp = load_tokenizer(tok_path)
     check_vocabularies(Dataset(folder, val_files[:1], val_files, tok_path, int(sp.vocab_size())), cfg.model.vocab_size)
     dataset = Dataset(folder, [], val_files, tok_path, int(sp.vocab_size()))
-    tokens = load_validation(dataset, cfg.model.vocab_size, cfg.data.val_tokens_limit)
+    tokens = load_validation(dataset, cfg.model.vocab_size, limit)
+    split_targets = sum(read_header(f) for f in val_files) - 1
     model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
     ev = evaluate(model, tokens, None, cfg.eval, tables=byte_tables(sp, cfg.model.vocab_size))
     return {"artifact": str(artifact), "val_loss": ev.val_loss, "val_bpb": ev.val_bpb, "val_targets": ev.targets,
-            "val_bytes": ev.bytes, "eval_seconds": ev.seconds, "eval_mode": ev.mode, "legal": ev.legal,
+            "val_bytes": ev.bytes, "val_split_targets": split_targets, "val_prefix": tokens.size - 1 < split_targets,
+            "val_tokens_limit": limit, "trained_val_tokens_limit": trained_limit, "eval_tail": ev.tail,
+            "eval_tail_dropped": ev.dropped, "eval_seconds": ev.seconds, "eval_mode": ev.mode, "legal": ev.legal,
             "data": str(folder), "tokenizer": str(tok_path)}
+
+
+def describe_targets(result: dict[str, Any]) -> str:
+    """'all 680,036 targets of the split' / 'the first 4,096 of the split's 680,036 targets (a prefix)', plus the tail."""
+    n, total = result["val_targets"], result["val_split_targets"]
+    if result["val_prefix"]:
+        text = f"the first {n + result['eval_tail_dropped']:,} of the split's {total:,} targets (a prefix: --val-tokens)"
+    else:
+        text = f"all {total:,} targets of the split"
+    if result["eval_tail_dropped"]:
+        text += f", {result['eval_tail_dropped']:,} of them dropped by eval.tail = drop, {n:,} scored"
+    return text

@@ -214,6 +214,8 @@ class EvalConfig:
     ttt_batch_docs: int = _f(64, "LoRA TTT documents per batch")
     max_seconds: float = _f(0.0, "abort evaluation past this many seconds (0 = no cap)")
     compile: str = _f("auto", "torch.compile the scoring and TTT forwards with static (padded) shapes (auto = on CUDA)", ("auto", "on", "off"))
+    tail: str = _f("score", "score every target, or drop the tail past the last multiple of eval.context_len "
+                   "as the challenge's train_gpt.py does", ("score", "drop"))
 
 
 @dataclass

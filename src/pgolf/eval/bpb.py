@@ -3,7 +3,9 @@
 val_loss = mean next-token cross-entropy (nats) over all scored targets (fp64 sums).
 val_bpb  = (sum of nats / ln 2) / (sum of UTF-8 bytes of the scored targets).
 Plain evaluation cuts the stream into consecutive windows of `context_len` targets (the last one shorter):
-each window starts with an empty context, and no target is dropped.
+each window starts with an empty context, and no target is dropped. With eval.tail = "drop" every mode scores
+exactly the challenge's target set instead: its train_gpt.py cuts the validation stream to the first
+floor((N - 1) / T) * T targets (T = its sequence length, here eval.context_len) before scoring.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def evaluate(model: nn.Module, tokens: np.ndarray, tokenizer_path: str | None, c
     tokens = np.asarray(tokens)
     if tokens.size < 2:
         raise ValueError(f"the validation stream has {tokens.size} tokens; at least 2 are needed to score one target")
+    tokens, dropped = cut_tail(tokens, cfg)
     if tables is None:
         sp = load_tokenizer(tokenizer_path)
         tables = byte_tables(sp, int(tokens.max()) + 1)
@@ -91,8 +94,23 @@ def evaluate(model: nn.Module, tokens: np.ndarray, tokenizer_path: str | None, c
     if modes is not None:
         result = modes.evaluate_mode(model, tokens, token_bytes, cfg)
         result.seconds = time.perf_counter() - start
+        result.tail, result.dropped = cfg.tail, dropped
         return result
     nll = plain_nll(model, tokens, cfg.context_len, cfg.batch_seqs, use_compile(cfg, model_device(model)))
     assert nll.size == token_bytes.size, (nll.size, token_bytes.size)
     loss, bpb = summarize(nll, token_bytes)
-    return EvalResult(loss, bpb, nll, token_bytes, time.perf_counter() - start)
+    return EvalResult(loss, bpb, nll, token_bytes, time.perf_counter() - start, tail=cfg.tail, dropped=dropped)
+
+
+def cut_tail(tokens: np.ndarray, cfg: EvalConfig) -> tuple[np.ndarray, int]:
+    """(the stream to score, targets left out): all of it for eval.tail = "score"; for "drop", the first
+    floor((N - 1) / T) * T targets (N tokens, T = eval.context_len), as the challenge's load_validation_tokens."""
+    if cfg.tail == "score":
+        return tokens, 0
+    if cfg.tail != "drop":
+        raise ValueError(f"eval.tail must be 'score' or 'drop', got {cfg.tail!r}")
+    kept = (tokens.size - 1) // cfg.context_len * cfg.context_len
+    if kept == 0:
+        raise ValueError(f"eval.tail = 'drop' leaves nothing to score: the stream has {tokens.size - 1} targets, "
+                         f"fewer than one window of eval.context_len = {cfg.context_len}")
+    return tokens[: kept + 1], tokens.size - 1 - kept

@@ -18,6 +18,8 @@ class EvalResult:
     legal: bool = True             # False only for evaluations that train on validation tokens before scoring them
     mode: str = "plain"
     notes: list[str] = field(default_factory=list)
+    tail: str = "score"            # eval.tail: "score" (every target) or "drop" (the challenge's target set)
+    dropped: int = 0               # targets of the stream left unscored by tail = "drop"
 
     @property
     def targets(self) -> int:

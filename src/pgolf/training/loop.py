@@ -488,7 +488,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         "world_size": rt.world_size, "device": device_name(rt.device), "torch_version": torch.__version__,
         "val_targets": final.targets, "val_bytes": final.bytes,
         "val_tokens_limited": cfg.data.val_tokens_limit > 0,
-        "eval_mode": final.mode, "legal": final.legal, "averaging": averaging,
+        "eval_mode": final.mode, "eval_tail": final.tail, "legal": final.legal, "averaging": averaging,
         "averaging_detail": averager.describe(), "swa_snapshots": averager.swa_count,
         **timing, "pack_seconds": pack_s, **device_memory(rt.device),
     }
