@@ -7,7 +7,7 @@ survived + timeouts counted as killed are reported apart). Each run works on a c
 folder, so the repository is never touched:
 
     python benchmarks/mutation.py --label after                    # the working tree with its tests
-    python benchmarks/mutation.py --label before --ref b897ecf     # sources and tests of an older commit
+    python benchmarks/mutation.py --label before --ref e289191     # sources and tests of an older commit
 
 Each call updates its label in benchmarks/results/mutation.json (other labels are kept), with the score, the
 counts, and every surviving mutant with its diff; survivors listed in EQUIVALENT below carry the reason they
@@ -45,6 +45,8 @@ MUTANTS = ["pgolf.eval.*", "pgolf.data.tokenizer.x_byte_tables__mutmut_*",
            "pgolf.data.tokenizer.x_piece_types__mutmut_*"]
 # The fast, targeted tests of those modules (the slow multi-process ones are left out by -m).
 TESTS = ["tests/test_eval.py", "tests/test_eval_modes.py", "tests/test_score_first.py", "tests/test_byte_rule.py",
+         "tests/test_evaluate_artifact.py::test_tail_drop_scores_exactly_the_challenges_targets",
+         "tests/test_evaluate_artifact.py::test_tail_settings_are_checked",
          "tests/test_data.py::test_byte_rule_on_official_val_sample_equals_decoded_utf8",
          "tests/test_data.py::test_trained_tokenizer_keeps_exact_bytes"]
 # The leak tests build modules from pgolf's source text, which in mutmut's copy holds every mutant: left out.

@@ -1,4 +1,8 @@
-"""Shared fixtures: the real FineWeb sample from ../shared/data (skipped with a reason when absent) and tiny configs."""
+"""Shared fixtures: the real FineWeb sample from ../shared/data and tiny configs.
+
+A test that needs the shared data asks for it through `need_shared_data` (or the `shared_data` fixture): when a
+file is missing it is skipped with the reason, except under CI (CI=true), where it fails: CI must run it.
+"""
 
 from __future__ import annotations
 
@@ -31,10 +35,26 @@ BYTE260_JSON = ('{\n  "config": {\n    "bos_id": 1,\n    "byte_count": 256,\n   
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def need_shared_data(*paths: Path) -> None:
+    """Skip the calling test when one of `paths` (files or folders of the shared data) is missing; fail under CI."""
+    missing = [p for p in paths if not p.exists()]
+    if not missing:
+        return
+    reason = (f"needs {missing[0]} from the project's shared data ({SHARED}; set PGOLF_SHARED_DATA to its "
+              f"data folder)")
+    if under_ci():
+        pytest.fail(f"CI=true and the shared data is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
-        pytest.skip(f"needs the FineWeb sample and sp1024 tokenizer in {SHARED} (the project's shared/data)")
+    """The shared data folder, with the FineWeb sp1024 sample and tokenizer in it."""
+    need_shared_data(VAL_SHARD, SP1024_MODEL)
     return SHARED
 
 

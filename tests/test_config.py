@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 import pgolf
 from pgolf.config import (ConfigError, apply_overrides, config_from_dict, config_to_dict, describe_keys, load_config,
                           parse_override_value, parse_set_args, recipe_names)
+from pgolf.config.schema import SECTIONS, all_keys
 from pgolf.training.runs import save_config
 
 
-def test_every_shipped_recipe_loads_at_both_scales():
+def test_every_shipped_recipe_loads_at_both_scales_and_resolves_its_eval_context():
     for name in recipe_names():
         for scale in ("full", "tiny"):
             cfg = pgolf.load_recipe(name, scale=scale)
             assert cfg.recipe == name and cfg.scale == scale
-            assert cfg.eval.context_len > 0
+            seq = cfg.train.seq_len  # eval.context_len 0 means train.seq_len; an explicit value stays as it is
+            assert pgolf.load_recipe(name, scale=scale, overrides={"eval.context_len": 0}).eval.context_len == seq
+            assert pgolf.load_recipe(name, scale=scale, overrides={"eval.context_len": 2 * seq}).eval.context_len == 2 * seq
+    assert pgolf.load_recipe("pr103").eval.context_len == 4096 != pgolf.load_recipe("pr103").train.seq_len
 
 
 def test_tiny_tables_apply_after_full_tables_unless_a_child_sets_the_key(tmp_path):
@@ -95,10 +101,19 @@ def test_config_round_trips_through_toml(tmp_path):
     assert config_to_dict(config_from_dict(config_to_dict(cfg))) == config_to_dict(cfg)
 
 
-def test_every_key_is_documented():
+def test_every_key_is_documented_once_with_its_choices():
     rows = describe_keys()
-    assert len(rows) > 80
-    assert all(help_text for _, _, _, help_text in rows)
+    keys = [key for key, _, _, _ in rows]
+    assert sorted(keys) == sorted(all_keys()) and len(set(keys)) == len(keys) > 80
+    for key, _, _, help_text in rows:
+        assert len(help_text.split()) >= 2 and key.split(".")[-1] != help_text, key  # a description, not a name
+    choices = {key: f.metadata["choices"] for key, f in
+               ((f"{section}.{f.name}", f) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls))
+               if f.metadata.get("choices")}
+    assert "eval.ttt" in choices and "eval.tail" in choices
+    described = dict((key, text) for key, _, _, text in rows)
+    for key, options in choices.items():
+        assert all(str(option) in described[key] for option in options), key
 
 
 def test_unknown_recipe_suggests_a_shipped_one():

@@ -1,4 +1,7 @@
-"""Plain evaluation: every target scored exactly once, bytes by the exact rule, bpb from fp64 sums."""
+"""Plain evaluation: every target scored exactly once, bytes by the exact rule, bpb from fp64 sums.
+
+The byte rule itself, on every kind of piece and per document of real data, is tested in test_byte_rule.py.
+"""
 
 from __future__ import annotations
 
@@ -11,16 +14,14 @@ import torch
 import pgolf
 from pgolf.config import EvalConfig
 from pgolf.data.shards import read_shard
-from pgolf.data.tokenizer import byte_tables, load_tokenizer, stream_bytes
 
+from byte_rule import RuleTokenizer
 from conftest import SP1024_MODEL, VAL_SHARD
 from test_model import small_model
 
 
 @pytest.fixture(scope="module")
-def val_stream():
-    if not VAL_SHARD.is_file():
-        pytest.skip("needs the FineWeb sample in ../shared/data")
+def val_stream(shared_data):
     return np.asarray(read_shard(VAL_SHARD))[:3001]  # a short prefix keeps this fast
 
 
@@ -43,19 +44,12 @@ def test_every_target_is_scored_exactly_once(val_stream, length):
     tokens = val_stream[:length]
     ev = pgolf.evaluate(model, tokens, str(SP1024_MODEL), EvalConfig(context_len=64, batch_seqs=7))
     assert ev.targets == length - 1
-    sp = load_tokenizer(SP1024_MODEL)
-    assert np.array_equal(ev.token_bytes, stream_bytes(tokens, byte_tables(sp)))
+    np.testing.assert_array_equal(ev.token_bytes, RuleTokenizer(SP1024_MODEL).stream_bytes(tokens))
     np.testing.assert_allclose(ev.token_nll, _reference_nll(model, tokens), rtol=1e-4, atol=1e-4)
     nats = ev.token_nll.astype(np.float64).sum()
     assert ev.val_loss == pytest.approx(nats / (length - 1), rel=1e-12)
     assert ev.val_bpb == pytest.approx(nats / math.log(2) / ev.token_bytes.sum(), rel=1e-12)
     assert ev.legal and ev.mode == "plain"
-
-
-def test_bytes_of_the_whole_sample_equal_its_decoded_text(val_stream):
-    tokens = np.asarray(read_shard(VAL_SHARD))
-    sp = load_tokenizer(SP1024_MODEL)
-    assert int(stream_bytes(tokens, byte_tables(sp)).sum()) == 1_634_550
 
 
 def test_batching_does_not_change_scores(val_stream):

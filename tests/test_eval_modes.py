@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,11 +16,13 @@ import torch
 import pgolf
 from pgolf.config import ConfigError, EvalConfig
 from pgolf.data.shards import read_shard
-from pgolf.data.tokenizer import byte_tables, load_tokenizer, stream_bytes
+from pgolf.data.tokenizer import byte_tables, load_tokenizer
+from pgolf.eval import deadline as deadline_module
 from pgolf.eval.deadline import EvalTimeExceeded
 from pgolf.eval.lora_adapters import BatchedLoRA
 from pgolf.eval.windows import clip_to_documents, document_starts, sliding_windows
 
+from byte_rule import RuleTokenizer
 from conftest import REPO, SP1024_MODEL, VAL_SHARD
 from test_model import random_ids, small_model
 
@@ -45,9 +48,7 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def stream() -> np.ndarray:
-    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
-        pytest.skip("needs the FineWeb sample and sp1024 tokenizer in ../shared/data")
+def stream(shared_data) -> np.ndarray:
     return np.asarray(read_shard(VAL_SHARD))[:2200].astype(np.int64)  # 4 documents, the last one cut
 
 
@@ -110,9 +111,11 @@ def test_document_cut_windows_never_reach_before_the_targets_document(stream):
 def test_every_target_is_scored_once_with_the_byte_rule(model, stream, tables, mode):
     ev = run(model, stream, tables, **MODES[mode])
     assert ev.targets == stream.size - 1 and np.all(np.isfinite(ev.token_nll))
-    assert np.array_equal(ev.token_bytes, stream_bytes(stream, tables))
-    assert ev.bytes == int(stream_bytes(stream, tables).sum())
-    assert ev.legal and ev.seconds > 0
+    rule = RuleTokenizer(SP1024_MODEL).stream_bytes(stream)  # the independent byte rule
+    np.testing.assert_array_equal(ev.token_bytes, rule)
+    assert ev.bytes == int(rule.sum())
+    assert ev.val_bpb == pytest.approx(ev.token_nll.sum() / np.log(2) / rule.sum(), rel=1e-12)
+    assert ev.legal
     assert ev.mode == {"sliding_docs": "sliding", "chunk": "ttt_chunk", "lora": "ttt_lora"}.get(mode, mode)
 
 
@@ -270,10 +273,23 @@ def test_pre_ttt_is_reported_not_legal(model, stream, tables):
 
 
 @pytest.mark.parametrize("mode", ["plain", "sliding", "chunk", "lora", "pre"])
-def test_max_seconds_stops_with_an_error_not_a_partial_score(model, stream, tables, mode):
+def test_max_seconds_stops_the_work_where_the_budget_runs_out(model, stream, tables, mode, monkeypatch):
+    """On a clock that moves 1 s per forward pass, a 2.5 s budget stops every mode after its third forward, with
+    an error and no score, where the whole evaluation takes many more."""
     settings = {"pre": {"ttt": "pre", "ttt_epochs": 1}}.get(mode, MODES.get(mode, {}))
-    with pytest.raises(EvalTimeExceeded, match="eval.max_seconds"):
-        run(model, stream, tables, **settings, max_seconds=1e-6)
+    forwards: list[int] = []
+    handle = model.blocks[0].register_forward_pre_hook(lambda module, args: forwards.append(1))  # copies share it
+    monkeypatch.setattr(deadline_module, "time", SimpleNamespace(perf_counter=lambda: float(len(forwards))))
+    cfg = dict(context_len=CTX, batch_seqs=2, **settings)
+    try:
+        pgolf.evaluate(model, stream[:1200], None, EvalConfig(**cfg), tables=tables)
+        whole = len(forwards)
+        forwards.clear()
+        with pytest.raises(EvalTimeExceeded, match="eval.max_seconds = 2.5"):
+            pgolf.evaluate(model, stream[:1200], None, EvalConfig(**cfg, max_seconds=2.5), tables=tables)
+    finally:
+        handle.remove()
+    assert len(forwards) == 3 and whole >= 10
 
 
 @pytest.mark.parametrize("key, value, match", [("eval.ttt_lora_targets", ["q", "x"], "ttt_lora_targets"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +9,7 @@ import torch.nn.functional as F
 from pgolf.data.loader import DistributedTokenLoader, PrefetchingLoader
 from pgolf.data.segments import cu_seqlens, segment_capacity
 from pgolf.data.shards import write_shard
-from pgolf.training.fastpath import assert_fast_paths, check_fast_paths
+from pgolf.training.fastpath import FastPathMismatch, assert_fast_paths, check_fast_paths
 from pgolf.model.attention import attention_flash3, attention_math, document_mask, flash3_available, segment_offsets
 from pgolf.model.loss import softcapped_cross_entropy
 
@@ -87,17 +86,17 @@ def test_fast_path_check_reports_agreement_on_cpu():
     report = check_fast_paths(model, random_ids(2, 32), "float32")
     assert report["logits_max_rel_err"] < 1e-5 and report["loss_abs_err"] < 1e-5
     assert_fast_paths(report, "float32")
+    for key in ("logits_max_rel_err", "loss_abs_err"):  # a NaN or a large error anywhere fails the check
+        for bad in (float("nan"), float("inf"), 1.0):
+            with pytest.raises(FastPathMismatch):
+                assert_fast_paths({**report, key: bad}, "float32")
 
 
 @pytest.mark.slow
 def test_compiled_model_matches_eager_on_cpu():
     model = small_model({"model.xsa_last_n": -1, "model.attn_gate": True})
     ids = random_ids(2, 32)
-    try:
-        compiled = torch.compile(model)
-        out = compiled(ids)
-    except Exception as exc:  # no C++ toolchain for Inductor here
-        pytest.skip(f"torch.compile does not run on this CPU: {type(exc).__name__}: {str(exc)[:200]}")
+    out = torch.compile(model)(ids)  # Inductor needs a C++ compiler: .ci/run installs g++
     with torch.no_grad():
         torch.testing.assert_close(out, model(ids), rtol=1e-4, atol=1e-4)
 
@@ -114,10 +113,7 @@ def test_compiled_newton_schulz_step_matches_eager_on_cpu():
     eager, compiled = Muon(weights, lr=0.05), Muon(twins, lr=0.05)
     compiled.compile_newton_schulz()
     eager.step()
-    try:
-        compiled.step()
-    except Exception as exc:  # no C++ toolchain for Inductor here
-        pytest.skip(f"torch.compile does not run on this CPU: {type(exc).__name__}: {str(exc)[:200]}")
+    compiled.step()
     for w, t in zip(weights, twins):
         torch.testing.assert_close(t, w, rtol=1e-5, atol=1e-5)
 
@@ -172,4 +168,3 @@ def test_gpu_kernels_match_the_reference_in_bf16(doc):
         doc_ids = torch.cumsum((random_ids(2, 64) == 1).int(), 1).to(device) if doc else None
         torch.testing.assert_close(attention_flash3(q, k, v, doc_ids).float(), attention_math(q, k, v, doc_ids).float(),
                                    rtol=2e-2, atol=2e-2)
-    assert np.isfinite(report["logits_max_abs_err"])

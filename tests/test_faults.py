@@ -40,7 +40,7 @@ from pgolf.training.checkpoint import CheckpointError, checkpoint_dir, load_chec
 from pgolf.training.loop import TrainingDiverged, TrainingInterrupted
 from pgolf.training.runs import LogWriter, read_log, save_config, write_json
 
-from conftest import REPO, SHARED, SP1024_DIR, SP1024_MODEL, micro_config, random_stream
+from conftest import REPO, SHARED, SP1024_DIR, SP1024_MODEL, micro_config, need_shared_data, random_stream
 from test_model import SMALL, small_model
 
 # ============================================================================ helpers
@@ -415,8 +415,7 @@ class TestMismatch:
     @pytest.mark.parametrize("what", list(CASES))
     def test_disagreement_is_an_error_naming_all_three_values(self, tmp_path, what):
         folder, tokenizer, model_vocab = self.CASES[what]
-        if not tokenizer.is_file() or not folder.is_dir():
-            pytest.skip(f"needs {tokenizer} and {folder}")
+        need_shared_data(tokenizer, folder)
         tokenizer_vocab = int(tokenizer.name.split("_")[1])
         spy = StepSpy()
         with pytest.raises(DataMismatchError) as info:

@@ -137,7 +137,17 @@ def test_smear_and_bigram_never_read_across_bos():
     ids2 = ids.clone()
     ids2[0, 2] = 9  # last token of the previous document
     assert torch.equal(bigram_buckets(ids2, 97, BOS)[0, 3:], h[0, 3:])
-    assert isinstance(BigramHash(97, 4, 8, 0.05, BOS)(ids), torch.Tensor)
+    torch.manual_seed(0)
+    bigram = BigramHash(97, 4, 8, 0.05, BOS)
+    with torch.no_grad():
+        bigram.table.normal_()  # zero-initialised tables would hide any dependence
+        bigram.proj.weight.normal_()
+        out, out2 = bigram(ids), bigram(ids2)
+    assert out.shape == (1, 6, 8)
+    torch.testing.assert_close(out2[:, 3:], out[:, 3:], rtol=0, atol=0)  # the module, not only the buckets, stops at BOS
+    ids3 = ids.clone()
+    ids3[0, 4] = 9  # inside the second document: the next position's bigram changes
+    assert not torch.allclose(bigram(ids3)[0, 5], out[0, 5])
 
 
 def test_one_pass_schedule_equals_the_plain_stack():

@@ -343,11 +343,8 @@ def test_late_qat_really_switches_under_torch_compile():
     holder.train()
     x = torch.randn(4, 32)
     compiled = torch.compile(holder, dynamic=False)
-    try:
-        refresh_qat(holder)
-        off = compiled(x)
-    except Exception as exc:  # no C++ toolchain, unsupported platform, ...
-        pytest.skip(f"torch.compile does not work on this machine: {type(exc).__name__}: {str(exc)[:200]}")
+    refresh_qat(holder)
+    off = compiled(x)  # Inductor needs a C++ compiler: .ci/run installs g++
     torch.testing.assert_close(off, x @ lin.weight.detach().T)
     import torch._dynamo.config as dynamo_config
     with dynamo_config.patch(error_on_recompile=True):   # the switch is data in the graph, not a recompile

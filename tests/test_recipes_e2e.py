@@ -1,13 +1,11 @@
 """Every shipped recipe runs end to end from the command line at --scale tiny on the FineWeb sample:
 train -> pack -> evaluate the artifact -> result.json, with code_bytes = the size of its bundled train_gpt.py.
 
-A few steps and a 2,048-target validation prefix keep each run short. A recipe whose stage (QAT, GPTQ, sliding
-windows, a TTT mode) is owned by a module that is not in the tree yet is skipped, naming that module.
+A few steps and a 2,048-target validation prefix keep each run short.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -18,25 +16,9 @@ from pgolf.cli import main
 from pgolf.config import load_config, recipe_names
 from pgolf.training.runs import RESULT_KEYS
 
-from conftest import SHARED
+from conftest import SHARED, need_shared_data
 
 RECIPES = ("tiny", "baseline", "pr103", "pr206", "pr595", "pr1573", "pr1536")
-
-
-def stage_modules(cfg: pgolf.Config) -> list[str]:
-    """The modules that carry the stages this config switches on (beyond plain training and evaluation)."""
-    needed = []
-    if cfg.quant.qat != "none":
-        needed.append("pgolf.quant.qat")
-    if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
-        needed.append("pgolf.quant.gptq")
-    if cfg.eval.sliding_stride > 0 or cfg.eval.ttt != "none":
-        needed.append("pgolf.eval.modes")
-    if cfg.eval.sliding_stride > 0:
-        needed.append("pgolf.eval.sliding")
-    if cfg.eval.ttt != "none":
-        needed.append(f"pgolf.eval.ttt_{cfg.eval.ttt}")
-    return needed
 
 
 def test_every_shipped_recipe_is_covered():
@@ -46,14 +28,10 @@ def test_every_shipped_recipe_is_covered():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
     cfg = pgolf.load_recipe(recipe, scale="tiny")
-    for module in stage_modules(cfg):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{recipe} needs {module}, which another engineer is still building")
     vocab = cfg.model.vocab_size
     data = SHARED / "datasets" / f"fineweb10B_sp{vocab}_sample"
     tokenizer = SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model"
-    if not data.is_dir() or not tokenizer.is_file():
-        pytest.skip(f"needs the sp{vocab} FineWeb sample and tokenizer in {SHARED}")
+    need_shared_data(data, tokenizer)
     out = tmp_path / "run"
     code = main(["train", "--recipe", recipe, "--scale", "tiny", "--data", str(data), "--tokenizer", str(tokenizer),
                  "--set", "train.steps=3", "--set", "data.val_tokens_limit=2049", "--out", str(out),

@@ -23,14 +23,11 @@ from pgolf.config import load_config, recipe_names
 from pgolf.data.tokenizer import file_sha256, tokenizer_sha256
 from pgolf.training.bundle_entry import bundle_config
 
-from conftest import SHARED, micro_config, micro_recipe
+from conftest import SHARED, SP1024_MODEL, VAL_SHARD, micro_config, micro_recipe, need_shared_data
 
 
 def _train(tmp_path_factory, name, **overrides):
-    from conftest import SP1024_MODEL, VAL_SHARD
-
-    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
-        pytest.skip("needs the FineWeb sample and sp1024 tokenizer (the project's shared/data)")
+    need_shared_data(VAL_SHARD, SP1024_MODEL)
     run = tmp_path_factory.mktemp("submit") / name
     pgolf.train(micro_config("baseline", train__steps=4, data__val_tokens_limit=2049, **overrides), run, progress=False)
     return run
@@ -255,10 +252,7 @@ def test_cli_submit(micro_run, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def recipe_runs(tmp_path_factory):
     """A micro run of every shipped recipe (conftest.micro_recipe: 2 steps) on the FineWeb sample, by the package."""
-    from conftest import SP1024_MODEL, VAL_SHARD
-
-    if not VAL_SHARD.is_file() or not SP1024_MODEL.is_file():
-        pytest.skip("needs the FineWeb sample and sp1024 tokenizer (the project's shared/data)")
+    need_shared_data(VAL_SHARD, SP1024_MODEL)
     root = tmp_path_factory.mktemp("recipes")
     runs = {}
     for name in sorted(recipe_names()):

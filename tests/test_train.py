@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import pgolf
+from pgolf.data.shards import read_shard
 from pgolf.training.loop import TrainingInterrupted
 from pgolf.training.runs import save_config
 from pgolf.training.runs import RESULT_KEYS
 
-from conftest import REPO, SP1024_DIR, SP1024_MODEL
+from byte_rule import RuleTokenizer
+from conftest import REPO, SP1024_DIR, SP1024_MODEL, VAL_SHARD
+from test_eval import _reference_nll
 
 
 def _weights(run_dir):
@@ -32,10 +37,18 @@ def test_tiny_run_writes_every_output(micro, tmp_path):
         assert (run / name).is_file(), name
     saved = json.loads((run / "result.json").read_text())
     assert set(RESULT_KEYS) <= set(saved)
-    assert saved["artifact_bytes"] == (run / "artifact.pgolf").stat().st_size + saved["code_bytes"]
+    assert saved["model_bytes"] == (run / "artifact.pgolf").stat().st_size  # code_bytes vs its file: test_submit.py
     assert saved["steps"] == 6 and saved["train_tokens"] == 6 * 512
     assert saved["val_targets"] == 4096 and saved["under_limit"] is True
-    assert 0 < saved["val_bpb"] < 10 and result["val_bpb"] == saved["val_bpb"]
+    assert all(result[k] == v for k, v in saved.items())  # what train() returns is what it wrote
+    # the score is the artifact's plain loss on the 4,096-target prefix, computed here the slow obvious way
+    model, _ = pgolf.unpack(run / "artifact.pgolf")
+    tokens = np.asarray(read_shard(VAL_SHARD))[: cfg.data.val_tokens_limit]
+    nll = _reference_nll(model, tokens)  # 64-token windows = the micro config's eval.context_len
+    n_bytes = int(RuleTokenizer(SP1024_MODEL).stream_bytes(tokens).sum())
+    assert saved["val_bytes"] == n_bytes and saved["eval_mode"] == "plain" and saved["eval_tail"] == "score"
+    assert saved["val_loss"] == pytest.approx(nll.mean(), rel=1e-5)
+    assert saved["val_bpb"] == pytest.approx(nll.sum() / math.log(2) / n_bytes, rel=1e-5)
     env = json.loads((run / "env.json").read_text())
     assert env["tokenizer_sha256"] and env["world_size"] == 1
     # the artifact scores the same number through `pgolf eval`
@@ -99,7 +112,8 @@ def test_cli_train_quick(micro, tmp_path, capsys):
                  *sum((["--set", f"{k}={v}"] for k, v in _micro_sets().items()), [])])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["recipe"] == "baseline" and out["scale"] == "tiny"
+    assert out == json.loads((tmp_path / "cli" / "result.json").read_text())  # --json prints the run's result.json
+    assert (out["recipe"], out["scale"], out["steps"], out["val_targets"]) == ("baseline", "tiny", 6, 4096)
 
 
 def _micro_sets():

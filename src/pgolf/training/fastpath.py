@@ -10,6 +10,7 @@ compute dtype; benchmarks/gpu.py reports the same numbers.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any, Callable
 
 import torch
@@ -82,6 +83,7 @@ def check_training_kernels(model: nn.Module, ids: torch.Tensor, kernels: dict[st
 
 def assert_fast_paths(report: dict[str, Any], dtype_name: str) -> None:
     tol = TOLERANCE[dtype_name]
-    worst = max(v for k, v in report.items() if k.endswith("rel_err") or k == "loss_abs_err")  # kernel_* too
-    if worst > tol:
+    errors = [v for k, v in report.items() if k.endswith("rel_err") or k == "loss_abs_err"]  # kernel_* too
+    worst = max(errors)
+    if not all(math.isfinite(v) for v in errors) or worst > tol:  # NaN compares False: it must fail, not pass
         raise FastPathMismatch(f"fast path disagrees with the reference: {report} (tolerance {tol} for {dtype_name})")
