@@ -16,6 +16,7 @@ import torch
 
 import pgolf
 from pgolf.config import EvalConfig
+from pgolf.data.dataset import resolve_dataset
 from pgolf.data.shards import document_starts, read_shard
 from pgolf.data.tokenizer import (CHALLENGE_TRAINER_SETTINGS, TokenizerError, byte_tables, load_tokenizer,
                                   piece_types, stream_bytes)
@@ -163,3 +164,10 @@ def test_bytes_of_every_document_equal_its_decoded_text(shared_data, vocab):
         # document a..b: its targets are tokens a+1 .. b (the next BOS, 0 bytes); ours[i] is target tokens[i + 1]
         assert ours[a:b].sum() == decoded_length(sp, tokens[a + 1 : b]), f"sp{vocab} document at token {a}"
     assert ours.sum() == 1_634_550  # the same 600 documents in every vocabulary
+
+
+def test_training_refuses_such_a_tokenizer_before_it_starts(with_operators, synthetic_shards):
+    path, _, _ = with_operators
+    cfg = pgolf.load_recipe("tiny", overrides={"data.path": str(synthetic_shards), "data.tokenizer": str(path)})
+    with pytest.raises(TokenizerError, match=f"{path.name}: the tokenizer has 2 user-defined"):
+        resolve_dataset(cfg)

@@ -11,7 +11,7 @@ from ..config import Config
 from ..config.optional import optional_module
 from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
-from .tokenizer import TokenizerError, file_sha256, load_tokenizer, tokenizer_exists, tokenizer_sha256
+from .tokenizer import TokenizerError, byte_tables, file_sha256, load_tokenizer, tokenizer_exists, tokenizer_sha256
 
 BYTE260_VOCAB = DEFAULT_BYTE_TOKENIZER.vocab_size()
 
@@ -75,6 +75,10 @@ def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) 
     if not tokenizer_exists(tokenizer_path):
         raise TokenizerError(f"{tokenizer_path}: tokenizer model not found (set data.tokenizer / --tokenizer)")
     sp = load_tokenizer(tokenizer_path)
+    try:  # a tokenizer the byte rule cannot count (user-defined pieces) fails here, not after training
+        byte_tables(sp)
+    except TokenizerError as exc:
+        raise TokenizerError(f"{tokenizer_path}: {exc}") from exc
     dataset = Dataset(folder, train_files, val_files, tokenizer_path, int(sp.vocab_size()))
     if check_ids:
         check_vocabularies(dataset, cfg.model.vocab_size)
