@@ -39,16 +39,21 @@ def under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
+def need(ok: bool, reason: str) -> None:
+    """Skip the calling test with `reason` when a prerequisite of the machine is missing (`ok` false: the shared
+    data, a system tool CI installs, Linux); fail under CI, which must run every test."""
+    if ok:
+        return
+    if under_ci():
+        pytest.fail(f"CI=true and a prerequisite is missing: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def need_shared_data(*paths: Path) -> None:
     """Skip the calling test when one of `paths` (files or folders of the shared data) is missing; fail under CI."""
     missing = [p for p in paths if not p.exists()]
-    if not missing:
-        return
-    reason = (f"needs {missing[0]} from the project's shared data ({SHARED}; set PGOLF_SHARED_DATA to its "
-              f"data folder)")
-    if under_ci():
-        pytest.fail(f"CI=true and the shared data is missing: {reason}", pytrace=False)
-    pytest.skip(reason)
+    need(not missing, f"needs {missing[0] if missing else ''} from the project's shared data ({SHARED}; set "
+                      f"PGOLF_SHARED_DATA to its data folder)")
 
 
 @pytest.fixture(scope="session")

@@ -53,7 +53,8 @@ def test_tests_that_need_the_shared_data_fail_under_ci_and_skip_elsewhere(tmp_pa
 
 
 def test_no_test_skips_on_its_own_terms():
-    """pytest.skip / importorskip only in conftest's need_shared_data; skipif only for a missing CUDA device."""
+    """pytest.skip / importorskip only in conftest's need (shared data, a system tool, Linux: a failure under CI);
+    skipif only for a missing CUDA device."""
     found = []
     for path in sorted((REPO / "tests").glob("*.py")):
         if path.name == "conftest.py":

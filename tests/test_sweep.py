@@ -24,6 +24,8 @@ from pgolf.cli import main
 from pgolf.sweep import SlotError, device_slots, load_spec, run_sweep
 from pgolf.sweep.study import default_storage_url, role
 
+from conftest import need
+
 REPO = Path(__file__).resolve().parent.parent
 FAKE_CMD = [sys.executable, str(Path(__file__).parent / "fake_train.py")]
 SPACE = {
@@ -227,8 +229,8 @@ def _process_state(pid: int) -> str:
         return "gone"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried(tmp_path, fake_env, monkeypatch):
+    need(sys.platform.startswith("linux"), "the parent-death signal is Linux's")
     gate = tmp_path / "gate"
     monkeypatch.setenv("FAKE_TRAIN_GATE", str(gate))
     spec = write_spec(tmp_path, trials=2)
@@ -311,11 +313,8 @@ def _free_port() -> int:
 def postgres_url():
     """A throw-away PostgreSQL server (Debian's `postgresql` package) on a free loopback port."""
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not bins or shutil.which("runuser") is None and os.geteuid() == 0:
-        message = "needs PostgreSQL's server binaries (/usr/lib/postgresql/*/bin; apt-get install postgresql)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    need(bool(bins) and not (shutil.which("runuser") is None and os.geteuid() == 0),
+         "needs PostgreSQL's server binaries (/usr/lib/postgresql/*/bin; apt-get install postgresql)")
     bindir = bins[-1].parent
     root = Path(tempfile.mkdtemp(prefix="pgolf-pg-"))
     os.chmod(root, 0o755)
