@@ -39,14 +39,15 @@ def under_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 
-def need(ok: bool, reason: str) -> None:
-    """Skip the calling test with `reason` when a prerequisite of the machine is missing (`ok` false: the shared
-    data, a system tool CI installs, Linux); fail under CI, which must run every test."""
+def need(ok: bool, reason: str, module: bool = False) -> None:
+    """Skip the calling test (`module`: the whole test module, at import) with `reason` when a prerequisite of the
+    machine is missing (`ok` false: the shared data, a system tool or package CI installs, Linux); fail under CI,
+    which must run every test."""
     if ok:
         return
     if under_ci():
         pytest.fail(f"CI=true and a prerequisite is missing: {reason}", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=module)
 
 
 def need_shared_data(*paths: Path) -> None:

@@ -17,8 +17,8 @@ import importlib
 import os
 
 import numpy as np
-import pytest
 import torch
+from conftest import need
 
 try:
     import liger_kernel.ops.cross_entropy as liger_ce
@@ -40,10 +40,7 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 
 def import_kernels():
     """(mlp_triton, ce_liger) modules; a clear skip (a failure under CI=true) if triton / liger-kernel are missing."""
-    if MISSING is not None:
-        if os.environ.get("CI") == "true":
-            raise MISSING
-        pytest.skip(f"{MISSING.name} is not installed: pip install -e '.[kernels]'", allow_module_level=True)
+    need(MISSING is None, f"{getattr(MISSING, 'name', '')} is not installed: pip install -e '.[kernels]'", module=True)
     if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("no CUDA device and TRITON_INTERPRET is not 1: tests/conftest.py sets it before triton loads")
     return (importlib.import_module("pgolf.model.kernels.mlp_triton"),
