@@ -17,11 +17,13 @@ import pgolf
 from pgolf.training.checkpoint import load_checkpoint, save_checkpoint
 from pgolf.config import ConfigError, ModelConfig, OptimConfig, TrainConfig
 from pgolf.model.gpt import build_model
+from pgolf.model.layers import tag
 from pgolf.optim.averaging import WeightAverager
-from pgolf.optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
-from pgolf.optim.muon import (NS_SAFETY, POLAR_EXPRESS, QUINTIC, Muon, newton_schulz, normuon_normalize,
+from pgolf.optim.groups import (build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum,
+                                set_muon_weight_decay_multiplier)
+from pgolf.optim.muon import (PAPER_NS_SAFETY, POLAR_EXPRESS, QUINTIC, Muon, newton_schulz, normuon_normalize,
                               row_normalize)
-from pgolf.optim.schedule import lr_multiplier, training_fraction, warmdown_start_s
+from pgolf.optim.schedule import lr_multiplier, muon_wd_multiplier, training_fraction, warmdown_start_s
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +61,7 @@ def test_newton_schulz_acts_on_singular_values_only(shape):
     k = min(shape)
     sv = torch.linspace(0.05, 1.0, k)
     g, u, v = _with_singular_values(*shape, sv)
-    for name, coeffs in (("quintic", QUINTIC), ("polar_express", POLAR_EXPRESS)):
-        safety = NS_SAFETY[name]
+    for coeffs, safety in ((QUINTIC, 0.0), (POLAR_EXPRESS, 0.0), (POLAR_EXPRESS, PAPER_NS_SAFETY)):
         o = newton_schulz(g, 5, coeffs, torch.float64, eps=0.0, safety=safety)
         expected = _scalar_map(sv.double() / (sv.double().norm() * (1 + safety)), coeffs, 5)
         torch.testing.assert_close(o, u @ torch.diag(expected) @ v.T, rtol=0, atol=1e-10)
@@ -85,11 +86,13 @@ def test_quintic_band_after_five_steps(dtype):
     assert lo < 0.75 and hi > 1.05  # the band is really that wide, not trivially satisfied
 
 
+@pytest.mark.parametrize("safety", [0.0, PAPER_NS_SAFETY])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_polar_express_band_is_tighter_and_close_to_one(dtype):
+def test_polar_express_band_is_tighter_and_close_to_one(dtype, safety):
     """Polar Express's per-iteration tuples land every singular value within about 15% of 1 after 5 steps,
-    where the quintic leaves 32% below; extra steps are not iterated (5 tuples, 5 iterations)."""
-    lo, hi = _band(POLAR_EXPRESS, NS_SAFETY["polar_express"], dtype)
+    where the quintic leaves 32% below; extra steps are not iterated (5 tuples, 5 iterations). Without the
+    paper's cushion (as the records run it) as with it."""
+    lo, hi = _band(POLAR_EXPRESS, safety, dtype)
     q_lo, _ = _band(QUINTIC, 0.0, dtype)
     slack = 0.0 if dtype == torch.float32 else 0.03
     assert 0.85 - slack <= lo and hi <= 1.145 + slack, (lo, hi)
@@ -180,6 +183,70 @@ def test_weight_decay_is_decoupled_with_the_scheduled_lr():
     p.grad = torch.zeros(4, 4)  # zero update: only the decay acts
     opt.step()
     torch.testing.assert_close(p.detach(), torch.full((4, 4), 1 - 0.05 * 0.5))
+
+
+def test_polar_express_divides_by_the_frobenius_norm_plus_eps_as_the_records():
+    """#1344/#1787/#1855: X = G / (|G|_F + 1e-7), then the 5 tuples; pgolf's default (optim.muon_ns_safety = 0)
+    is that, and the paper's 1.02 cushion is a switch. One Muon step written out by hand, in float64."""
+    g = torch.randn(16, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = g / (g.norm() + 1e-7)
+    for a, b, c in POLAR_EXPRESS:
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    cfg = OptimConfig(muon_ns_coeffs="polar_express", muon_momentum=0.0, muon_nesterov=False, muon_ns_dtype="float32",
+                      matrix_lr=0.1)
+    for safety, should_match in ((cfg.muon_ns_safety, True), (PAPER_NS_SAFETY, False)):
+        cfg.muon_ns_safety = safety
+        model = nn.Linear(40, 16, bias=False).double()
+        model.weight.data.zero_()
+        tag(model.weight, "matrix", "other")
+        opt = build_optimizers(model, cfg)["matrix"]
+        assert opt.param_groups[0]["ns_safety"] == safety
+        opt._newton_schulz = lambda u, steps, coeffs, dtype, safety: newton_schulz(  # float64 for an exact check
+            u, steps, coeffs, torch.float64, safety=safety)
+        model.weight.grad = g.clone()
+        opt.step()
+        matches = torch.allclose(model.weight.detach(), -0.1 * x, rtol=0, atol=1e-7)  # fp32 update buffer
+        assert matches == should_match, safety
+
+
+def test_wd_taper_multiplier_is_1729s_rule():
+    """wd_mul(f) = 1 for f <= 0.7, then linear to 0.5 at f = 1 (#1729's WD_TAPER_START_FRAC / _FINAL_MULT)."""
+    on = OptimConfig(muon_weight_decay=0.095, muon_wd_taper_start=0.70, muon_wd_taper_final=0.50)
+    got = [muon_wd_multiplier(f, on) for f in (0.0, 0.5, 0.70, 0.85, 1.0, 1.2)]
+    assert got == pytest.approx([1.0, 1.0, 1.0, 0.75, 0.5, 0.5], abs=1e-12)
+    assert {muon_wd_multiplier(f, OptimConfig()) for f in (0.0, 0.9, 1.0)} == {1.0}  # default: off
+
+
+def test_tapered_wd_shrinks_a_matrix_with_zero_update_by_exactly_its_share():
+    """One Muon step at training fraction 0.85 with a zero update: W <- W (1 - lr wd 0.75)."""
+    cfg = OptimConfig(muon_weight_decay=0.2, muon_wd_taper_start=0.70, muon_wd_taper_final=0.50, matrix_lr=0.1,
+                      muon_ns_dtype="float32")
+    model = nn.Linear(4, 4, bias=False)
+    model.weight.data.fill_(1.0)
+    tag(model.weight, "matrix", "other")
+    optimizers = build_optimizers(model, cfg)
+    set_muon_weight_decay_multiplier(optimizers, muon_wd_multiplier(0.85, cfg))
+    model.weight.grad = torch.zeros(4, 4)
+    optimizers["matrix"].step()
+    torch.testing.assert_close(model.weight.detach(), torch.full((4, 4), 1 - 0.1 * 0.2 * 0.75))
+
+
+def test_training_applies_the_wd_taper_each_step(micro, tmp_path):
+    """The loop sets Muon's weight decay from the training fraction s / S each step (no cap: f = s / 6 before step
+    s + 1): start 0.25, final 0.5 -> steps 1, 2 at 0.1; step 4 (f = 1/2) 0.1 * 5/6; step 6 (f = 5/6) 0.1 * 11/18."""
+    cfg = micro(optim__muon_weight_decay=0.1, optim__muon_wd_taper_start=0.25, optim__muon_wd_taper_final=0.5)
+    pgolf.train(cfg, tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    logged = {x["step"]: x["muon_weight_decay"] for x in lines if "train_loss" in x}
+    assert logged == pytest.approx({1: 0.1, 2: 0.1, 4: 0.1 * 5 / 6, 6: 0.1 * 11 / 18}, abs=1e-12)
+
+
+def test_taper_and_safety_are_muon_switches():
+    with pytest.raises(ConfigError, match="muon_wd_taper_start"):
+        pgolf.load_recipe("baseline", overrides={"optim.muon_wd_taper_start": 0.7})  # baseline: no weight decay
+    with pytest.raises(ConfigError, match="muon_ns_safety"):
+        pgolf.load_recipe("baseline", overrides={"optim.matrix_optimizer": "adam", "optim.muon_ns_safety": 0.02})
 
 
 def test_matches_torch_optim_muon_where_torch_computes_the_same_variant():

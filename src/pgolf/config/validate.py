@@ -139,13 +139,22 @@ def _validate_optim(o: OptimConfig, t: TrainConfig) -> None:
     """Optimizer, schedule and averaging numbers; Muon-only switches are an error under the Adam baseline."""
     if o.matrix_optimizer == "adam":
         muon_only = {"muon_row_normalize": o.muon_row_normalize, "muon_normuon_beta2": o.muon_normuon_beta2 > 0,
-                     "muon_ns_coeffs": o.muon_ns_coeffs != "quintic", "muon_momentum_style": o.muon_momentum_style != "sum"}
+                     "muon_ns_coeffs": o.muon_ns_coeffs != "quintic", "muon_momentum_style": o.muon_momentum_style != "sum",
+                     "muon_ns_safety": o.muon_ns_safety != 0.0, "muon_wd_taper_start": o.muon_wd_taper_start < 1.0}
         for key, on in muon_only.items():
             if on:
                 raise ConfigError(f"'optim.{key}' is a Muon switch and does nothing with optim.matrix_optimizer = 'adam'; "
                                   f"reset it (--set optim.{key}=...) or use matrix_optimizer = 'muon'")
     if o.muon_ns_steps < 1:
         raise ConfigError(f"'optim.muon_ns_steps' must be >= 1, got {o.muon_ns_steps}")
+    if not 0.0 <= o.muon_ns_safety < 1.0:
+        raise ConfigError(f"'optim.muon_ns_safety' must be in [0, 1) (0 = no cushion, as the records), got {o.muon_ns_safety}")
+    if not 0.0 <= o.muon_wd_taper_start <= 1.0 or o.muon_wd_taper_final < 0.0:
+        raise ConfigError(f"'optim.muon_wd_taper_start' must be in [0, 1] (1 = off) and 'optim.muon_wd_taper_final' "
+                          f">= 0, got {o.muon_wd_taper_start} and {o.muon_wd_taper_final}")
+    if o.muon_wd_taper_start < 1.0 and o.muon_weight_decay == 0.0:
+        raise ConfigError("'optim.muon_wd_taper_start' < 1 tapers 'optim.muon_weight_decay', which is 0: the taper "
+                          "would do nothing; set a weight decay or leave the taper off (1.0)")
     if not 0.0 <= o.muon_normuon_beta2 < 1.0:
         raise ConfigError(f"'optim.muon_normuon_beta2' must be in [0, 1) (0 = off), got {o.muon_normuon_beta2}")
     if not 0.0 <= t.ema_decay < 1.0:

@@ -51,9 +51,10 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, tied_embeddings: bool =
                        momentum_style=cfg.muon_momentum_style, ns_steps=cfg.muon_ns_steps,
                        ns_coeffs=cfg.muon_ns_coeffs, ns_dtype=cfg.muon_ns_dtype,
                        row_normalize=cfg.muon_row_normalize, normuon_beta2=cfg.muon_normuon_beta2,
-                       weight_decay=cfg.muon_weight_decay)
+                       weight_decay=cfg.muon_weight_decay, ns_safety=cfg.muon_ns_safety)
             for group in opt.param_groups:
                 group["base_lr"] = cfg.matrix_lr
+                group["base_weight_decay"] = cfg.muon_weight_decay
         else:
             # Adam-only baseline: the same matrices by Adam(W) at matrix_lr (an Adam lr, ~10x below Muon's),
             # with the matrix weight decay decoupled as in Muon (AdamW: W <- W (1 - lr wd)); no momentum warm-up.
@@ -98,6 +99,14 @@ def set_muon_momentum(optimizers: dict[str, torch.optim.Optimizer], momentum: fl
     if isinstance(opt, Muon):
         for group in opt.param_groups:
             group["momentum"] = momentum
+
+
+def set_muon_weight_decay_multiplier(optimizers: dict[str, torch.optim.Optimizer], multiplier: float) -> None:
+    """Muon's weight_decay = base_weight_decay * multiplier (the WD taper; no-op when matrices use Adam)."""
+    opt = optimizers.get("matrix")
+    if isinstance(opt, Muon):
+        for group in opt.param_groups:
+            group["weight_decay"] = group["base_weight_decay"] * multiplier
 
 
 def muon_momentum_at(step: int, cfg: OptimConfig) -> float:

@@ -13,6 +13,9 @@ W = warmdown_steps, F = warmdown_frac, T = max_wallclock_s - quant.gptq_reserve_
 Every warmdown is floored at min_lr_frac and reaches that floor exactly at t = T (or at s = S when the step
 limit comes first, which the records never hit); the trainer stops after the step that crosses T. Without a
 cap (max_wallclock_s = 0) the wall-clock modes fall back to steps / frac.
+Muon's weight decay has its own multiplier (`muon_wd_multiplier`, #1729's taper) over the same training fraction
+f = training_fraction(...): with start s = optim.muon_wd_taper_start and final m = optim.muon_wd_taper_final,
+    w = 1 for f <= s, else 1 + (m - 1) min((f - s) / (1 - s), 1)        (s = 1: off)
 wallclock_steps trusts the mean step time so far: a first step that includes compilation (no
 train.compile_priming_steps) inflates it and lowers the LR of the first steps, as in the reference; the recipes
 using it prime the compile off the clock.
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import TrainConfig
+from ..config import OptimConfig, TrainConfig
 
 
 def lr_multiplier(step: int, elapsed_s: float, cfg: TrainConfig, reserve_s: float = 0.0) -> float:
@@ -62,6 +65,16 @@ def training_fraction(step: int, elapsed_s: float, cfg: TrainConfig, reserve_s: 
     if cfg.max_wallclock_s > 0:
         return min(1.0, max(by_steps, elapsed_s / max(cfg.max_wallclock_s - reserve_s, 1e-9)))
     return by_steps
+
+
+def muon_wd_multiplier(frac: float, cfg: OptimConfig) -> float:
+    """#1729's tapered Muon WD: 1 until training fraction `frac` passes the taper start, then linear to the final
+    multiplier at frac = 1."""
+    start = cfg.muon_wd_taper_start
+    if start >= 1.0 or frac <= start:
+        return 1.0
+    progress = min((frac - start) / (1.0 - start), 1.0)
+    return 1.0 + (cfg.muon_wd_taper_final - 1.0) * progress
 
 
 def warmdown_start_s(cfg: TrainConfig, step_s: float, reserve_s: float = 0.0) -> float:

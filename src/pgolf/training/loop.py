@@ -44,9 +44,10 @@ from ..model.attention import flash3_available
 from ..model.gpt import GPT, build_model, count_parameters
 from ..model.precision import autocast_for
 from ..optim.averaging import WeightAverager
-from ..optim.groups import build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum
+from ..optim.groups import (build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum,
+                             set_muon_weight_decay_multiplier)
 from ..optim.muon import Muon
-from ..optim.schedule import lr_multiplier, training_fraction
+from ..optim.schedule import lr_multiplier, muon_wd_multiplier, training_fraction
 from ..quant.pack import unpack
 from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
 from .clock import TrainingClock
@@ -289,6 +290,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     global_tokens_per_step = t.batch_tokens
     flags = torch.zeros(3, device=rt.device)  # [non-finite loss, stop signal, wall-clock cap], max over ranks
     at_step_start: dict[str, Any] = {}
+    tapered_wd = cfg.optim.muon_wd_taper_start < 1.0 and isinstance(optimizers.get("matrix"), Muon)
     clock.start()
     with _StopSignal() as stop:
         while step < t.steps:
@@ -301,7 +303,10 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                     bar.message(f"late QAT on at step {step} (lr multiplier {mult:.3f} < {cfg.quant.qat_start_lr})")
                 qat.refresh_qat(model)  # W_hat of this step's weights, computed eagerly on the export grid
             set_muon_momentum(optimizers, muon_momentum_at(step, cfg.optim))
-            if not model.looping and training_fraction(step, clock.read(), t, reserve) >= cfg.model.recurrence_start_frac:
+            frac = training_fraction(step, clock.read(), t, reserve)
+            if tapered_wd:
+                set_muon_weight_decay_multiplier(optimizers, muon_wd_multiplier(frac, cfg.optim))
+            if not model.looping and frac >= cfg.model.recurrence_start_frac:
                 model.set_looping(True)
             for opt in optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -340,8 +345,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                 tokens_per_s = global_tokens_per_step * step / max(elapsed, 1e-9)
                 bar.update(step, train_loss, tokens_per_s, elapsed, t.max_wallclock_s)
                 if log is not None:
-                    log.write({"step": step, "train_loss": train_loss, "lr_mult": mult, "tokens_per_s": tokens_per_s,
-                               "ms_per_step": 1000 * elapsed / step, "elapsed_s": elapsed})
+                    line = {"step": step, "train_loss": train_loss, "lr_mult": mult, "tokens_per_s": tokens_per_s,
+                            "ms_per_step": 1000 * elapsed / step, "elapsed_s": elapsed}
+                    if tapered_wd:  # the weight decay the step just applied used
+                        line["muon_weight_decay"] = optimizers["matrix"].param_groups[0]["weight_decay"]
+                    log.write(line)
             if t.val_every > 0 and step % t.val_every == 0 and step < t.steps:
                 with clock.paused():  # validation is not training time
                     if val_tokens is None:
