@@ -21,7 +21,7 @@ from ..config import ConfigError, config_to_toml, describe_keys, load_config, lo
 from ..data.dataset import DataMismatchError
 from ..data.docs import DocsError, prepare_file
 from ..data.download import DownloadError, download
-from ..data.prepare import InputError
+from ..data.prepare import TRANSFORMS, InputError
 from ..data.shards import ShardError
 from ..data.stats import folder_stats, shard_stats
 from ..data.tokenizer import TokenizerError
@@ -138,18 +138,22 @@ def cmd_data(args: argparse.Namespace) -> int:
         meta = prepare_file(args.input, args.out, text_key=args.text_key, tokenizer=args.tokenizer,
                             vocab_size=args.vocab_size, val_docs=args.val_docs, check_docs=not args.no_docs_check,
                             shard_tokens=args.shard_tokens, progress=not args.quiet,
-                            tokenizer_train_docs=args.tokenizer_train_docs)
+                            tokenizer_train_docs=args.tokenizer_train_docs, transform=args.transform)
         print(f"wrote {args.out}: {meta['val']['docs']:,} val docs ({meta['val']['tokens']:,} tokens), "
-              f"{meta['train']['docs']:,} train docs ({meta['train']['tokens']:,} tokens), vocab {meta['vocab_size']}")
+              f"{meta['train']['docs']:,} train docs ({meta['train']['tokens']:,} tokens), vocab {meta['vocab_size']}"
+              + (f", text transform {args.transform} (val byte sidecar: {meta['val']['sidecar_bytes']:,} bytes)"
+                 if args.transform != "none" else ""))
         docs = meta["docs"]
         if docs["checked"]:
             print(f"{args.input} matches {docs['sidecar']} ({', '.join(docs['checked'])})")
         return 0
     if args.data_command == "stats":
         if Path(args.path).is_dir():
-            stats = folder_stats(args.path, args.tokenizer, check_decode=args.check_decode, manifest=args.manifest)
+            stats = folder_stats(args.path, args.tokenizer, check_decode=args.check_decode, manifest=args.manifest,
+                                 transform=args.transform)
         else:
-            stats = shard_stats(args.path, args.tokenizer, check_decode=args.check_decode)
+            stats = shard_stats(args.path, args.tokenizer, check_decode=args.check_decode, transform=args.transform,
+                                sidecar=args.sidecar)
         if args.json:
             print(json.dumps(stats, indent=2))
             return 0
@@ -383,12 +387,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="do not check the input against its <stem>.source_manifest.json sidecar")
     d.add_argument("--text-key", default="text", help="JSONL field holding the text")
     d.add_argument("--out", required=True, help="output folder")
+    d.add_argument("--transform", default="none", choices=TRANSFORMS,
+                   help="rewrite the text before the tokenizer: caseops = #1729's case operators as user-defined "
+                        "pieces, plus the validation byte sidecar fineweb_val_bytes_*.bin (default none)")
     d.add_argument("--quiet", action="store_true")
     d = dsub.add_parser("stats", help="documents, tokens, targets and exact bytes of a shard or a dataset folder")
     d.add_argument("path", metavar="SHARD_OR_FOLDER",
                    help="one shard, or a folder of fineweb_{val,train}_*.bin (checked against its manifest.json)")
     d.add_argument("--tokenizer", required=True, help="SentencePiece .model, pure-byte .json, or byte260")
     d.add_argument("--manifest", help="manifest.json to check a folder against (default: <folder>/../../manifest.json)")
+    d.add_argument("--transform", choices=TRANSFORMS,
+                   help="the shards' text transform (default: the text_transform of meta.json in the shard's folder, "
+                        "else none); caseops counts bytes by the token-id rule and, where a byte sidecar "
+                        "fineweb_val_bytes_*.bin is present, also by the sidecar")
+    d.add_argument("--sidecar", help="byte sidecar of a single shard (default: fineweb_val_bytes_NNNNNN.bin beside it)")
     d.add_argument("--check-decode", action="store_true", help="also decode every document and count its UTF-8 bytes")
     d.add_argument("--json", action="store_true")
     d = dsub.add_parser("download", help="the challenge's FineWeb export from the Hugging Face Hub "

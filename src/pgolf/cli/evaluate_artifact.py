@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, apply_overrides, finalize
-from ..data.dataset import Dataset, check_vocabularies, default_tokenizer, load_validation
-from ..data.shards import find_shards, read_header
-from ..data.tokenizer import byte_tables, load_tokenizer
+from ..data.dataset import (Dataset, check_text_transform, check_vocabularies, default_tokenizer, load_validation,
+                            validation_bytes, validation_files)
+from ..data.shards import read_header
+from ..data.tokenizer import load_tokenizer
 from ..eval.bpb import evaluate
 from ..quant.pack import unpack
 from ..training.loop import choose_attention_backend
@@ -22,14 +23,19 @@ from ..training.runtime import init_runtime
 PREFIX_KEY = "data.val_tokens_limit"
 
 
+# data keys that change how the split is scored, never the model: which bytes divide the nats
+SCORING_DATA_KEYS = ("data.byte_source",)
+
+
 def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: str | None = None,
                       overrides: dict[str, Any] | None = None, device: str | None = None,
                       val_tokens: int | None = None) -> dict[str, Any]:
     """Score `artifact`; `val_tokens` = N scores the first N validation tokens (N - 1 targets), None or 0 all."""
     overrides = dict(overrides or {})
     for key in overrides:
-        if not key.startswith("eval.") and key != PREFIX_KEY:
-            raise ConfigError(f"pgolf eval only takes eval.* and {PREFIX_KEY} overrides; '{key}' would change the model")
+        if not key.startswith("eval.") and key != PREFIX_KEY and key not in SCORING_DATA_KEYS:
+            raise ConfigError(f"pgolf eval only takes eval.*, {PREFIX_KEY} and {', '.join(SCORING_DATA_KEYS)} "
+                              f"overrides; '{key}' would change the model")
     if val_tokens is not None:
         overrides[PREFIX_KEY] = val_tokens
     rt = init_runtime(device)
@@ -41,17 +47,20 @@ def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: 
     if limit < 0 or limit == 1:
         raise ConfigError(f"'{PREFIX_KEY}' (--val-tokens) must be 0 (the whole split) or at least 2 tokens, got {limit}")
     folder = Path(data or cfg.data.path)
-    val_files = find_shards(folder, cfg.data.val_pattern, "validation")
+    val_files, val_bytes_files = validation_files(folder, cfg.data)
+    check_text_transform(folder, cfg.data)
     tok_path = Path(tokenizer) if tokenizer else (Path(cfg.data.tokenizer) if not data else default_tokenizer(folder, cfg.model.vocab_size))
     sp = load_tokenizer(tok_path)
     check_vocabularies(Dataset(folder, val_files[:1], val_files, tok_path, int(sp.vocab_size())), cfg.model.vocab_size)
-    dataset = Dataset(folder, [], val_files, tok_path, int(sp.vocab_size()))
+    dataset = Dataset(folder, [], val_files, tok_path, int(sp.vocab_size()), val_bytes_files)
     tokens = load_validation(dataset, cfg.model.vocab_size, limit)
     split_targets = sum(read_header(f) for f in val_files) - 1
     model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
-    ev = evaluate(model, tokens, None, cfg.eval, tables=byte_tables(sp, cfg.model.vocab_size))
+    token_bytes = validation_bytes(dataset, cfg.data, tokens, cfg.model.vocab_size)
+    ev = evaluate(model, tokens, None, cfg.eval, token_bytes=token_bytes)
     return {"artifact": str(artifact), "val_loss": ev.val_loss, "val_bpb": ev.val_bpb, "val_targets": ev.targets,
-            "val_bytes": ev.bytes, "val_split_targets": split_targets, "val_prefix": tokens.size - 1 < split_targets,
+            "val_bytes": ev.bytes, "byte_source": cfg.data.byte_source, "text_transform": cfg.data.text_transform,
+            "val_split_targets": split_targets, "val_prefix": tokens.size - 1 < split_targets,
             "val_tokens_limit": limit, "trained_val_tokens_limit": trained_limit, "eval_tail": ev.tail,
             "eval_tail_dropped": ev.dropped, "eval_seconds": ev.seconds, "eval_mode": ev.mode, "legal": ev.legal,
             "data": str(folder), "tokenizer": str(tok_path)}

@@ -32,6 +32,8 @@ class OptionalModule:
 
 OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
     OptionalModule("pgolf.data.corpus", "data", lambda d: not d.path, "data.path = '' (the embedded corpus)"),
+    OptionalModule("pgolf.data.caseops", "data", lambda d: d.text_transform == "caseops", "data.text_transform = 'caseops'"),
+    OptionalModule("pgolf.data.coprime", "data", lambda d: d.loader == "coprime", "data.loader = 'coprime'"),
     OptionalModule("pgolf.eval.modes", "eval",
                    lambda e: e.ttt != "none" or e.sliding_stride > 0 or e.doc_boundaries or e.max_seconds > 0,
                    "eval.ttt, eval.sliding_stride, eval.doc_boundaries or eval.max_seconds"),

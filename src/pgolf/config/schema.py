@@ -36,9 +36,13 @@ class DataConfig:
     path: str = _f("", "folder with fineweb_train_*.bin / fineweb_val_*.bin shards; '' = the embedded corpus")
     tokenizer: str = _f("", "SentencePiece .model, pure-byte .json or byte260; '' = tokenizer.model/.json in the data folder, else ../../tokenizers/fineweb_{vocab}_bpe.model")
     train_pattern: str = _f("fineweb_train_*.bin", "glob of training shards inside data.path")
-    val_pattern: str = _f("fineweb_val_*.bin", "glob of validation shards inside data.path")
+    val_pattern: str = _f("fineweb_val_*.bin", "glob of validation shards inside data.path (files matching data.val_bytes_pattern excluded)")
     bos_id: int = _f(1, "token id that starts every document")
     val_tokens_limit: int = _f(0, "score only the first N validation tokens (0 = the whole split); results say so")
+    loader: str = _f("stream", "training batches: the baseline's sequential stream over the shards, or #1060's coprime-stride multi-shard blocks (data/coprime.py)", ("stream", "coprime"))
+    text_transform: str = _f("none", "what the shards' text went through before the tokenizer: nothing, or CaseOps (#1729: case operators as user-defined pieces; pgolf data prepare --transform caseops); it sets the byte rule of the operator pieces", ("none", "caseops"))
+    byte_source: str = _f("tokens", "bytes behind val_bpb: the token-id rule (CaseOps operators 0 bytes; the same denominator as the plain tokenizer on the same text), or the per-token sidecar of original bytes (#1855's fineweb_val_bytes_*.bin, before normalisation)", ("tokens", "sidecar"))
+    val_bytes_pattern: str = _f("fineweb_val_bytes_*.bin", "glob of the per-token byte sidecar shards inside data.path (data.byte_source = sidecar)")
 
 
 @dataclass

@@ -1,17 +1,22 @@
-"""Resolve and check a run's data before any training starts: shard folders, tokenizer, vocabulary agreement."""
+"""Resolve and check a run's data before any training starts: shard folders, tokenizer, vocabulary agreement;
+and the bytes behind val_bpb (data.byte_source: the token-id rule, or the per-token sidecar of original bytes).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..config import Config
-from ..config.optional import optional_module
+from ..config import Config, DataConfig
+from ..config.optional import require_module
 from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
-from .tokenizer import TokenizerError, byte_tables, file_sha256, load_tokenizer, tokenizer_exists, tokenizer_sha256
+from .tokenizer import (ByteTables, TokenizerError, byte_tables, file_sha256, load_tokenizer, stream_bytes,
+                        tokenizer_exists, tokenizer_sha256)
 
 BYTE260_VOCAB = DEFAULT_BYTE_TOKENIZER.vocab_size()
 
@@ -27,6 +32,7 @@ class Dataset:
     val_files: list[Path]
     tokenizer_path: Path
     tokenizer_vocab: int
+    val_bytes_files: list[Path] = field(default_factory=list)  # the byte sidecar, when the folder has one
 
     def checksums(self) -> dict[str, object]:
         """Tokenizer and validation files fully hashed; training shards by name and size (they can be 100s of GB)."""
@@ -34,7 +40,7 @@ class Dataset:
             "data_folder": str(self.folder),
             "tokenizer": str(self.tokenizer_path),
             "tokenizer_sha256": tokenizer_sha256(self.tokenizer_path),
-            "val_sha256": {p.name: file_sha256(p) for p in self.val_files},
+            "val_sha256": {p.name: file_sha256(p) for p in self.val_files + self.val_bytes_files},
             "train_shards": {p.name: p.stat().st_size for p in self.train_files},
         }
 
@@ -44,6 +50,32 @@ def challenge_paths(vocab_size: int) -> tuple[str, str]:
     if vocab_size == BYTE260_VOCAB:
         return "datasets/fineweb10B_byte260", f"tokenizers/{BYTE260_FILENAME}"
     return f"datasets/fineweb10B_sp{vocab_size}", f"tokenizers/fineweb_{vocab_size}_bpe.model"
+
+
+def validation_files(folder: Path, data: DataConfig) -> tuple[list[Path], list[Path]]:
+    """(token shards, byte-sidecar shards) of the validation split. data.val_pattern's default also matches the
+    sidecar's fineweb_val_bytes_*.bin, so files matching data.val_bytes_pattern are never token shards."""
+    matched = find_shards(folder, data.val_pattern, "validation")
+    sidecar = sorted(folder.glob(data.val_bytes_pattern))
+    tokens = [f for f in matched if not fnmatch.fnmatch(f.name, data.val_bytes_pattern)]
+    if not tokens:
+        raise ShardError(f"{folder}: '{data.val_pattern}' matches only byte-sidecar files "
+                         f"('{data.val_bytes_pattern}'), no validation token shards")
+    return tokens, sidecar
+
+
+def check_text_transform(folder: Path, data: DataConfig) -> None:
+    """The folder's meta.json (pgolf data prepare) must name the transform the config declares."""
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        return
+    try:
+        written = json.loads(meta_path.read_text()).get("text_transform", "none")
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise ShardError(f"{meta_path}: not a JSON object ({exc})") from exc
+    if written != data.text_transform:
+        raise DataMismatchError(f"{meta_path} says the shards hold text_transform = {written!r}, but "
+                                f"data.text_transform = {data.text_transform!r}; set --set data.text_transform={written}")
 
 
 def default_tokenizer(folder: Path, vocab_size: int) -> Path:
@@ -63,7 +95,8 @@ def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) 
     corpus = optional_module("pgolf.data.corpus", cfg.data)
     folder = Path(cfg.data.path) if corpus is None else corpus.ensure_corpus(progress)
     train_files = find_shards(folder, cfg.data.train_pattern, "training")
-    val_files = find_shards(folder, cfg.data.val_pattern, "validation")
+    val_files, val_bytes_files = validation_files(folder, cfg.data)
+    check_text_transform(folder, cfg.data)
     counts = {f: read_header(f) for f in train_files + val_files}
     if not sum(counts[f] for f in train_files):
         raise ShardError(f"{folder}: the training shards hold no tokens ({', '.join(f.name for f in train_files)})")
@@ -75,11 +108,13 @@ def resolve_dataset(cfg: Config, progress: bool = True, check_ids: bool = True) 
     if not tokenizer_exists(tokenizer_path):
         raise TokenizerError(f"{tokenizer_path}: tokenizer model not found (set data.tokenizer / --tokenizer)")
     sp = load_tokenizer(tokenizer_path)
-    try:  # a tokenizer the byte rule cannot count (user-defined pieces) fails here, not after training
-        byte_tables(sp)
+    try:  # a tokenizer the byte rule cannot count (user-defined pieces, no transform declaring them) fails here
+        tokenizer_byte_tables(sp, cfg.data)
     except TokenizerError as exc:
         raise TokenizerError(f"{tokenizer_path}: {exc}") from exc
-    dataset = Dataset(folder, train_files, val_files, tokenizer_path, int(sp.vocab_size()))
+    dataset = Dataset(folder, train_files, val_files, tokenizer_path, int(sp.vocab_size()), val_bytes_files)
+    if cfg.data.byte_source == "sidecar":
+        check_sidecar(dataset)
     if check_ids:
         check_vocabularies(dataset, cfg.model.vocab_size)
     return dataset
@@ -113,3 +148,42 @@ def load_validation(dataset: Dataset, vocab_size: int, limit: int = 0) -> np.nda
     if tokens.size < 2:
         raise ShardError(f"{dataset.val_files[0]}: validation split has {tokens.size} tokens; nothing to score")
     return tokens
+
+
+# ----------------------------------------------------------------------------- bytes behind val_bpb
+
+def tokenizer_byte_tables(sp, data: DataConfig, vocab_size: int | None = None) -> ByteTables:
+    """The token-id byte rule for the tokenizer of this data: CaseOps operators 0 bytes (the escaped literal 3)
+    with data.text_transform = caseops; without a transform, a tokenizer with user-defined pieces is refused."""
+    if data.text_transform == "caseops":
+        return require_module("pgolf.data.caseops", data).caseops_byte_tables(sp, vocab_size)
+    return byte_tables(sp, vocab_size)
+
+
+def check_sidecar(dataset: Dataset) -> None:
+    """data.byte_source = sidecar: one sidecar shard per token shard, each the same length."""
+    if not dataset.val_bytes_files:
+        raise ShardError(f"{dataset.folder}: data.byte_source = 'sidecar' but the folder has no byte sidecar shards "
+                         f"(pgolf data prepare --transform caseops writes fineweb_val_bytes_*.bin)")
+    if len(dataset.val_bytes_files) != len(dataset.val_files):
+        raise ShardError(f"{dataset.folder}: {len(dataset.val_bytes_files)} byte sidecar shards for "
+                         f"{len(dataset.val_files)} validation token shards")
+    for tokens, counts in zip(dataset.val_files, dataset.val_bytes_files):
+        if read_header(tokens) != read_header(counts):
+            raise ShardError(f"{counts}: {read_header(counts):,} byte counts for the {read_header(tokens):,} tokens of "
+                             f"{tokens.name}")
+
+
+def validation_bytes(dataset: Dataset, data: DataConfig, tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Bytes credited to each target of `tokens` (the validation stream as loaded: a prefix of the split) under
+    data.byte_source: the token-id rule, or sidecar[p] for the target at stream position p."""
+    tokens = np.asarray(tokens)
+    if data.byte_source == "sidecar":
+        check_sidecar(dataset)
+        counts = load_tokens(dataset.val_bytes_files, limit=tokens.size).astype(np.int64)
+        bos = np.flatnonzero(tokens == data.bos_id)
+        if counts.size != tokens.size or (bos.size and counts[bos].any()):
+            raise ShardError(f"{dataset.val_bytes_files[0]}: the byte sidecar does not belong to these tokens (it "
+                             f"must have one count per token and 0 at every BOS)")
+        return counts[1:]
+    return stream_bytes(tokens, tokenizer_byte_tables(load_tokenizer(dataset.tokenizer_path), data, vocab_size))

@@ -162,7 +162,7 @@ def read_documents(path: str | Path, text_key: str = "text") -> list[str]:
 def prepare_file(path: str | Path, out: str | Path, *, text_key: str = "text", tokenizer: str | Path | None = None,
                  vocab_size: int | None = None, val_docs: int | None = None, check_docs: bool = True,
                  bos_id: int = 1, shard_tokens: int = SHARD_TOKENS, progress: bool = True,
-                 tokenizer_train_docs: int | None = None) -> dict[str, Any]:
+                 tokenizer_train_docs: int | None = None, transform: str = "none") -> dict[str, Any]:
     """prepare_documents for a file, streamed; checked against its docs sidecar when one lies beside it.
 
     val_docs=None takes the sidecar's docs_val, else the challenge's 50,000.
@@ -194,4 +194,4 @@ def prepare_file(path: str | Path, out: str | Path, *, text_key: str = "text", t
 
     return prepare_stream(open_docs, out, tokenizer=tokenizer, vocab_size=vocab_size, val_docs=val_docs,
                           bos_id=bos_id, shard_tokens=shard_tokens, progress=progress, total=total,
-                          tokenizer_train_docs=tokenizer_train_docs, finish=finish)
+                          tokenizer_train_docs=tokenizer_train_docs, finish=finish, transform=transform)

@@ -9,9 +9,13 @@ length of the decoded text, except where decoding cannot give the original bytes
 challenge's own lookup table) is what counts: an unknown piece decodes to " ⁇ " but counts 0, byte-fallback
 pieces that do not form valid UTF-8 decode to U+FFFD (3 bytes each) but count 1 each. User-defined pieces have
 no rule: their bytes in the original text are not their piece text (CaseOps operators, issue #22, stand for no
-bytes at all), so byte_tables refuses a tokenizer that has them unless the caller says what they count. For the
-pure-byte tokenizer the same tables hold base_bytes = 1 for every byte id, 0 for the specials, and no leading
-spaces.
+bytes at all), so byte_tables refuses a tokenizer that has them unless the caller says what they count.
+For the pure-byte tokenizer the same tables hold base_bytes = 1 for every byte id, 0 for the specials, and no
+leading spaces.
+
+An escape rule (EscapeRule, CaseOps' ESC) makes the count depend on more than the previous token: after an
+unescaped escape token, an escapable token is a literal and counts its literal bytes. `stream_bytes` applies it
+over the whole stream; `ByteTables.target_bytes` alone does not.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from .byte_tokenizer import BYTE260, ByteTokenizer, ByteTokenizerError, is_byte_
 SPACE_PIECE = "\u2581"
 # SentencePiece piece types (sentencepiece_model.proto, ModelProto.SentencePiece.Type)
 PIECE_NORMAL, PIECE_UNKNOWN, PIECE_CONTROL, PIECE_USER_DEFINED, PIECE_UNUSED, PIECE_BYTE = 1, 2, 3, 4, 5, 6
+# CaseOps' operators (data/caseops.py: TITLE, ALLCAPS, CAPNEXT, ESC): user-defined pieces that stand for no bytes
+CASEOPS_OPERATOR_PIECES = ("\ue001", "\ue002", "\ue003", "\ue004")
 
 # The challenge exporter's trainer settings (data/download_hf_docs_and_tokenize.py).
 CHALLENGE_TRAINER_SETTINGS = dict(
@@ -98,8 +104,11 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, model_prefix: str | Path) -> Path:
-    """Train a SentencePiece BPE with the challenge's settings; returns the .model path."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, model_prefix: str | Path,
+                    user_defined_symbols: tuple[str, ...] = ()) -> Path:
+    """Train a SentencePiece BPE with the challenge's settings; returns the .model path.
+
+    `user_defined_symbols`: pieces that are always one token, never merged (CaseOps' operators)."""
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     cleaned = (t.replace("\x00", " ").strip() for t in texts)
@@ -108,9 +117,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, model_prefix: str | P
         model_prefix=str(model_prefix),
         vocab_size=vocab_size,
         minloglevel=2,
+        **({"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}),
         **CHALLENGE_TRAINER_SETTINGS,
     )
     return model_prefix.with_suffix(".model")
+
+
+@dataclass(frozen=True)
+class EscapeRule:
+    """After an unescaped `escape_id`, a token of `literal_bytes` is a literal and counts literal_bytes[id]."""
+    escape_id: int
+    literal_bytes: Mapping[int, int]
 
 
 @dataclass(frozen=True)
@@ -119,9 +136,11 @@ class ByteTables:
     base_bytes: np.ndarray          # int16
     has_leading_space: np.ndarray   # bool
     is_boundary: np.ndarray         # bool
+    escape: EscapeRule | None = None
 
     def target_bytes(self, targets: np.ndarray, prev: np.ndarray) -> np.ndarray:
-        """Bytes credited to each target token given the token before it (same shapes)."""
+        """Bytes credited to each target token given the token before it (same shapes), without the escape
+        rule (stream_bytes applies it)."""
         targets = np.asarray(targets, dtype=np.int64)
         prev = np.asarray(prev, dtype=np.int64)
         space = self.has_leading_space[targets] & ~self.is_boundary[prev]
@@ -175,13 +194,15 @@ def piece_types(sp: spm.SentencePieceProcessor) -> np.ndarray:
 
 
 def byte_tables(sp: Tokenizer, vocab_size: int | None = None,
-                user_defined_bytes: Mapping[int, int] | str | None = None) -> ByteTables:
+                user_defined_bytes: Mapping[int, int] | str | None = None,
+                escape: EscapeRule | None = None) -> ByteTables:
     """The byte rule's tables for `sp` (padded to `vocab_size` with 0-byte boundary ids; byte260 has no
     user-defined pieces).
 
     `user_defined_bytes` says what user-defined pieces count, which the rule cannot know: a mapping
     {piece id: bytes} for every one of them (e.g. 0 for CaseOps operators), or "text" for the UTF-8 length of
     the piece (pieces that stand for themselves in the text). With user-defined pieces and no policy: TokenizerError.
+    `escape`: an escape rule (CaseOps: data/caseops.py caseops_byte_tables).
     """
     size = max(int(sp.vocab_size()), vocab_size or 0)
     base = np.zeros(size, dtype=np.int16)
@@ -208,13 +229,21 @@ def byte_tables(sp: Tokenizer, vocab_size: int | None = None,
             space[tid] = True
             piece = piece[1:]
         base[tid] = len(piece.encode("utf-8"))
-    return ByteTables(base, space, boundary)
+    if escape is not None:
+        outside = [i for i in [escape.escape_id, *escape.literal_bytes] if not 0 <= i < int(sp.vocab_size())]
+        if outside:
+            raise TokenizerError(f"escape rule names token id {outside[0]}, outside the tokenizer's {sp.vocab_size()} pieces")
+    return ByteTables(base, space, boundary, escape)
 
 
 def _user_defined_bytes(sp: spm.SentencePieceProcessor, types: np.ndarray,
                         policy: Mapping[int, int] | str | None) -> dict[int, int]:
     """{id: bytes} for the user-defined pieces that do not count as their text; checks the policy covers them."""
     ids = [int(i) for i in np.flatnonzero(types == PIECE_USER_DEFINED)]
+    operators = [i for i in ids if sp.id_to_piece(i) in CASEOPS_OPERATOR_PIECES]
+    if policy == "text" and operators:
+        raise TokenizerError(f"user-defined piece {operators[0]} is a CaseOps operator, which stands for no bytes; "
+                             f"counting it as its text (3 bytes) would flatter bpb (use data/caseops.py's tables)")
     if not ids or policy == "text":
         return {}
     shown = ", ".join(f"{i} {sp.id_to_piece(i)!r}" for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
@@ -235,10 +264,32 @@ def _user_defined_bytes(sp: spm.SentencePieceProcessor, types: np.ndarray,
     return {int(i): int(n) for i, n in policy.items()}
 
 
+def escaped_literals(is_escape: np.ndarray, escapable: np.ndarray) -> np.ndarray:
+    """Which symbols of a sequence are escaped literals: an escapable symbol right after an unescaped escape.
+
+    Read left to right, an unescaped escape escapes the next symbol. In a run of consecutive escapes (the symbol
+    before a run is no escape, so the run's first one is unescaped) those at even offsets escape and those at odd
+    offsets are literals (when escapable, as CaseOps' ESC is); the symbol after an odd-length run is escaped."""
+    is_escape = np.asarray(is_escape, dtype=bool)
+    idx = np.arange(is_escape.size)
+    run_start = np.maximum.accumulate(np.where(is_escape & ~np.r_[False, is_escape[:-1]], idx, 0))
+    escaper = is_escape & ((idx - run_start) % 2 == 0)
+    return np.asarray(escapable, dtype=bool) & np.r_[False, escaper[:-1]]
+
+
 def stream_bytes(tokens: np.ndarray, tables: ByteTables) -> np.ndarray:
     """Bytes of every target of a token stream (targets are tokens[1:])."""
     tokens = np.asarray(tokens)
-    return tables.target_bytes(tokens[1:], tokens[:-1])
+    out = tables.target_bytes(tokens[1:], tokens[:-1])
+    rule = tables.escape
+    if rule is not None and tokens.size > 1:
+        ids = np.asarray(tokens, dtype=np.int64)
+        literal_ids = np.fromiter(rule.literal_bytes, dtype=np.int64)
+        literal = escaped_literals(ids == rule.escape_id, np.isin(ids, literal_ids))[1:]
+        lookup = np.zeros(max(int(ids.max()), int(literal_ids.max())) + 1, dtype=np.int64)
+        lookup[literal_ids] = list(rule.literal_bytes.values())
+        out[literal] = lookup[ids[1:][literal]]
+    return out
 
 
 def decoded_utf8(sp: Tokenizer, ids: list[int]) -> bytes:

@@ -77,19 +77,29 @@ def plain_nll(model: nn.Module, tokens: np.ndarray, context_len: int, batch_seqs
 
 
 def evaluate(model: nn.Module, tokens: np.ndarray, tokenizer_path: str | None, cfg: EvalConfig, *,
-             tables: ByteTables | None = None) -> EvalResult:
-    """Score a validation token stream (BOS-separated documents) with the mode `cfg` asks for."""
+             tables: ByteTables | None = None, token_bytes: np.ndarray | None = None) -> EvalResult:
+    """Score a validation token stream (BOS-separated documents) with the mode `cfg` asks for.
+
+    The bytes of each target come from `token_bytes` (one per target, e.g. a byte sidecar), else from the byte
+    rule's `tables`, else from the tables of the tokenizer at `tokenizer_path`."""
     if cfg.context_len <= 0:
         raise ValueError("eval.context_len must be set (pgolf resolves 0 to train.seq_len when it loads a config)")
     tokens = np.asarray(tokens)
     if tokens.size < 2:
         raise ValueError(f"the validation stream has {tokens.size} tokens; at least 2 are needed to score one target")
+    if token_bytes is not None:
+        token_bytes = np.asarray(token_bytes, dtype=np.int64)
+        if token_bytes.shape != (tokens.size - 1,):
+            raise ValueError(f"token_bytes has {token_bytes.size} entries for the {tokens.size - 1} targets of the stream")
     tokens, dropped = cut_tail(tokens, cfg)
-    if tables is None:
+    if token_bytes is not None:
+        token_bytes = token_bytes[: tokens.size - 1]  # the tail cut keeps a prefix of the targets
+    elif tables is None:
         sp = load_tokenizer(tokenizer_path)
         tables = byte_tables(sp, int(tokens.max()) + 1)
     start = time.perf_counter()
-    token_bytes = stream_bytes(tokens, tables)
+    if token_bytes is None:
+        token_bytes = stream_bytes(tokens, tables)
     modes = optional_module("pgolf.eval.modes", cfg)  # sliding/document-cut windows, test-time training, the time cap
     if modes is not None:
         result = modes.evaluate_mode(model, tokens, token_bytes, cfg)

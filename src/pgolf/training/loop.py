@@ -36,9 +36,10 @@ from ..artifact.sizes import pack
 from ..config import Config, ConfigError
 from ..config.optional import optional_module, require_module
 from ..data.atomic import atomic_write
-from ..data.dataset import Dataset, check_vocabularies, load_validation, max_token_id, resolve_dataset
+from ..data.dataset import (Dataset, check_vocabularies, load_validation, max_token_id, resolve_dataset,
+                            validation_bytes)
 from ..data.loader import DistributedTokenLoader, PrefetchingLoader
-from ..data.tokenizer import byte_tables, file_sha256, load_tokenizer
+from ..data.tokenizer import file_sha256
 from ..eval.bpb import evaluate
 from ..model.attention import flash3_available
 from ..model.gpt import GPT, build_model, count_parameters
@@ -272,7 +273,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
         bar.message(f"pgolf: {cfg.recipe} ({cfg.scale}) | {count_parameters(cfg.model):,} params | "
                     f"{rt.world_size} x {device_name(rt.device)} | {t.batch_tokens:,} tokens/step "
                     f"({accum} micro-step{'s' if accum > 1 else ''}) | kernels {describe(kernels, t)} | run {run_dir}")
-    val_tokens = tables = None
+    val_tokens = val_bytes = None
 
     def checkpoint_state(at_step_start: dict[str, Any] | None = None) -> dict[str, Any]:
         """`at_step_start`: the loader and RNG as the step in flight found them (it is not applied)."""
@@ -353,8 +354,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             if t.val_every > 0 and step % t.val_every == 0 and step < t.steps:
                 with clock.paused():  # validation is not training time
                     if val_tokens is None:
-                        val_tokens, tables = _load_val(dataset, cfg)
-                    ev = evaluate(model, val_tokens, None, plain_eval_config(cfg), tables=tables)
+                        val_tokens, val_bytes = _load_val(dataset, cfg)
+                    ev = evaluate(model, val_tokens, None, plain_eval_config(cfg), token_bytes=val_bytes)
                 if log is not None:
                     log.write({"step": step, "val_loss": ev.val_loss, "val_bpb": ev.val_bpb})
                 bar.message(f"step {step}: val_loss {ev.val_loss:.4f} val_bpb {ev.val_bpb:.4f}")
@@ -373,8 +374,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     timing = {"train_seconds": clock.stop(), "priming_seconds": priming_s, "paused_seconds": clock.paused_s,
               **device_memory(rt.device, "train_")}
     if val_tokens is None:
-        val_tokens, tables = _load_val(dataset, cfg)
-    return _finish(cfg, rt, run_dir, model, averager, val_tokens, tables, step, timing, show, loader)
+        val_tokens, val_bytes = _load_val(dataset, cfg)
+    return _finish(cfg, rt, run_dir, model, averager, val_tokens, val_bytes, step, timing, show, loader)
 
 
 def _check_fast_paths(model: GPT, forward: nn.Module, dataset: Dataset, cfg: Config, rt: Runtime,
@@ -399,9 +400,9 @@ def _on_device(tensors, device: torch.device) -> list:
 
 
 def _load_val(dataset: Dataset, cfg: Config):
+    """The validation tokens and the bytes of each target under data.byte_source."""
     tokens = load_validation(dataset, cfg.model.vocab_size, cfg.data.val_tokens_limit)
-    tables = byte_tables(load_tokenizer(dataset.tokenizer_path), cfg.model.vocab_size)
-    return tokens, tables
+    return tokens, validation_bytes(dataset, cfg.data, tokens, cfg.model.vocab_size)
 
 
 def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: DistributedTokenLoader, cfg: Config,
@@ -445,7 +446,7 @@ def _calibrate(cfg: Config, rt: Runtime, model: GPT, loader: DistributedTokenLoa
     return hessians, time.perf_counter() - start
 
 
-def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: WeightAverager, val_tokens, tables,
+def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: WeightAverager, val_tokens, val_bytes,
             steps: int, timing: dict[str, Any], show: bool, loader: DistributedTokenLoader) -> dict[str, Any]:
     """Averaging -> GPTQ calibration (on the training clock) -> pre-quant eval -> pack -> unpack -> scored eval ->
     result.json, loss.png, summary."""
@@ -467,7 +468,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         atomic_write(run_dir / "model.safetensors", lambda tmp: save_file(final_state, tmp))
     plain = plain_eval_config(cfg)
-    prequant = evaluate(model, val_tokens, None, plain, tables=tables)
+    prequant = evaluate(model, val_tokens, None, plain, token_bytes=val_bytes)
     artifact = run_dir / "artifact.pgolf"
     # code_bytes = the exact size of the self-contained train_gpt.py `pgolf submit` writes for this config
     pack_start = time.perf_counter()
@@ -477,10 +478,10 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     barrier()
     scored_model, _ = unpack(artifact, rt.device)
     scored_model.attention_backend = model.attention_backend
-    roundtrip_plain = evaluate(scored_model, val_tokens, None, plain, tables=tables)
+    roundtrip_plain = evaluate(scored_model, val_tokens, None, plain, token_bytes=val_bytes)
     final = roundtrip_plain
     if cfg.eval.sliding_stride > 0 or cfg.eval.ttt != "none":
-        final = evaluate(scored_model, val_tokens, None, cfg.eval, tables=tables)
+        final = evaluate(scored_model, val_tokens, None, cfg.eval, token_bytes=val_bytes)
     train_tokens = steps * cfg.train.batch_tokens
     train_seconds = timing["train_seconds"]
     result: dict[str, Any] = {
@@ -496,6 +497,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         "world_size": rt.world_size, "device": device_name(rt.device), "torch_version": torch.__version__,
         "val_targets": final.targets, "val_bytes": final.bytes,
         "val_tokens_limited": cfg.data.val_tokens_limit > 0,
+        "byte_source": cfg.data.byte_source, "text_transform": cfg.data.text_transform,
         "eval_mode": final.mode, "eval_tail": final.tail, "legal": final.legal, "averaging": averaging,
         "averaging_detail": averager.describe(), "swa_snapshots": averager.swa_count,
         **timing, "pack_seconds": pack_s, **device_memory(rt.device),
