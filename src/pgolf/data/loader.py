@@ -28,6 +28,13 @@ class PackedBatch(NamedTuple):
     cu_seqlens: torch.Tensor | None     # int32 document segments of x, fixed length; None without bos_id
 
 
+def packed(x: torch.Tensor, y: torch.Tensor, bos_id: int | None) -> PackedBatch:
+    """The batch with the inputs' cu_seqlens (None without bos_id), padded to a fixed capacity."""
+    if bos_id is None:
+        return PackedBatch(x, y, None)
+    return PackedBatch(x, y, cu_seqlens(x, bos_id, segment_capacity(*x.shape)))
+
+
 class TokenStream:
     def __init__(self, files: list[Path], vocab_size: int | None = None):
         if not files:
@@ -85,10 +92,7 @@ class DistributedTokenLoader:
 
     def next_packed(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> PackedBatch:
         """next_batch plus the inputs' cu_seqlens (when built with bos_id), padded to a fixed capacity."""
-        x, y = self.next_batch(global_tokens, seq_len, grad_accum_steps)
-        if self.bos_id is None:
-            return PackedBatch(x, y, None)
-        return PackedBatch(x, y, cu_seqlens(x, self.bos_id, segment_capacity(*x.shape)))
+        return packed(*self.next_batch(global_tokens, seq_len, grad_accum_steps), self.bos_id)
 
     def state_dict(self) -> dict[str, int]:
         return self.stream.state_dict()

@@ -36,6 +36,7 @@ from ..artifact.sizes import pack
 from ..config import Config, ConfigError
 from ..config.optional import optional_module, require_module
 from ..data.atomic import atomic_write
+from ..data.coprime import CoprimeBlockLoader
 from ..data.dataset import (Dataset, check_vocabularies, load_validation, max_token_id, resolve_dataset,
                             validation_bytes)
 from ..data.loader import DistributedTokenLoader, PrefetchingLoader
@@ -234,8 +235,10 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     optimizers = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings)
     averager = WeightAverager(model, t)
     # with document-isolated attention the loader also builds each batch's cu_seqlens (FA3 varlen) on its thread
-    loader = DistributedTokenLoader(dataset.train_files, rt.rank, rt.world_size, cfg.model.vocab_size,
-                                    cfg.data.bos_id if cfg.model.doc_attention else None)
+    # data.loader: the baseline's sequential stream, or #1060's coprime-stride blocks (data/coprime.py)
+    loader_cls = CoprimeBlockLoader if cfg.data.loader == "coprime" else DistributedTokenLoader
+    loader = loader_cls(dataset.train_files, rt.rank, rt.world_size, cfg.model.vocab_size,
+                        cfg.data.bos_id if cfg.model.doc_attention else None)
     if rt.device.type == "cuda":  # next batches are read and pinned on a thread while the GPU works
         loader = PrefetchingLoader(loader, t.batch_tokens, t.seq_len, accum, pin_memory=True)
     forward: nn.Module = model
