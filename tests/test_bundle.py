@@ -27,8 +27,9 @@ from pgolf.artifact.linemap import map_traceback, original_line
 from pgolf.artifact.minify import minify_source
 from pgolf.config import SECTIONS, recipe_names
 from pgolf.config.optional import OPTIONAL_MODULES, OptionalModuleError, needed_optional_modules, optional_module, require_module
+from pgolf.data.prepare import prepare_documents
 
-from conftest import REPO, micro_config
+from conftest import REPO, SHARED, micro_config
 
 PACKAGE = shipping.PACKAGE_DIR
 OPTIONAL_PATHS = {shipping.rel_of(m.name) for m in OPTIONAL_MODULES}
@@ -297,6 +298,8 @@ def switch_cases() -> list[tuple[str, dict]]:
         for key in sorted(_keys_read(entry)):
             if key == "data.path":
                 continue  # a script never prepares the embedded corpus: test_a_script_never_carries_the_embedded_corpus
+            if key == "data.text_transform":
+                continue  # needs CaseOps shards: test_caseops_runs_under_its_own_scripts_importer
             section, name = key.split(".")
             fld = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
             values = list(fld.metadata.get("choices") or [SWITCH_VALUES[key]])
@@ -315,6 +318,17 @@ def switch_cases() -> list[tuple[str, dict]]:
 def test_each_switch_value_runs_under_its_own_scripts_importer(case, shared_data, tmp_path):
     _run_case(micro_config("baseline", train__steps=2, data__val_tokens_limit=2049,
                            **{k.replace(".", "__"): v for k, v in case[1].items()}), tmp_path)
+
+
+@pytest.mark.slow
+def test_caseops_runs_under_its_own_scripts_importer(shared_data, tmp_path):
+    """data.text_transform = caseops on pgolf-prepared CaseOps shards of the 200 raw FineWeb documents."""
+    docs = [json.loads(line)["text"] for line in (SHARED / "fineweb" / "docs_sample_200.jsonl").read_text().splitlines()]
+    folder = tmp_path / "caseops"
+    prepare_documents(docs, folder, vocab_size=1024, val_docs=50, progress=False, transform="caseops")
+    _run_case(micro_config("baseline", train__steps=2, data__val_tokens_limit=2049, data__path=str(folder),
+                           data__tokenizer=str(folder / "tokenizer.model"), data__text_transform="caseops"),
+              tmp_path / "run")
 
 
 def _run_case(cfg: pgolf.Config, tmp_path: Path) -> None:

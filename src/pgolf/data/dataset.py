@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Config, DataConfig
-from ..config.optional import require_module
+from ..config.optional import optional_module, require_module
 from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
 from .tokenizer import (ByteTables, TokenizerError, byte_tables, file_sha256, load_tokenizer, stream_bytes,

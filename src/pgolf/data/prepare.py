@@ -27,12 +27,14 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
-from . import caseops
+from ..config import DataConfig
+from ..config.optional import optional_module
 from .byte_tokenizer import ByteTokenizer
 from .shards import write_shard
 from .tokenizer import Tokenizer, encode_documents, load_tokenizer, tokenizer_sha256, train_tokenizer
@@ -46,6 +48,14 @@ SIDECAR_PREFIX = "fineweb_val_bytes_"  # + NNNNNN.bin, beside fineweb_val_NNNNNN
 
 class InputError(ValueError):
     """An input text/JSONL file cannot be read as documents; the message names file and line."""
+
+
+def transform_module(transform: str) -> ModuleType | None:
+    """data/caseops.py for transform 'caseops' (reached through the optional-module registry, as data.text_transform
+    reaches it), None for 'none'."""
+    if transform not in TRANSFORMS:
+        raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
+    return optional_module("pgolf.data.caseops", DataConfig(text_transform=transform))
 
 
 class _ShardWriter:
@@ -73,28 +83,29 @@ class _ShardWriter:
             self.fill = 0
 
 
-def _encoded(sp: Tokenizer, batch: list[str], bos_id: int, sidecar: bool) -> Iterable[tuple[np.ndarray, np.ndarray | None]]:
-    """(tokens, original bytes per token or None) per document of the batch, [BOS] first."""
-    if sidecar:
-        return caseops.encode_with_original_bytes(sp, batch, bos_id)
+def _encoded(sp: Tokenizer, batch: list[str], bos_id: int,
+             sidecar: ModuleType | None) -> Iterable[tuple[np.ndarray, np.ndarray | None]]:
+    """(tokens, original bytes per token or None) per document of the batch, [BOS] first; `sidecar`: caseops."""
+    if sidecar is not None:
+        return sidecar.encode_with_original_bytes(sp, batch, bos_id)
     return ((toks, None) for toks in encode_documents(sp, batch, bos_id))
 
 
 def _export(sp: Tokenizer, docs: Iterable[str], out: Path, val_docs: int, bos_id: int, shard_tokens: int,
-            progress: bool, total: int | None, sidecar: bool = False) -> dict[str, int]:
-    """Encode and write every document (with `sidecar`, also the validation byte sidecar in lockstep: sidecar
+            progress: bool, total: int | None, sidecar: ModuleType | None = None) -> dict[str, int]:
+    """Encode and write every document (with `sidecar`, data/caseops.py, also the validation byte sidecar in lockstep: sidecar
     shard k holds the counts of token shard k); returns the challenge manifest's `stats` figures."""
     vocab = int(sp.vocab_size())
     if vocab > 2**16:
         raise InputError(f"vocab size {vocab} does not fit the shards' uint16 tokens")
     writers = {split: _ShardWriter(out, f"fineweb_{split}_", shard_tokens) for split in ("val", "train")}
-    counts = _ShardWriter(out, SIDECAR_PREFIX, shard_tokens) if sidecar else None
+    counts = _ShardWriter(out, SIDECAR_PREFIX, shard_tokens) if sidecar is not None else None
     stats = {f"{what}_{split}": 0 for what in ("docs", "tokens") for split in ("val", "train")}
     sidecar_bytes = done = 0
     docs = iter(docs)
     with tqdm(total=total, desc="encode", unit="doc", disable=not progress, leave=False) as bar:
         while batch := list(itertools.islice(docs, ENCODE_BATCH)):
-            for toks, original in _encoded(sp, batch, bos_id, sidecar and done < val_docs):
+            for toks, original in _encoded(sp, batch, bos_id, sidecar if done < val_docs else None):
                 split = "val" if done < val_docs else "train"
                 if toks.size and int(toks.max()) >= vocab:
                     raise InputError(f"document {done}: token id {int(toks.max())} outside vocab size {vocab}")
@@ -132,11 +143,12 @@ def _training_texts(open_docs: Callable[[], Iterator[str]], val_docs: int, first
 
 def _make_tokenizer(staging: Path, tokenizer: str | Path | None, vocab_size: int | None,
                     open_docs: Callable[[], Iterator[str]], val_docs: int,
-                    tokenizer_train_docs: int | None, transform: str = "none") -> tuple[Tokenizer, Path, str]:
-    """Load or train the tokenizer and put its file into `staging`; returns (tokenizer, file, source)."""
+                    tokenizer_train_docs: int | None, caseops: ModuleType | None = None) -> tuple[Tokenizer, Path, str]:
+    """Load or train the tokenizer and put its file into `staging`; returns (tokenizer, file, source).
+    `caseops` (data/caseops.py, for CaseOps text): a given tokenizer must have the operators, a trained one gets them."""
     if tokenizer is not None:
         sp = load_tokenizer(tokenizer)
-        if transform == "caseops":
+        if caseops is not None:
             if isinstance(sp, ByteTokenizer):
                 raise InputError(f"{tokenizer}: a pure-byte tokenizer has no CaseOps operator pieces; give a "
                                  f"SentencePiece model trained for CaseOps text, or --vocab-size to train one")
@@ -155,7 +167,7 @@ def _make_tokenizer(staging: Path, tokenizer: str | Path | None, vocab_size: int
     texts = _training_texts(open_docs, val_docs, tokenizer_train_docs, used)
     try:
         model = train_tokenizer(texts, vocab_size, staging / "tokenizer",
-                                user_defined_symbols=caseops.OPERATORS if transform == "caseops" else ())
+                                user_defined_symbols=caseops.OPERATORS if caseops is not None else ())
     except RuntimeError as exc:
         if used[0] == 0:
             raise InputError(f"no documents to train a tokenizer on: the input's first {val_docs:,} documents are "
@@ -178,9 +190,8 @@ def prepare_stream(open_docs: Callable[[], Iterator[str]], out: str | Path, *, t
         raise ValueError("give exactly one of tokenizer= (an existing model) or vocab_size= (train one)")
     if val_docs < 0:
         raise ValueError(f"val_docs must be >= 0, got {val_docs}")
-    if transform not in TRANSFORMS:
-        raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
-    if transform == "caseops":
+    caseops = transform_module(transform)
+    if caseops is not None:
         raw_docs = open_docs
 
         def open_docs() -> Iterator[str]:  # the same fresh-iterator contract, over the CaseOps form
@@ -192,9 +203,8 @@ def prepare_stream(open_docs: Callable[[], Iterator[str]], out: str | Path, *, t
     staging.mkdir(parents=True)
     try:
         sp, model_path, source = _make_tokenizer(staging, tokenizer, vocab_size, open_docs, val_docs,
-                                                 tokenizer_train_docs, transform)
-        stats = _export(sp, open_docs(), staging, val_docs, bos_id, shard_tokens, progress, total,
-                        sidecar=transform == "caseops")
+                                                 tokenizer_train_docs, caseops)
+        stats = _export(sp, open_docs(), staging, val_docs, bos_id, shard_tokens, progress, total, sidecar=caseops)
         if stats["docs_total"] < val_docs:
             raise InputError(f"the input has {stats['docs_total']:,} documents, fewer than the {val_docs:,} "
                              f"validation documents asked for (--val-docs)")

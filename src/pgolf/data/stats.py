@@ -16,9 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import caseops
 from .jsonio import read_json
-from .prepare import SIDECAR_PREFIX, TRANSFORMS
+from .prepare import SIDECAR_PREFIX, TRANSFORMS, transform_module
 from .shards import ShardError, document_starts, find_shards, read_shard
 from .tokenizer import ByteTables, Tokenizer, byte_tables, decoded_utf8, load_tokenizer, stream_bytes
 
@@ -50,24 +49,22 @@ class _Rule:
     """The byte rule and the decoded-byte count of one transform."""
 
     def __init__(self, sp: Tokenizer, transform: str) -> None:
-        if transform not in TRANSFORMS:
-            raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
-        self.sp, self.transform = sp, transform
-        self.tables: ByteTables = caseops.caseops_byte_tables(sp) if transform == "caseops" else byte_tables(sp)
+        self.sp, self.transform, self.caseops = sp, transform, transform_module(transform)
+        self.tables: ByteTables = self.caseops.caseops_byte_tables(sp) if self.caseops is not None else byte_tables(sp)
         self.inverse_failures = 0
 
     def decoded_bytes(self, ids: list[int]) -> int:
         """UTF-8 length of the document's text (CaseOps: of its inverse transform). The inverse is not total on
         SentencePiece output (NFKC can put an ASCII capital right before a marker: '™' -> 'TM'); such a document
         counts its decoded text less its markers, and is counted in inverse_failures."""
-        if self.transform != "caseops":
+        if self.caseops is None:
             return len(decoded_utf8(self.sp, ids))
         text = self.sp.decode(ids)
         try:
-            return len(caseops.decode(text).encode("utf-8"))
-        except caseops.CaseOpsError:
+            return len(self.caseops.decode(text).encode("utf-8"))
+        except self.caseops.CaseOpsError:
             self.inverse_failures += 1
-            return int(caseops.original_char_bytes(text).sum())
+            return int(self.caseops.original_char_bytes(text).sum())
 
 
 def shard_stats(shard: str | Path, tokenizer: str | Path, bos_id: int = 1, check_decode: bool = False,

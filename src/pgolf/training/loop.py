@@ -36,7 +36,6 @@ from ..artifact.sizes import pack
 from ..config import Config, ConfigError
 from ..config.optional import optional_module, require_module
 from ..data.atomic import atomic_write
-from ..data.coprime import CoprimeBlockLoader
 from ..data.dataset import (Dataset, check_vocabularies, load_validation, max_token_id, resolve_dataset,
                             validation_bytes)
 from ..data.loader import DistributedTokenLoader, PrefetchingLoader
@@ -236,7 +235,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     averager = WeightAverager(model, t)
     # with document-isolated attention the loader also builds each batch's cu_seqlens (FA3 varlen) on its thread
     # data.loader: the baseline's sequential stream, or #1060's coprime-stride blocks (data/coprime.py)
-    loader_cls = CoprimeBlockLoader if cfg.data.loader == "coprime" else DistributedTokenLoader
+    coprime = optional_module("pgolf.data.coprime", cfg.data)
+    loader_cls = coprime.CoprimeBlockLoader if coprime is not None else DistributedTokenLoader
     loader = loader_cls(dataset.train_files, rt.rank, rt.world_size, cfg.model.vocab_size,
                         cfg.data.bos_id if cfg.model.doc_attention else None)
     if rt.device.type == "cuda":  # next batches are read and pinned on a thread while the GPU works
