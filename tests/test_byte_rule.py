@@ -104,11 +104,11 @@ def with_operators(tmp_path_factory):
     """A small challenge-style tokenizer with two user-defined pieces: an ASCII tag and a CaseOps-style operator."""
     prefix = tmp_path_factory.mktemp("tok") / "ops"
     words = ["alpha", "beta", "gamma", "delta", "river", "stone", "light", "cloud"]
-    texts = [" ".join(words[(i * k) % 8] for k in range(1, 9)) + f" <op> \ue001Word {i}." for i in range(300)]
+    texts = [" ".join(words[(i * k) % 8] for k in range(1, 9)) + f" <op> \ue0ffWord {i}." for i in range(300)]
     spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(prefix), vocab_size=320,
-                                   minloglevel=2, user_defined_symbols=["<op>", "\ue001"], **CHALLENGE_TRAINER_SETTINGS)
+                                   minloglevel=2, user_defined_symbols=["<op>", "\ue0ff"], **CHALLENGE_TRAINER_SETTINGS)
     sp = load_tokenizer(prefix.with_suffix(".model"))
-    ops = {sp.piece_to_id("<op>"), sp.piece_to_id("\ue001")}
+    ops = {sp.piece_to_id("<op>"), sp.piece_to_id("\ue0ff")}
     assert {int(i) for i in np.flatnonzero(piece_types(sp) == Type.USER_DEFINED)} == ops
     return prefix.with_suffix(".model"), sp, sorted(ops)
 
@@ -117,7 +117,7 @@ def test_user_defined_pieces_are_refused_unless_their_bytes_are_given(with_opera
     path, sp, ops = with_operators
     with pytest.raises(TokenizerError, match=r"2 user-defined piece\(s\).*'<op>'.*user_defined_bytes"):
         byte_tables(sp)
-    text = "alpha <op> \ue001River"
+    text = "alpha <op> \ue0ffRiver"
     tokens = np.array([BOS] + sp.encode(text))
     assert set(ops) <= set(tokens.tolist())
     # "text": each counts as its UTF-8 length, which is what they decode to
@@ -128,7 +128,7 @@ def test_user_defined_pieces_are_refused_unless_their_bytes_are_given(with_opera
     zero = {i: 0 for i in ops}
     sidecar = stream_bytes(tokens, byte_tables(sp, user_defined_bytes=zero))
     assert sidecar.tolist() == RuleTokenizer(path, zero).stream_bytes(tokens).tolist()
-    assert as_text.sum() - sidecar.sum() == len("<op>") + len("\ue001".encode())
+    assert as_text.sum() - sidecar.sum() == len("<op>") + len("\ue0ff".encode())
     for bad, match in [({ops[0]: 0}, f"id {ops[1]} is missing"), ({**zero, 40: 0}, "id 40 is not user-defined"),
                        ({ops[0]: 0, ops[1]: -1}, "integer >= 0"), ("zero", "a mapping")]:
         with pytest.raises(TokenizerError, match=match):

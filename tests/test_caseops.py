@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -38,9 +36,6 @@ from pgolf.model.gpt import build_model
 from conftest import MICRO, SHARED, SP1024_MODEL, VAL_DOCS_JSONL
 
 RAW_DOCS_JSONL = SHARED / "fineweb" / "docs_sample_200.jsonl"
-UPSTREAM = "/work/.mirror/openai+parameter-golf/repo"
-RECORD_TOKENIZER = ("records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611/"
-                    "tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model")
 T, A, C, E = TITLE, ALLCAPS, CAPNEXT, ESC
 
 
@@ -204,20 +199,6 @@ def test_token_rule_is_the_plain_count_and_the_sidecar_the_original_on_raw_docs(
     assert sum(s != t for s, t in zip(sidecar, tokens)) > 0
 
 
-def test_the_record_tokenizer_has_the_operators_at_ids_4_to_7(tmp_path):
-    """#1855's shipped CaseOps SP8192 (read from the upstream git dir when present; never committed)."""
-    if not os.path.isdir(UPSTREAM):
-        pytest.skip(f"optional check: the upstream git dir {UPSTREAM} is not on this machine")
-    blob = subprocess.run(["git", "-C", UPSTREAM, "show", f"HEAD:{RECORD_TOKENIZER}"], capture_output=True, check=True)
-    (tmp_path / "record.model").write_bytes(blob.stdout)
-    sp = load_tokenizer(tmp_path / "record.model")
-    assert caseops.operator_ids(sp) == {TITLE: 4, ALLCAPS: 5, CAPNEXT: 6, ESC: 7}
-    tables = caseops.caseops_byte_tables(sp)
-    text = "The NASA \ue001 iPhone"
-    ids = np.array([1] + sp.encode(caseops.encode(text)), dtype=np.int64)
-    assert int(stream_bytes(ids, tables).sum()) == len(text.encode("utf-8"))
-
-
 # ----------------------------------------------------------------------------- prepare, stats, data, bpb
 
 @pytest.fixture(scope="module")
@@ -295,9 +276,8 @@ def test_caseops_data_must_be_declared(raw_val_folder, tmp_path):
     shutil.copytree(raw_val_folder, bare)
     (bare / "meta.json").unlink()
     cfg = pgolf.load_recipe("baseline", overrides={"data.path": str(bare)})
-    dataset = resolve_dataset(cfg, progress=False)
-    with pytest.raises(TokenizerError, match="user-defined piece"):
-        validation_bytes(dataset, cfg.data, np.asarray(read_shard(dataset.val_files[0])), cfg.model.vocab_size)
+    with pytest.raises(TokenizerError, match=r"tokenizer.model: .*user-defined piece"):  # before any training
+        resolve_dataset(cfg, progress=False)
 
 
 def test_sidecar_must_belong_to_the_tokens(raw_val_folder, tmp_path):
@@ -349,7 +329,7 @@ def test_training_on_caseops_data_reports_its_byte_source(raw_val_folder, tmp_pa
     assert saved["byte_source"] == "sidecar" and saved["text_transform"] == "caseops"
     assert saved["val_bytes"] == int(counts[1:limit].sum()) == result["val_bytes"]
     from pgolf.cli.evaluate_artifact import evaluate_artifact
-    again = evaluate_artifact(tmp_path / "run" / "artifact.pgolf", device="cpu",
+    again = evaluate_artifact(tmp_path / "run" / "artifact.pgolf", device="cpu", val_tokens=limit,
                               overrides={"data.byte_source": "tokens"})
     sp = load_tokenizer(raw_val_folder / "tokenizer.model")
     tokens = np.asarray(read_shard(raw_val_folder / "fineweb_val_000000.bin"))[:limit]
