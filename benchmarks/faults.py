@@ -2,7 +2,8 @@
 under pytest with a JUnit XML report, and tabulate cases tried / passed per category.
 
 Categories are the test classes of tests/test_faults.py: Artifacts (byte flips in every region and every tensor
-part, truncations, non-artifacts, well-checksummed but ill-formed headers, loading never unpickles), Data (bad
+part, truncations, non-artifacts, well-checksummed but ill-formed headers, loading never unpickles), Memory
+bound (crafted files loaded by a fresh process; each case's peak-RSS increase is reported), Data (bad
 shards and folders, before training), Mismatch (tokenizer / data / model vocabulary), Config (bad keys, types and
 combinations, in Python and through the CLI), Training (NaN/inf, SIGTERM + resume, disk full at a checkpoint),
 Writes (failing writes of checkpoints, artifacts, shards and run files) and Distributed (a gloo rank killed or
@@ -31,6 +32,10 @@ TESTS = ["tests/test_faults.py", "tests/test_artifact.py::test_loading_never_unp
 CATEGORIES = {  # test class -> (category, what it covers)
     "TestArtifacts": ("Artifacts", "one byte flipped in every region and every tensor part, truncations, "
                                    "non-artifacts, ill-formed headers with valid checksums; never unpickles"),
+    "TestMemoryBound": ("Memory bound", "crafted files with valid checksums loaded by a fresh process: decompression "
+                                        "bombs (all four compressors, the header too), 500,000-deep JSON, configs "
+                                        "asking for 26.8 B parameters, a million layers or 2**71-element tensors: "
+                                        "refused within +100 MB peak RSS"),
     "TestData": ("Shards and data folders", "bad magic/version, size mismatch, truncation, id >= vocab, empty or "
                                             "missing folders and splits, bad tokenizer: errors before training"),
     "TestMismatch": ("Vocabulary mismatches", "tokenizer vs data vs model.vocab_size, all three values named"),
@@ -84,13 +89,16 @@ def summarise(junit: Path) -> dict:
                 outcome = {"failure": "failed", "error": "failed", "skipped": "skipped"}[tag]
         props = {p.get("name"): p.get("value") for p in case.iter("property")}
         corruptions += int(props.get("corruptions", 0))
+        peak = {"peak_rss_added_mb": float(props["peak_rss_added_mb"])} if "peak_rss_added_mb" in props else {}
         silent += int(props.get("silent_loads", 0))
         row = rows.setdefault(cls, {"tried": 0, "passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0})
         row["tried"] += outcome != "skipped"
         row[outcome] += 1
         row["seconds"] += float(case.get("time", 0))
+        if peak:
+            row["peak_rss_added_mb"] = max(row.get("peak_rss_added_mb", 0.0), peak["peak_rss_added_mb"])
         cases.append({"category": cls, "test": case.get("name"), "outcome": outcome,
-                      "seconds": round(float(case.get("time", 0)), 3),
+                      "seconds": round(float(case.get("time", 0)), 3), **peak,
                       **({"corruptions": int(props["corruptions"])} if "corruptions" in props else {})})
     order = list(CATEGORIES) + sorted(set(rows) - set(CATEGORIES))
     categories = [{"category": CATEGORIES.get(c, (c, ""))[0], "covers": CATEGORIES.get(c, (c, ""))[1],
@@ -101,13 +109,20 @@ def summarise(junit: Path) -> dict:
 
 
 def markdown(summary: dict) -> str:
-    lines = ["| category | cases tried | passed | what is covered |", "| --- | ---: | ---: | --- |"]
+    lines = ["| category | cases tried | passed | peak RSS added | what is covered |", "| --- | ---: | ---: | ---: | --- |"]
     for row in summary["categories"]:
-        lines.append(f"| {row['category']} | {row['tried']} | {row['passed']} | {row['covers']} |")
+        peak = f"{row['peak_rss_added_mb']:.1f} MB" if "peak_rss_added_mb" in row else "—"
+        lines.append(f"| {row['category']} | {row['tried']} | {row['passed']} | {peak} | {row['covers']} |")
     tried = sum(r["tried"] for r in summary["categories"])
     passed = sum(r["passed"] for r in summary["categories"])
-    lines.append(f"| **total** | **{tried}** | **{passed}** | {summary['corrupted_artifacts_tried']:,} damaged "
+    lines.append(f"| **total** | **{tried}** | **{passed}** | | {summary['corrupted_artifacts_tried']:,} damaged "
                  f"artifact files loaded, {summary['corrupted_artifacts_loaded_silently']} silently |")
+    measured = [c for c in summary["cases"] if "peak_rss_added_mb" in c]
+    if measured:
+        lines += ["", "| crafted file (memory bound) | outcome | peak RSS added |", "| --- | --- | ---: |"]
+        for c in measured:
+            what = c["test"].split("[", 1)[-1].rstrip("]")
+            lines.append(f"| {what} | {c['outcome']} | {c['peak_rss_added_mb']:.1f} MB |")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ Timings come from a shared 2-core machine: they are noisy.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import sys
@@ -32,15 +33,16 @@ import torch
 
 import pgolf
 from pgolf.cli.repack import calibration_loader, load_run
-from pgolf.config import apply_overrides, config_to_dict, finalize
+from pgolf.config import apply_overrides, finalize
 from pgolf.data.dataset import Dataset, load_validation
 from pgolf.data.shards import find_shards
 from pgolf.data.tokenizer import byte_tables, load_tokenizer
-from pgolf.quant.bitpack import pack_codes
 from pgolf.quant.compress import byte_shuffle, compress
-from pgolf.quant.container import Part, write_container
+from pgolf.quant.container import encode_payload, write_container
+from pgolf.quant.gptq import collect_hessians
+from pgolf.quant.layout import QuantizedTensor, artifact_layout, quantize_model, serialize
 from pgolf.quant.methods import code_entropy_bits
-from pgolf.quant.pack import quantize_model
+from pgolf.quant.pack import header_of
 from pgolf.training.runs import save_config, write_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,23 +100,23 @@ def eval_bpb(model: torch.nn.Module, cfg: pgolf.Config, tokens: np.ndarray, tabl
     return pgolf.evaluate(model, tokens, None, plain_eval_config(cfg), tables=tables).val_bpb
 
 
-def bit_packed(parts: list[Part], table: dict[str, dict[str, Any]]) -> list[Part]:
-    """The same parts with every sub-byte code tensor bit-packed, exactly as quant.bit_pack = true stores them."""
-    out = []
-    for part in parts:
-        bits = table[part.tensor]["bits"]
-        if part.kind == "codes" and bits < 8:
-            packed = pack_codes(np.frombuffer(part.data, dtype=np.int8), bits)
-            out.append(Part(part.tensor, "packed_codes", "uint8", (packed.size,), packed.tobytes()))
-        else:
-            out.append(part)
-    return out
+def with_layout(tensors: list[QuantizedTensor], cfg) -> list[QuantizedTensor]:
+    """The same codes and values stored under another config's layout (e.g. with quant.bit_pack on)."""
+    return [QuantizedTensor(layout, t.codes, t.scales, t.values) for t, layout in zip(tensors, artifact_layout(cfg))]
 
 
-def code_stream_bytes(parts: list[Part], compressor: str, shuffle: bool) -> int:
+def code_stream_bytes(tensors: list[QuantizedTensor], compressor: str, shuffle: bool) -> int:
     """Compressed bytes of the code parts alone (int8 or bit-packed), in artifact order."""
-    raw = b"".join(p.data for p in parts if p.kind in ("codes", "packed_codes"))
+    raw = b"".join(data for t in tensors for spec, data in zip(t.layout.parts, t.part_bytes())
+                   if spec.kind in ("codes", "packed_codes"))
     return len(compress(byte_shuffle(raw) if shuffle else raw, compressor))
+
+
+def write(path: Path, tensors: list[QuantizedTensor], cfg, compressor: str, shuffle: bool) -> dict[str, Any]:
+    """The artifact exactly as pgolf.pack writes it, for these already quantized tensors."""
+    parts = serialize(tensors)
+    payload, used = encode_payload(parts, compressor, shuffle)
+    return write_container(path, header_of(cfg), parts, payload, used, shuffle)
 
 
 def measure_policy(name: str, overrides: dict[str, Any], model, tokens, tables, prequant: float,
@@ -127,22 +129,21 @@ def measure_policy(name: str, overrides: dict[str, Any], model, tokens, tables, 
     start = time.perf_counter()
     hessians = None
     if gptq:
-        from pgolf.quant.gptq import collect_hessians
         hessians = collect_hessians(model, calibration_loader(cfg), cfg, torch.device("cpu"))
     hessian_s = time.perf_counter() - start
     start = time.perf_counter()
-    parts, table = quantize_model(model, cfg.quant, hessians)          # int8 container (bit_pack off)
+    tensors = quantize_model(model, cfg, hessians)          # int8 container (bit_pack off)
     quantize_s = time.perf_counter() - start
-    codes = [torch.from_numpy(np.frombuffer(p.data, dtype=np.int8).copy()) for p in parts if p.kind == "codes"]
+    codes = [torch.from_numpy(t.codes.reshape(-1).copy()) for t in tensors if t.codes is not None]
     n_codes = sum(c.numel() for c in codes)
     entropy_per_tensor = sum(code_entropy_bits(c) * c.numel() for c in codes) / n_codes
     entropy_pooled = code_entropy_bits(torch.cat(codes))
     n_params = sum(p.numel() for p in model.parameters())
-    min_bits = min(entry["bits"] for entry in table.values() if entry["encoding"] == "int")
-    meta = {"pgolf_version": pgolf.__version__, "config": config_to_dict(cfg), "tensors": table}
+    min_bits = min(t.layout.plan.bits for t in tensors if t.codes is not None)
 
     # the round trip: write the artifact exactly as pgolf.pack does, read it back, score it
-    write_container(workdir / "policy.pgolf", parts, meta, "zlib")
+    zlib_cfg = finalize(apply_overrides(copy.deepcopy(cfg), {"quant.compressor": "zlib"}))
+    write(workdir / "policy.pgolf", tensors, zlib_cfg, "zlib", False)
     loaded, _ = pgolf.unpack(workdir / "policy.pgolf")
     roundtrip = eval_bpb(loaded, cfg, tokens, tables)
     row: dict[str, Any] = {
@@ -151,20 +152,19 @@ def measure_policy(name: str, overrides: dict[str, Any], model, tokens, tables, 
         "val_bpb_roundtrip": roundtrip, "delta_bpb": roundtrip - prequant,
         "hessian_seconds": hessian_s, "quantize_seconds": quantize_s, "containers": [],
     }
-    containers = [("int8", parts, False, quantize_s)]
+    containers = [("int8", tensors, cfg, False, quantize_s)]
     if min_bits < 8:
-        start = time.perf_counter()
-        packed_parts = bit_packed(parts, table)
-        containers.append(("bitpacked", packed_parts, False, quantize_s + time.perf_counter() - start))
-    containers.append(("int8+shuffle", parts, True, quantize_s))
-    for container, container_parts, shuffle, prep_s in containers:
+        packed_cfg = finalize(apply_overrides(copy.deepcopy(cfg), {"quant.bit_pack": True}))
+        containers.append(("bitpacked", with_layout(tensors, packed_cfg), packed_cfg, False, quantize_s))
+    containers.append(("int8+shuffle", tensors, cfg, True, quantize_s))
+    for container, stored, container_cfg, shuffle, prep_s in containers:
         for compressor in COMPRESSORS:
             if shuffle and compressor != "brotli":
                 continue  # the stride-2 byte shuffle is #1536's companion of brotli
             start = time.perf_counter()
-            written = write_container(workdir / "c.pgolf", container_parts, meta, compressor, shuffle)
+            written = write(workdir / "c.pgolf", stored, container_cfg, compressor, shuffle)
             pack_s = hessian_s + prep_s + time.perf_counter() - start
-            codes_bytes = code_stream_bytes(container_parts, compressor, shuffle)
+            codes_bytes = code_stream_bytes(stored, compressor, shuffle)
             row["containers"].append({
                 "container": container, "compressor": compressor, "model_bytes": written["model_bytes"],
                 "bits_per_param": 8 * written["model_bytes"] / n_params, "pack_seconds": pack_s,

@@ -121,3 +121,15 @@ def synthetic_shards(tmp_path):
     write_shard(folder / "fineweb_train_000000.bin", random_stream(20_000, 1024, 1))
     write_shard(folder / "fineweb_val_000000.bin", random_stream(5_000, 1024, 2))
     return folder
+
+
+def write_run_folder(folder: Path, cfg: pgolf.Config, model: torch.nn.Module) -> Path:
+    """A run folder as training leaves it: config.toml + model.safetensors (the weights need not be trained)."""
+    from safetensors.torch import save_file
+
+    from pgolf.config import save_config
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, folder / "config.toml")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    return folder

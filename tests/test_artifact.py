@@ -12,8 +12,9 @@ import torch
 import pgolf
 from pgolf.model.layers import qclass_of
 from pgolf.quant.bitpack import pack_codes, unpack_codes
-from pgolf.quant.compress import byte_shuffle, byte_unshuffle, compress, decompress
+from pgolf.quant.compress import CompressionError, byte_shuffle, byte_unshuffle, compress, decompress
 from pgolf.quant.container import ArtifactError
+from pgolf.quant.layout import artifact_layout
 from pgolf.quant.methods import quantize_rows
 from pgolf.quant.pack import quantize_model
 from pgolf.quant.quantize import clip_max, dequantize, plan_tensor
@@ -28,15 +29,15 @@ def small_cfg(**quant):
 
 def expected_state(model, cfg):
     """What the artifact must hold: every tensor after exactly one quantize -> dequantize."""
-    parts, table = quantize_model(model, cfg.quant)
+    plans = {t.name: t for t in artifact_layout(cfg)}
     out = {}
     for name, p in model.named_parameters():
-        entry = table[name]
-        if entry["encoding"] == "int":
-            codes, scales = quantize_rows(p.detach().float().reshape(p.shape[0], -1), entry["bits"], cfg.quant, entry["qclass"])
+        t = plans[name]
+        if t.plan.encoding == "int":
+            codes, scales = quantize_rows(p.detach().float().reshape(p.shape[0], -1), t.plan.bits, cfg.quant, t.qclass)
             out[name] = dequantize(codes, scales).reshape(p.shape)
         else:
-            out[name] = p.detach().to(getattr(torch, entry["encoding"])).float()
+            out[name] = p.detach().to(getattr(torch, t.plan.encoding)).float()
     return out
 
 
@@ -96,7 +97,7 @@ def test_bit_packing_round_trips_every_code():
 @pytest.mark.parametrize("method", ["none", "zlib", "lzma", "zstd", "brotli"])
 def test_compressors_round_trip(method):
     data = np.random.default_rng(0).integers(-20, 20, 50_000).astype(np.int8).tobytes()
-    assert decompress(compress(data, method), method) == data
+    assert decompress(compress(data, method), method, len(data)) == data
     assert byte_unshuffle(byte_shuffle(data + b"x")) == data + b"x"
 
 
@@ -139,7 +140,7 @@ def test_loading_never_unpickles_or_evaluates(tmp_path, monkeypatch, quant):
     import marshal
 
     path = tmp_path / "a.pgolf"
-    pgolf.pack(small_model({}), small_cfg(**quant), path, code_bytes=0)
+    pgolf.pack(small_model({}), small_cfg(**quant), path)
 
     def forbidden(*args, **kwargs):
         raise AssertionError("artifact loading must not unpickle or evaluate code")
@@ -149,3 +150,63 @@ def test_loading_never_unpickles_or_evaluates(tmp_path, monkeypatch, quant):
         monkeypatch.setattr(owner, name, forbidden)
     model, cfg = pgolf.unpack(path)
     assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("codes, scales", [((4096,), (4096,)), ((8, 4), (4,)), ((2, 3, 4), (2,)), ((8, 4), (8, 1))],
+                         ids=["1-D codes, one scale each", "fewer rows than scales", "3-D codes", "2-D scales"])
+def test_dequantize_refuses_codes_that_are_not_one_row_per_scale(codes, scales):
+    with pytest.raises(ValueError, match="need one row per scale"):
+        dequantize(torch.ones(codes, dtype=torch.int8), torch.ones(scales, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("method", ["zlib", "lzma", "zstd", "brotli"])
+def test_decompression_stops_at_the_promised_size(method):
+    data = np.random.default_rng(1).integers(-20, 20, 60_000).astype(np.int8).tobytes()
+    packed = compress(data, method)
+    with pytest.raises(CompressionError, match="expands past the promised 59,999 bytes"):
+        decompress(packed, method, len(data) - 1)
+    with pytest.raises(CompressionError, match="ends after 60,000 of the promised 60,001 bytes"):
+        decompress(packed, method, len(data) + 1)
+    with pytest.raises(CompressionError, match="ends after|corrupt"):
+        decompress(packed[: len(packed) // 2], method, len(data))
+    with pytest.raises(CompressionError, match="4 unexpected bytes|corrupt"):
+        decompress(packed + b"tail", method, len(data))
+
+
+def test_the_header_holds_the_config_and_checks_only_and_the_estimate_counts_it_exactly(tmp_path):
+    from pgolf.artifact.budget import estimate_breakdown
+    from pgolf.artifact.sizes import runtime_code_bytes
+    from pgolf.quant.container import FRAMING_BYTES
+    from pgolf.quant.pack import read_artifact
+
+    cfg = small_cfg(compressor="brotli")
+    sizes = pgolf.pack(small_model({}), cfg, tmp_path / "a.pgolf")
+    _, layout, header, _ = read_artifact(tmp_path / "a.pgolf")
+    assert set(header) - {"compressor", "byte_shuffle", "header_bytes", "payload_bytes", "raw_bytes"} == {"pgolf_version", "config"}
+    estimate = estimate_breakdown(cfg)
+    assert estimate["header_bytes"] == sizes["header_bytes"] == header["header_bytes"]
+    assert estimate["code_bytes"] == sizes["code_bytes"] == runtime_code_bytes(cfg)
+    assert sizes["model_bytes"] == FRAMING_BYTES + header["header_bytes"] + header["payload_bytes"]
+    assert sizes["artifact_bytes"] == sizes["model_bytes"] + sizes["code_bytes"]
+    n_parts = sum(len(t.parts) for t in layout)
+    assert header["header_bytes"] < 2000 and n_parts > 40  # a 67-part table would have cost ~10 KB as JSON
+
+
+@pytest.mark.parametrize("recipe", pgolf.config.recipe_names())
+def test_the_header_is_under_2_kb_at_full_size(recipe):
+    from pgolf.quant.pack import header_bytes
+
+    cfg = pgolf.load_recipe(recipe, "full", {"quant.allow_over_budget": True})
+    assert header_bytes(cfg) + 84 <= 2000
+
+
+def test_pack_refuses_code_bytes_other_than_the_configs_own(tmp_path):
+    from pgolf.artifact.sizes import runtime_code_bytes
+
+    cfg = small_cfg()
+    code = runtime_code_bytes(cfg)
+    assert pgolf.pack(small_model({}), cfg, tmp_path / "a.pgolf", code_bytes=code)["code_bytes"] == code
+    for wrong in (0, code - 1, 10**9):
+        with pytest.raises(ValueError, match=f"code_bytes={wrong:,} is not the size of this config's train_gpt.py"):
+            pgolf.pack(small_model({}), cfg, tmp_path / "b.pgolf", code_bytes=wrong)
+    assert not (tmp_path / "b.pgolf").exists()

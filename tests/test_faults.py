@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import lzma
 import os
 import signal
 import socket
@@ -18,11 +19,15 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
+import brotli
 import numpy as np
 import pytest
 import torch
+import zstandard
 from safetensors.torch import load_file
 
 import pgolf
@@ -34,7 +39,7 @@ from pgolf.data.tokenizer import TokenizerError
 from pgolf.model.gpt import GPT
 from pgolf.optim.groups import build_optimizers
 from pgolf.quant.container import MAGIC, TRAILER, ArtifactError
-from pgolf.quant.pack import quantize_model
+from pgolf.quant.layout import artifact_layout, layout_parts
 from pgolf.training import loop as trainer_module
 from pgolf.training.checkpoint import CheckpointError, checkpoint_dir, load_checkpoint, save_checkpoint
 from pgolf.training.loop import TrainingDiverged, TrainingInterrupted
@@ -64,22 +69,54 @@ def artifact_cfg(**quant):
 
 
 def write_artifact(path: Path, seed: int = 0, **quant) -> Path:
-    pgolf.pack(small_model({}, seed=seed), artifact_cfg(**quant), path, code_bytes=0)
+    pgolf.pack(small_model({}, seed=seed), artifact_cfg(**quant), path)
     return path
 
 
-def layout(blob: bytes) -> tuple[int, dict, int]:
-    """(header length H, header dict, payload start) of an artifact's bytes; the payload starts at 44 + H."""
+# The container format, written out here from its specification (quant/container.py's docstring) so that the
+# reader is tested against an independent writer: fixed fields of the header, then brotli(JSON), then checks.
+FIXED = struct.Struct("<BBII32s")  # payload compressor id, flags, JSON length, compressed JSON length, payload sha256
+COMPRESSOR_ID = {"none": 0, "zlib": 1, "lzma": 2, "zstd": 3, "brotli": 4}
+
+
+@dataclass
+class Parsed:
+    header_len: int
+    compressor: int
+    flags: int
+    header: dict
+    checks: bytes
+    payload: bytes
+
+    @property
+    def payload_start(self) -> int:
+        return 12 + self.header_len + 32
+
+
+def parse(blob: bytes) -> Parsed:
     header_len = struct.unpack("<I", blob[8:12])[0]
-    header = json.loads(blob[44 : 44 + header_len])
-    return header_len, header, 44 + header_len
+    head = blob[12 : 12 + header_len]
+    compressor, flags, _, packed_len, _ = FIXED.unpack_from(head)
+    header = json.loads(brotli.decompress(head[FIXED.size : FIXED.size + packed_len]))
+    return Parsed(header_len, compressor, flags, header, head[FIXED.size + packed_len :], blob[44 + header_len : -40])
 
 
-def rebuild(header: object, payload: bytes) -> bytes:
-    """An artifact whose every checksum is right for the given (possibly ill-formed) header."""
-    header_bytes = json.dumps(header).encode()
-    blob = MAGIC + struct.pack("<I", len(header_bytes)) + hashlib.sha256(header_bytes).digest() + header_bytes + payload
+def build(header: object, payload: bytes, checks: bytes, compressor: int = 0, flags: int = 0,
+          text: bytes | None = None, packed: bytes | None = None, json_len: int | None = None) -> bytes:
+    """An artifact whose every checksum is right for the given (possibly ill-formed) fields."""
+    text = json.dumps(header).encode() if text is None else text
+    packed = brotli.compress(text) if packed is None else packed
+    head = FIXED.pack(compressor, flags, len(text) if json_len is None else json_len, len(packed),
+                      hashlib.sha256(payload).digest()) + packed + checks
+    blob = MAGIC + struct.pack("<I", len(head)) + head
+    blob += hashlib.sha256(blob[8:]).digest() + payload
     return blob + hashlib.sha256(blob).digest() + TRAILER
+
+
+def rebuilt(p: Parsed, **changes) -> bytes:
+    fields = {"header": p.header, "payload": p.payload, "checks": p.checks, "compressor": p.compressor,
+              "flags": p.flags, **changes}
+    return build(**fields)
 
 
 def flipped(blob: bytes, offset: int) -> bytes:
@@ -125,13 +162,17 @@ def rejections(tmp_path, record_property):
     r.done()
 
 
-def _part_ids() -> list[tuple[str, str]]:
-    """(tensor, kind) of every part of the small artifact, computed at collection so each is its own case."""
-    parts, _ = quantize_model(small_model({}), artifact_cfg(compressor="none").quant)
-    return [(p.tensor, p.kind) for p in parts if p.data]
+def _part_spans() -> list[tuple[str, str, int, int]]:
+    """(tensor, kind, offset, bytes) of every part of the small artifact, from the config's layout, computed at
+    collection so each is its own case."""
+    spans, offset = [], 0
+    for part in layout_parts(artifact_layout(artifact_cfg(compressor="none"))):
+        spans.append((part.tensor, part.kind, offset, part.nbytes))
+        offset += part.nbytes
+    return [s for s in spans if s[3]]
 
 
-PARTS = _part_ids()
+PARTS = _part_spans()
 
 
 @pytest.fixture(scope="module")
@@ -194,17 +235,40 @@ def fast_config(**overrides) -> pgolf.Config:
 # ============================================================================ artifacts
 
 
+def _config(p: Parsed, **model) -> dict:
+    header = json.loads(json.dumps(p.header))
+    header["config"]["model"].update(model)
+    return header
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"config": {}, "x": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+def _long_json_field(p: Parsed) -> bytes:
+    """A header whose compressed-JSON length field points past the end of the header."""
+    blob = bytearray(rebuilt(p))
+    header_len = struct.unpack("<I", blob[8:12])[0]
+    blob[12 + 6 : 12 + 10] = struct.pack("<I", header_len)  # compressed JSON as long as the whole header
+    head = bytes(blob[8 : 12 + header_len])
+    blob[12 + header_len : 44 + header_len] = hashlib.sha256(head).digest()
+    blob[-40:-8] = hashlib.sha256(bytes(blob[:-40])).digest()
+    return bytes(blob)
+
+
 class TestArtifacts:
     REGIONS = [  # (what, offset as a function of (H, size), region the error must name)
         ("magic first byte", lambda h, n: 0, "preamble"),
-        ("magic last byte", lambda h, n: 7, "preamble"),
+        ("magic last byte (format version)", lambda h, n: 7, "preamble"),
         ("header length, low byte", lambda h, n: 8, "preamble|header"),
         ("header length, high byte", lambda h, n: 11, "preamble"),
-        ("header checksum, first byte", lambda h, n: 12, "header"),
-        ("header checksum, last byte", lambda h, n: 43, "header"),
-        ("header JSON, first byte", lambda h, n: 44, "header"),
-        ("header JSON, middle", lambda h, n: 44 + h // 2, "header"),
-        ("header JSON, last byte", lambda h, n: 44 + h - 1, "header"),
+        ("header, payload compressor id", lambda h, n: 12, "header"),
+        ("header, payload checksum field", lambda h, n: 30, "header"),
+        ("header JSON, first byte", lambda h, n: 12 + FIXED.size, "header"),
+        ("header, middle", lambda h, n: 12 + h // 2, "header"),
+        ("header, last part check", lambda h, n: 12 + h - 1, "header"),
+        ("header checksum, first byte", lambda h, n: 12 + h, "header"),
+        ("header checksum, last byte", lambda h, n: 12 + h + 31, "header"),
         ("file checksum, first byte", lambda h, n: n - 40, "checksum"),
         ("file checksum, last byte", lambda h, n: n - 9, "checksum"),
         ("trailer, first byte", lambda h, n: n - 8, "trailer"),
@@ -213,49 +277,49 @@ class TestArtifacts:
 
     @pytest.mark.parametrize("what, offset, region", REGIONS, ids=[r[0] for r in REGIONS])
     def test_flip_in_region_is_rejected_naming_it(self, plain_artifact, rejections, what, offset, region):
-        header_len, _, _ = layout(plain_artifact)
+        header_len = parse(plain_artifact).header_len
         rejections.check(flipped(plain_artifact, offset(header_len, len(plain_artifact))), region)
 
-    @pytest.mark.parametrize("tensor, kind", PARTS, ids=[f"{t}/{k}" for t, k in PARTS])
-    def test_flip_in_each_tensor_part_names_the_tensor(self, plain_artifact, rejections, tensor, kind):
-        _, header, start = layout(plain_artifact)
-        entry = next(e for e in header["parts"] if e["tensor"] == tensor and e["kind"] == kind)
-        first = start + entry["offset"]
-        for offset in sorted({first, first + entry["nbytes"] // 2, first + entry["nbytes"] - 1}):
-            exc = rejections.check(flipped(plain_artifact, offset), "payload")
+    @pytest.mark.parametrize("tensor, kind, offset, nbytes", PARTS, ids=[f"{t}/{k}" for t, k, _, _ in PARTS])
+    def test_flip_in_each_tensor_part_names_the_tensor(self, plain_artifact, rejections, tensor, kind, offset, nbytes):
+        first = parse(plain_artifact).payload_start + offset
+        for at in sorted({first, first + nbytes // 2, first + nbytes - 1}):
+            exc = rejections.check(flipped(plain_artifact, at), "payload")
             assert f"payload of tensor '{tensor}' ({kind})" in str(exc)
 
     @pytest.mark.parametrize("compressor, shuffle", [("zlib", False), ("lzma", False), ("zstd", False),
                                                      ("brotli", False), ("zstd", True)])
     def test_flips_in_a_compressed_payload_are_rejected_as_payload(self, tmp_path, rejections, compressor, shuffle):
         blob = write_artifact(tmp_path / "c.pgolf", compressor=compressor, byte_shuffle=shuffle).read_bytes()
-        _, header, start = layout(blob)
-        assert header["compressor"] == compressor
-        size = header["payload_bytes"]
+        p = parse(blob)
+        assert p.compressor == COMPRESSOR_ID[compressor] and p.flags == int(shuffle)
+        size = len(p.payload)
         rng = np.random.default_rng(0)
         offsets = {0, 1, 2, 3, 4, 5, 6, 7, size // 2, size - 4, size - 1} | set(rng.integers(0, size, 40).tolist())
         for offset in sorted(offsets):
-            rejections.check(flipped(blob, start + offset), "payload")
+            rejections.check(flipped(blob, p.payload_start + offset), "payload")
 
     def test_truncation_at_every_region_is_rejected(self, plain_artifact, rejections):
-        header_len, header, start = layout(plain_artifact)
+        p = parse(plain_artifact)
         size = len(plain_artifact)
-        cuts = [0, 1, 8, 12, 43, 44, 44 + header_len // 2, start, start + header["payload_bytes"] // 2,
+        cuts = [0, 1, 8, 12, 43, 44, 12 + p.header_len // 2, p.payload_start, p.payload_start + len(p.payload) // 2,
                 size - 40, size - 9, size - 8, size - 1]
         for cut in cuts:
             exc = rejections.check(plain_artifact[:cut], "preamble|trailer|payload")
             assert re_search("truncated|shorter|end marker|size mismatch", str(exc)), str(exc)
 
     @pytest.mark.parametrize("what", ["appended bytes", "prepended bytes", "empty file", "random bytes",
-                                      "a safetensors file", "trailer only"])
+                                      "a safetensors file", "trailer only", "a format-1 artifact"])
     def test_files_that_are_not_artifacts_are_rejected(self, plain_artifact, rejections, tmp_path, what):
         from safetensors.torch import save_file
         save_file({"w": torch.ones(4, 4)}, tmp_path / "w.safetensors")
         blob = {"appended bytes": plain_artifact + b"\0" * 16, "prepended bytes": b"#!" + plain_artifact,
                 "empty file": b"", "random bytes": np.random.default_rng(1).bytes(5000),
                 "a safetensors file": (tmp_path / "w.safetensors").read_bytes(),
-                "trailer only": b"x" * 100 + TRAILER}[what]
-        rejections.check(blob, "preamble|trailer")
+                "trailer only": b"x" * 100 + TRAILER, "a format-1 artifact": b"PGOLF\x00v1" + plain_artifact[8:]}[what]
+        exc = rejections.check(blob, "preamble|trailer")
+        if what == "a format-1 artifact":
+            assert "re-pack the run with `pgolf pack`" in str(exc)
 
     def test_missing_path_and_folder_are_rejected(self, tmp_path):
         for path in (tmp_path / "absent.pgolf", tmp_path):
@@ -263,38 +327,57 @@ class TestArtifacts:
                 pgolf.unpack(path)
             assert str(path) in str(info.value)
 
-    CRAFTED = {  # checksums all valid: only the header's structure is wrong
-        "format version 2": lambda h: h.update(format=2),
-        "not an object": None,  # the header is a JSON list
-        "no part table": lambda h: h.pop("parts"),
-        "unknown compressor": lambda h: h.update(compressor="gzip"),
-        "negative payload size": lambda h: h.update(payload_bytes=-1),
-        "object dtype": lambda h: h["parts"][0].update(dtype="object"),
-        "unknown dtype": lambda h: h["parts"][0].update(dtype="no_such_type"),
-        "shape not matching bytes": lambda h: h["parts"][0].update(shape=[999]),
-        "part past the payload": lambda h: h["parts"][-1].update(offset=h["raw_bytes"]),
-        "torch dtype named by a function": lambda h: next(iter(h["meta"]["tensors"].values())).update(dtype="load"),
-        "tensor shape not matching the config": lambda h: next(iter(h["meta"]["tensors"].values())).update(shape=[3, 3]),
-        "embedded config with an unknown key": lambda h: h["meta"]["config"]["model"].update(num_layerz=3),
-        "embedded config with a wrong type": lambda h: h["meta"]["config"]["model"].update(num_layers="four"),
-        "tensor table missing": lambda h: h["meta"].pop("tensors"),
+    CRAFTED = {  # checksums all valid: only what the fields say is wrong -> (build the file, region, message)
+        "header JSON is a list": (lambda p: rebuilt(p, header=["a", "list"]), "header", "expected a JSON object"),
+        "no config": (lambda p: rebuilt(p, header={"pgolf_version": "0.1.0"}), "header", "'config' object is missing"),
+        "unknown payload compressor": (lambda p: rebuilt(p, compressor=9), "header", "unknown payload compressor 9"),
+        "flags beyond the byte shuffle": (lambda p: rebuilt(p, flags=6), "header", "unknown flags 0x06"),
+        "no part checks": (lambda p: rebuilt(p, checks=b""), "header", "holds 0 part checks"),
+        "one part check too many": (lambda p: rebuilt(p, checks=p.checks + b"\0\0"), "header", "part checks; the embedded config describes"),
+        "half a part check": (lambda p: rebuilt(p, checks=p.checks + b"\0"), "header", "part checks"),
+        "JSON length over the cap": (lambda p: rebuilt(p, json_len=1 << 30), "header", "larger than allowed"),
+        "compressed JSON longer than the header": (_long_json_field, "header", "larger than allowed|than the header"),
+        "JSON length one byte short": (lambda p: rebuilt(p, json_len=len(json.dumps(p.header)) - 1), "header", "expands past"),
+        "JSON length one byte long": (lambda p: rebuilt(p, json_len=len(json.dumps(p.header)) + 1), "header", "ends after"),
+        "header JSON not brotli": (lambda p: rebuilt(p, packed=b"\x8bnot brotli at all"), "header", "does not decompress"),
+        "header JSON not UTF-8": (lambda p: rebuilt(p, text=b'{"config": "\xff\xfe"}'), "header", "not valid JSON"),
+        "header JSON nested 100,000 deep": (lambda p: rebuilt(p, text=_nested(100_000)), "header", "nested 100001 levels deep"),
+        "embedded config with an unknown key": (lambda p: rebuilt(p, header=_config(p, num_layerz=3)), "header", "num_layerz"),
+        "embedded config with a wrong type": (lambda p: rebuilt(p, header=_config(p, num_layers="four")), "header", "num_layers"),
+        "embedded config of another width": (lambda p: rebuilt(p, header=_config(p, model_dim=64)), "payload",
+                                             "does not decompress to the [\\d,]+ bytes the config implies"),
+        "26.8 B parameters with allow_over_budget": (
+            lambda p: rebuilt(p, header=_config(p, model_dim=16384, num_heads=128, num_kv_heads=64, num_layers=50)),
+            "header", "at least [\\d,]+ parameters .* quant.allow_over_budget does not lift this"),
+        "a million layers": (lambda p: rebuilt(p, header=_config(p, num_layers=10**6)), "header", "num_layers = 1,000,000"),
+        "a tensor of 2**71 elements": (lambda p: rebuilt(p, header=_config(p, model_dim=2**35, mlp_mult=2.0)), "header",
+                                       "at least [\\d,]+ parameters"),
+        "tensors of 2**32 x 2**32": (lambda p: rebuilt(p, header=_config(p, model_dim=2**32)), "header", "at least"),
+        "MLP 16x wide: the exact count over the cap": (
+            lambda p: rebuilt(p, header=_config(p, model_dim=4096, num_heads=8, num_kv_heads=4, mlp_mult=16.0)),
+            "header", "a model of [\\d,]+ parameters, more than"),
+        "8,192 virtual layers": (lambda p: rebuilt(p, header=_config(p, layer_schedule=[0, 1, 2, 3] * 2048)), "header",
+                                 "8,192 virtual layers"),
+        "stored payload 10 bytes short": (lambda p: rebuilt(p, payload=p.payload[:-10]), "payload", "holds [\\d,]+ bytes, expected"),
+        "stored payload 10 bytes long": (lambda p: rebuilt(p, payload=p.payload + bytes(10)), "payload", "holds [\\d,]+ bytes, expected"),
     }
 
     @pytest.mark.parametrize("what", list(CRAFTED))
     def test_well_checksummed_but_ill_formed_headers_are_rejected(self, plain_artifact, rejections, what):
-        _, header, start = layout(plain_artifact)
-        payload = plain_artifact[start : start + header["payload_bytes"]]
-        craft = self.CRAFTED[what]
-        if craft is None:
-            header = ["a", "list"]
-        else:
-            craft(header)
-        rejections.check(rebuild(header, payload), "header")
+        craft, region, message = self.CRAFTED[what]
+        exc = rejections.check(craft(parse(plain_artifact)), region)
+        assert re_search(message, str(exc)), str(exc)
+
+    @pytest.mark.parametrize("compressor", ["zlib", "lzma", "zstd", "brotli"])
+    def test_a_compressed_payload_with_bytes_after_its_end_is_rejected(self, tmp_path, rejections, compressor):
+        p = parse(write_artifact(tmp_path / "c.pgolf", compressor=compressor).read_bytes())
+        exc = rejections.check(rebuilt(p, payload=p.payload + b"tail"), "payload")
+        assert re_search("unexpected bytes|corrupt", str(exc)), str(exc)
 
     def test_compressor_none_round_trips_through_pack_and_unpack(self, tmp_path):
         cfg = artifact_cfg(compressor="none")
         model = small_model({})
-        sizes = pgolf.pack(model, cfg, tmp_path / "n.pgolf", code_bytes=0)
+        sizes = pgolf.pack(model, cfg, tmp_path / "n.pgolf")
         assert sizes["compressor"] == "none" and sizes["model_bytes"] > sizes["raw_bytes"]
         loaded, cfg2 = pgolf.unpack(tmp_path / "n.pgolf")
         assert cfg2.quant.compressor == "none"
@@ -302,6 +385,116 @@ class TestArtifacts:
         zlib_model, _ = pgolf.unpack(again)
         for (name, a), (_, b) in zip(loaded.state_dict().items(), zlib_model.state_dict().items()):
             assert torch.equal(a, b), name  # the compressor never changes the stored values
+
+
+# ============================================================================ memory bound of crafted artifacts
+
+
+MEMORY_BOUND_MB = 100  # what loading a crafted file may add to a fresh process's peak RSS
+BOMB_BYTES = 160 << 20  # what each decompression bomb expands to: more than the bound
+
+
+def _bomb(compressor: str) -> bytes:
+    """A well-formed stream of `compressor` (as pgolf writes it: raw deflate, raw LZMA2, zstd, brotli) that
+    expands to BOMB_BYTES of zeros, made without ever holding them."""
+    chunk, count = bytes(1 << 20), BOMB_BYTES >> 20
+    if compressor == "zlib":  # a fully flushed deflate segment is self-contained: repeat it, then a final block
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        segment = c.compress(chunk) + c.flush(zlib.Z_FULL_FLUSH)
+        return segment * count + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    if compressor == "lzma":  # one LZMA2 chunk of 2 MiB zeros; its repeats reset the coder state, not the dictionary
+        first = lzma.compress(bytes(2 << 20), format=lzma.FORMAT_RAW,
+                              filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 4096, "preset": 6}])[:-1]
+        again = bytes([(first[0] & 0x9F) | 0x40]) + first[1:]  # control bits 5-6: state reset + props, no dict reset
+        return first + again * (count // 2 - 1) + b"\x00"
+    if compressor == "zstd":
+        c = zstandard.ZstdCompressor(level=1).compressobj()
+        return b"".join(c.compress(chunk) for _ in range(count)) + c.flush()
+    c = brotli.Compressor(quality=1)
+    return b"".join(c.process(chunk) for _ in range(count)) + c.finish()
+
+
+MEMORY_CASES = {  # what -> (build the file from the parsed plain artifact, region of the error; None = loads)
+    "honest artifact (control)": (lambda p: rebuilt(p), None),
+    **{f"{c} payload bomb (160 MiB of zeros)": ((lambda c: lambda p: rebuilt(p, payload=_bomb(c), compressor=COMPRESSOR_ID[c]))(c),
+                                                "payload") for c in ("zlib", "lzma", "zstd", "brotli")},
+    "header JSON bomb (160 MiB)": (lambda p: rebuilt(p, packed=_bomb("brotli"), json_len=len(json.dumps(p.header))), "header"),
+    "header JSON nested 500,000 deep": (lambda p: rebuilt(p, text=_nested(500_000)), "header"),
+    "26.8 B parameters with allow_over_budget": (
+        lambda p: rebuilt(p, header=_config(p, model_dim=16384, num_heads=128, num_kv_heads=64, num_layers=50)), "header"),
+    "a million layers": (lambda p: rebuilt(p, header=_config(p, num_layers=10**6)), "header"),
+    "a tensor of 2**71 elements": (lambda p: rebuilt(p, header=_config(p, model_dim=2**35, mlp_mult=2.0)), "header"),
+    "MLP 16x wide: the exact count over the cap": (
+        lambda p: rebuilt(p, header=_config(p, model_dim=4096, num_heads=8, num_kv_heads=4, mlp_mult=16.0)), "header"),
+}
+
+# Loads each file in turn in one fresh process, after one unmeasured load of an honest artifact (the first load
+# of a process pays for torch's own start-up, ~80 MB). Per file: the peak-RSS mark is reset (/proc/self/clear_refs 5)
+# and the load's cost is VmHWM after it minus VmRSS before it. (ru_maxrss cannot be reset, and a child started
+# from pytest inherits pytest's own peak in it across fork + exec, which would hide any cost below that.) Where
+# the reset is refused, the mark before the load is the baseline: conservative, never lenient.
+LOAD_AND_MEASURE = """
+import gc, json, re, sys
+import pgolf
+from pgolf.quant.container import ArtifactError
+
+def status(key):
+    return int(re.search(rf"^{key}:\\s+(\\d+) kB", open("/proc/self/status").read(), re.M).group(1))
+
+pgolf.unpack(sys.argv[1])
+for path in sys.argv[2:]:
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    before = status("VmRSS") if reset else status("VmHWM")
+    try:
+        pgolf.unpack(path)
+        error = None
+    except ArtifactError as exc:
+        error = str(exc)
+    print(json.dumps({"path": path, "before_kib": before, "peak_kib": status("VmHWM"), "reset": reset, "error": error}))
+"""
+
+
+@pytest.fixture(scope="module")
+def memory_results(plain_artifact, tmp_path_factory) -> dict[str, dict]:
+    """{case: measurement} of every MEMORY_CASES file, loaded one after another by one child process."""
+    folder = tmp_path_factory.mktemp("crafted")
+    paths = {}
+    for i, (what, (craft, _)) in enumerate(MEMORY_CASES.items()):
+        paths[what] = folder / f"case{i}.pgolf"
+        paths[what].write_bytes(craft(parse(plain_artifact)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    warm_up = folder / "warm_up.pgolf"
+    warm_up.write_bytes(plain_artifact)
+    proc = subprocess.run([sys.executable, "-c", LOAD_AND_MEASURE, str(warm_up), *map(str, paths.values())], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    by_path = {r["path"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+    return {what: by_path[str(path)] for what, path in paths.items()}
+
+
+class TestMemoryBound:
+    """A crafted file (every checksum valid) loaded by a fresh process: an ArtifactError naming the file and the
+    region, and at most MEMORY_BOUND_MB added to the process's peak resident memory."""
+
+    @pytest.mark.parametrize("what", list(MEMORY_CASES))
+    def test_loading_a_crafted_file_stays_within_the_memory_bound(self, memory_results, record_property, what):
+        out = memory_results[what]
+        added_mb = (out["peak_kib"] - out["before_kib"]) / 1024
+        record_property("peak_rss_added_mb", round(added_mb, 1))
+        region = MEMORY_CASES[what][1]
+        if region is None:
+            assert out["error"] is None, out["error"]
+        else:
+            assert out["error"] is not None, "the crafted file loaded"
+            assert out["error"].startswith(f"{out['path']}: {region}"), out["error"]
+        assert added_mb <= MEMORY_BOUND_MB, f"loading took {added_mb:.0f} MB more peak RSS (bound {MEMORY_BOUND_MB} MB)"
 
 
 # ============================================================================ shards and data folders
@@ -455,7 +648,7 @@ CONFIG_FAULTS = [  # (--set overrides, pattern the error must contain: the key a
     (["model.layer_schedule=[0,1,2,3,4,5,6,7,8,9]"], r"'model.layer_schedule' names block 9, but model.num_layers = 9"),
     (["model.layer_schedule=[0,1,2]"], r"'model.layer_schedule' never runs block"),
     (["model.num_layers=40", "model.model_dim=1024", "model.num_heads=16"],
-     r"estimated artifact of [\d,]+ bytes is far over the 16,000,000-byte limit: shrink 'model.num_layers'"),
+     r"estimated artifact of [\d,]+ bytes \(before code\) is far over the 16,000,000-byte limit: shrink 'model.num_layers'"),
     (["model.num_layers=3", "model.num_layers"], r"--set expects key=value, got 'model.num_layers'"),
 ]
 

@@ -22,9 +22,8 @@ from pgolf.quant.methods import (clip_search, code_entropy_bits, fake_quantize_g
                                  round_to_nearest_sdclip, sdclip_scales)
 from pgolf.quant.qat import FakeQuantizer, attach_qat, late_qat_due, qat_enabled, refresh_qat, set_qat_enabled
 from pgolf.quant.quantize import clip_max, dequantize, plan_tensor
-from pgolf.training.runs import save_config
 
-from conftest import SP1024_MODEL, VAL_SHARD
+from conftest import SP1024_MODEL, VAL_SHARD, write_run_folder
 from test_model import SMALL, small_model
 
 METHODS = ("percentile", "rowmax", "clip_search", "sdclip")
@@ -412,14 +411,7 @@ def test_training_with_late_qat_and_gptq_end_to_end(micro, tmp_path, monkeypatch
 
 @pytest.fixture
 def run_folder(tmp_path):
-    """A run folder as training leaves it: config.toml + model.safetensors (weights need not be trained)."""
-    cfg = quant_cfg()
-    model = small_model({})
-    folder = tmp_path / "run"
-    folder.mkdir()
-    save_config(cfg, folder / "config.toml")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
-    return folder
+    return write_run_folder(tmp_path / "run", quant_cfg(), small_model({}))
 
 
 def test_pgolf_pack_repacks_and_prints_the_breakdown(run_folder, tmp_path, capsys):
@@ -459,11 +451,7 @@ def test_pgolf_pack_gptq_calibrates_on_training_data_and_eval_scores_it(micro, t
 
     cfg = micro(quant__passthrough_max_numel=1024)
     torch.manual_seed(0)
-    model = pgolf.build_model(cfg.model)
-    folder = tmp_path / "run"
-    folder.mkdir()
-    save_config(cfg, folder / "config.toml")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
+    folder = write_run_folder(tmp_path / "run", cfg, pgolf.build_model(cfg.model))
     out = tmp_path / "gptq.pgolf"
     code = main(["pack", str(folder), "--set", "quant.method=gptq", "--set", "quant.embed_method=gptq",
                  "--set", "quant.gptq_calib_batches=2", "--set", "quant.matrix_bits=6", "--out", str(out)])

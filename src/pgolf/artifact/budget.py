@@ -1,25 +1,30 @@
 """Artifact size estimates from a config alone, before any training.
 
-Each tensor is costed by its export plan: b-bit codes at about (b - 0.7) bits per value after compression with
+An artifact is code + container overhead + compressed payload. The first two are exact: the code is the
+config's own train_gpt.py (`sizes.runtime_code_bytes`), the overhead is the framing and header pgolf will
+write for this config (`quant.pack.header_bytes`: the compressed config and one check per part).
+Only the payload is estimated: each tensor is costed by its export plan (`quant.layout.artifact_layout`, the
+same plan the packer uses): b-bit codes at about (b - 0.7) bits per value after compression with
 row-max/percentile scales (measured: int8 7.3, int6 5.25, int5 4.2 bits; TECHNIQUES.md Appendix A), one bit
 less with a clip search, and for k-sigma scales (SDClip, GPTQ) the entropy of a Gaussian quantized with step
-k*sigma/clip_max: log2(clip_max / k) + 2.05 bits; plus fp16 row scales, passthrough floats at 2 or 4 bytes,
-and the counted code. A guide for planning, not a measurement: the real size is measured on the bytes written.
+k*sigma/clip_max: log2(clip_max / k) + 2.05 bits; plus fp16 row scales, and passthrough floats at the bits a
+float takes under the config's compressor (FLOAT_BITS, measured on Gaussian noise).
+A guide for planning, not a measurement: the real size is measured on the bytes written.
 """
 
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import Any
 
 from ..config import Config, ConfigError
-from ..model.gpt import GPT
-from ..model.layers import qclass_of
-from ..quant.quantize import as_rows, clip_max, method_for, plan_tensor, sdclip_k_for
+from ..quant.container import FRAMING_BYTES
+from ..quant.layout import artifact_layout
+from ..quant.pack import header_bytes
+from ..quant.quantize import clip_max, method_for, sdclip_k_for
 from .sizes import LIMIT_BYTES, runtime_code_bytes
 
-FAR_OVER_FACTOR = 1.5  # configs estimated beyond 1.5x the limit are rejected unless quant.allow_over_budget
+FAR_OVER_BYTES = 24_000_000  # configs estimated beyond 1.5x the limit are rejected unless quant.allow_over_budget
 
 
 def bits_per_code(bits: int, qclass: str, cfg: Config) -> float:
@@ -31,29 +36,60 @@ def bits_per_code(bits: int, qclass: str, cfg: Config) -> float:
     return bits - (1.0 if method == "clip_search" else 0.7)
 
 
-def estimate_artifact_bytes(cfg: Config) -> int:
-    """Estimated code + model bytes of `cfg`'s artifact (module docstring: how each tensor is costed)."""
-    with torch.device("meta"):
-        model = GPT(cfg.model)
+# Compressed bits of one stored float, measured on Gaussian noise (2**20 values; the same within 0.15 bit at
+# std 1 and 0.02: a float's exponent and mantissa bits do not depend on the scale): (compressor, byte shuffle).
+FLOAT_BITS = {
+    "float16": {("none", False): 16.0, ("zlib", False): 14.76, ("lzma", False): 14.29, ("zstd", False): 14.71,
+                ("brotli", False): 14.16, ("brotli", True): 13.51},
+    "float32": {("none", False): 32.0, ("zlib", False): 29.64, ("lzma", False): 29.61, ("zstd", False): 29.59,
+                ("brotli", False): 29.36, ("brotli", True): 27.64},
+}
+
+
+def float_bits(dtype: str, cfg: Config) -> float:
+    """Expected compressed bits of one passthrough float under the config's compressor ('auto': the best)."""
+    table = FLOAT_BITS.get(dtype, FLOAT_BITS["float32"])
+    methods = [m for m, _ in table if m != "none"] if cfg.quant.compressor == "auto" else [cfg.quant.compressor]
+    bits = [table.get((m, cfg.quant.byte_shuffle), table.get((m, False))) for m in methods]
+    return min(b for b in bits if b is not None)
+
+
+def estimate_payload_bytes(cfg: Config) -> int:
+    """Estimated compressed payload (codes, scales, stored floats) of `cfg`'s artifact."""
     total = 0.0
-    for name, p in model.named_parameters():
-        qclass = qclass_of(p)
-        plan = plan_tensor(p, qclass, cfg.quant, name)
-        if plan.encoding == "int":
-            total += p.numel() * bits_per_code(plan.bits, qclass, cfg) / 8 + 2 * as_rows(p).shape[0]
+    for t in artifact_layout(cfg):
+        numel = math.prod(t.shape)
+        if t.plan.encoding == "int":
+            rows = t.parts[-1].shape[0]
+            total += numel * bits_per_code(t.plan.bits, t.qclass, cfg) / 8 + 2 * rows
         else:
-            total += p.numel() * (4 if plan.encoding == "float32" else 2)
-    return int(total) + runtime_code_bytes(cfg)
+            total += numel * float_bits("float32" if t.plan.encoding in ("float32", "raw") else "float16", cfg) / 8
+    return int(total)
+
+
+def estimate_breakdown(cfg: Config) -> dict[str, Any]:
+    """Code and header bytes (exact), payload (estimated), their sum and the margin to the limit."""
+    code, header, payload = runtime_code_bytes(cfg), header_bytes(cfg), estimate_payload_bytes(cfg)
+    model = FRAMING_BYTES + header + payload
+    return {"code_bytes": code, "header_bytes": header, "framing_bytes": FRAMING_BYTES,
+            "payload_bytes_estimate": payload, "model_bytes_estimate": model, "artifact_bytes_estimate": code + model,
+            "limit_bytes": LIMIT_BYTES, "margin_bytes": LIMIT_BYTES - code - model}
+
+
+def estimate_artifact_bytes(cfg: Config) -> int:
+    return estimate_breakdown(cfg)["artifact_bytes_estimate"]
 
 
 def check_budget(cfg: Config) -> None:
-    """Refuse a config estimated far over the limit (unless quant.allow_over_budget): called by whoever finalizes
-    a run — the trainer, the command line, the API's load_recipe / load_config, a generated train_gpt.py."""
+    """Refuse a config whose model alone is estimated far over the limit (unless quant.allow_over_budget): called
+    by whoever finalizes a run — the trainer, the command line, the API's load_recipe / load_config, a generated
+    train_gpt.py. Code is not counted here: it is small next to the margin, and pricing it would bundle pgolf's
+    sources for every config loaded."""
     if cfg.quant.allow_over_budget:
         return
-    estimate = estimate_artifact_bytes(cfg)
-    if estimate > FAR_OVER_FACTOR * LIMIT_BYTES:
+    estimate = FRAMING_BYTES + header_bytes(cfg) + estimate_payload_bytes(cfg)
+    if estimate > FAR_OVER_BYTES:
         raise ConfigError(
-            f"estimated artifact of {estimate:,} bytes is far over the {LIMIT_BYTES:,}-byte limit: shrink "
+            f"estimated artifact of {estimate:,} bytes (before code) is far over the 16,000,000-byte limit: shrink "
             f"'model.num_layers' / 'model.model_dim' / 'model.mlp_mult' or lower 'quant.matrix_bits' "
             f"(or set quant.allow_over_budget=true to experiment anyway)")

@@ -110,7 +110,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['name']:<10} {row['description']}")
         print(f"{'':<10} params {row['params_full']:,} (tiny {row['params_tiny']:,}); "
-              f"est. artifact {row['artifact_estimate']:,} bytes ({'fits' if row['fits'] else 'OVER'} 16,000,000)")
+              f"est. artifact {row['artifact_estimate']:,} bytes = code {row['code_bytes']:,} + header "
+              f"{row['header_bytes']:,} + weights ~{row['payload_estimate']:,} ({'fits' if row['fits'] else 'OVER'} 16,000,000)")
         print(f"{'':<10} on: {', '.join(row['switches']) or 'baseline only'}")
     return 0
 
@@ -196,14 +197,27 @@ def cmd_pack(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         print(format_breakdown(result["breakdown"]))
+        if result["fit"] is not None:
+            print(f"quant.fit: {fit_summary(result['fit'])}")
         print(f"packed in {result['pack_seconds']:.1f} s; score it with: pgolf eval {args.out}")
     if not result["under_limit"]:
-        print(f"pgolf: WARNING: {args.out} is OVER the {result['limit_bytes']:,}-byte limit by "
+        failed = result["fit"] is not None and not result["fit"]["ok"]
+        print(f"pgolf: {'error' if failed else 'WARNING'}: {args.out} is OVER the {result['limit_bytes']:,}-byte limit by "
               f"{result['artifact_bytes'] - result['limit_bytes']:,} bytes ({result['artifact_bytes']:,} = "
-              f"code {result['code_bytes']:,} + model {result['model_bytes']:,}); it cannot be submitted as it is.",
-              file=sys.stderr)
+              f"code {result['code_bytes']:,} + model {result['model_bytes']:,}); it cannot be submitted as it is."
+              + (f" quant.fit failed: {result['fit']['message']}." if failed else
+                 " --set quant.fit=true prunes it under the limit."), file=sys.stderr)
         return EXIT_OVER_LIMIT
     return 0
+
+
+def fit_summary(fit: dict[str, Any]) -> str:
+    """One line on what quant.fit did and (when measured) what it cost."""
+    text = fit["message"]
+    if "val_bpb_cost" in fit:
+        text += f"; val_bpb {fit['val_bpb_unfitted']:.5f} -> {fit['val_bpb_unfitted'] + fit['val_bpb_cost']:.5f} " \
+                f"({fit['val_bpb_cost']:+.5f}) after the round trip"
+    return text + f" [{fit['compressions']} compressions, {fit['seconds']:.1f} s]"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

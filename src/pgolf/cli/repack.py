@@ -16,13 +16,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..artifact.sizes import pack
+from ..artifact.sizes import fit_cost, pack_artifact
 from ..config import Config, ConfigError, apply_overrides, finalize, load_config
-from ..data.dataset import resolve_dataset
+from ..data.dataset import load_validation, resolve_dataset
 from ..data.loader import DistributedTokenLoader
+from ..data.tokenizer import byte_tables, load_tokenizer
+from ..eval.bpb import evaluate
 from ..model.gpt import build_model
 from ..quant.breakdown import artifact_breakdown
 from ..quant.gptq import collect_hessians
+from ..quant.pack import unpack
+from ..training.loop import plain_eval_config
 
 
 def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Config]:
@@ -51,18 +55,23 @@ def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tu
     return model.eval(), cfg
 
 
-def calibration_loader(cfg: Config, data: str | None = None):
-    """A training-token loader over the run's (or `data`'s) training shards, for GPTQ."""
+def run_dataset(cfg: Config, data: str | None = None, check_ids: bool = True):
+    """The run's data folder (or `data`, with its own tokenizer), checked."""
     lookup = copy.deepcopy(cfg)
     if data:
         lookup.data.path, lookup.data.tokenizer = str(data), ""
-    dataset = resolve_dataset(lookup, progress=False)
-    return DistributedTokenLoader(dataset.train_files, 0, 1, cfg.model.vocab_size)
+    return resolve_dataset(lookup, progress=False, check_ids=check_ids)
+
+
+def calibration_loader(cfg: Config, data: str | None = None):
+    """A training-token loader over the run's (or `data`'s) training shards, for GPTQ."""
+    return DistributedTokenLoader(run_dataset(cfg, data).train_files, 0, 1, cfg.model.vocab_size)
 
 
 def repack_run(run_dir: str | Path, out: str | Path, overrides: dict[str, Any] | None = None,
                data: str | None = None, device: str | None = None) -> dict[str, Any]:
-    """Quantize + pack a run's weights under the (overridden) policy; sizes plus a per-class breakdown."""
+    """Quantize + pack a run's weights under the (overridden) policy; sizes (code priced with the run's own
+    config), a per-class breakdown and, when quant.fit pruned, what that cost on the run's validation split."""
     model, cfg = load_run(run_dir, overrides)
     dev = torch.device(device or "cpu")
     model.to(dev)
@@ -71,8 +80,21 @@ def repack_run(run_dir: str | Path, out: str | Path, overrides: dict[str, Any] |
     if "gptq" in (cfg.quant.method, cfg.quant.embed_method):
         hessians = collect_hessians(model, calibration_loader(cfg, data), cfg, dev)
     model.cpu()
-    sizes = pack(model, cfg, out, hessians)
+    sizes, fit = pack_artifact(model, cfg, out, hessians)
     seconds = time.perf_counter() - start
+    if fit is not None and fit.pruned:
+        score = validation_scorer(cfg, data, dev)
+        scored, _ = unpack(out, dev)
+        sizes["fit"].update(fit_cost(scored, fit, score, score(scored)))
     breakdown = artifact_breakdown(out, sizes["code_bytes"], sizes["limit_bytes"])
     return {**sizes, "pack_seconds": seconds, "breakdown": breakdown, "artifact": str(out),
             "quant": {k: v for k, v in vars(cfg.quant).items()}}
+
+
+def validation_scorer(cfg: Config, data: str | None, device: torch.device):
+    """model -> plain val_bpb on the run's validation split (its data.val_tokens_limit prefix)."""
+    dataset = run_dataset(cfg, data, check_ids=False)
+    tokens = load_validation(dataset, cfg.model.vocab_size, cfg.data.val_tokens_limit)
+    tables = byte_tables(load_tokenizer(dataset.tokenizer_path), cfg.model.vocab_size)
+    plain = plain_eval_config(cfg)
+    return lambda model: evaluate(model.to(device), tokens, None, plain, tables=tables).val_bpb

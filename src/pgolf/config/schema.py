@@ -194,6 +194,8 @@ class QuantConfig:
     byte_shuffle: bool = _f(False, "stride-2 byte shuffle before compression")
     compressor: str = _f("zlib", "compressor of the packed weights (none = stored as is, for inspection)", ("zlib", "lzma", "zstd", "brotli", "auto", "none"))
     allow_over_budget: bool = _f(False, "accept configs whose artifact estimate is far over 16,000,000 bytes")
+    fit: bool = _f(False, "an artifact over 16,000,000 bytes is brought under by pruning the cheapest +-1 codes (#609)")
+    fit_reserve_s: float = _f(60.0, "quant.fit: seconds of the training cap reserved for the fit's search")
 
 
 @dataclass

@@ -133,6 +133,8 @@ def _validate_quant_numbers(q: QuantConfig) -> None:
         raise ConfigError(f"'quant.gptq_damp' and 'quant.gptq_reserve_s' must be >= 0, got {q.gptq_damp} and {q.gptq_reserve_s}")
     if not 0.0 <= q.qat_start_lr <= 1.0:
         raise ConfigError(f"'quant.qat_start_lr' must be in [0, 1], got {q.qat_start_lr}")
+    if q.fit_reserve_s < 0:
+        raise ConfigError(f"'quant.fit_reserve_s' must be >= 0, got {q.fit_reserve_s}")
 
 
 def _validate_optim(o: OptimConfig, t: TrainConfig) -> None:

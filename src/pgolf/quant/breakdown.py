@@ -3,17 +3,19 @@
 A general-purpose compressor works on the whole payload, so bytes cannot be assigned to tensors exactly.
 The attribution used here: each (class, part kind) byte stream is compressed ALONE with the artifact's own
 compressor (and byte shuffle); `joint_gain_bytes` is what compressing everything together saved on top.
-Everything else (preamble, JSON header, checksums, code) is counted exactly.
+Everything else (framing, the header with the compressed config and part checks, code) is counted exactly.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from .compress import byte_shuffle, compress
-from .container import _PREAMBLE, _TAIL, read_container
+from .container import FRAMING_BYTES
+from .pack import read_artifact
 
 KIND_GROUPS = {"codes": "codes", "packed_codes": "codes", "scales": "scales", "values": "floats"}
 
@@ -21,24 +23,18 @@ KIND_GROUPS = {"codes": "codes", "packed_codes": "codes", "scales": "scales", "v
 def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> dict[str, Any]:
     """Byte accounting of a written artifact against `limit_bytes` (code counted as `code_bytes`)."""
     path = Path(path)
-    header, arrays = read_container(path)
-    compressor, shuffle = header["compressor"], bool(header.get("byte_shuffle"))
-    tensors = header["meta"]["tensors"]
+    _, layout, header, arrays = read_artifact(path)
+    compressor, shuffle = header["compressor"], header["byte_shuffle"]
     streams: dict[tuple[str, str], list[bytes]] = defaultdict(list)
     classes: dict[str, dict[str, Any]] = {}
-    for entry in header["parts"]:
-        meta = tensors[entry["tensor"]]
-        qclass = meta["qclass"]
-        streams[(qclass, KIND_GROUPS.get(entry["kind"], entry["kind"]))].append(arrays[(entry["tensor"], entry["kind"])].tobytes())
-    for name, meta in tensors.items():
-        row = classes.setdefault(meta["qclass"], {"tensors": 0, "params": 0, "encodings": set(), "raw_bytes": 0,
-                                                  "codes_bytes": 0, "scales_bytes": 0, "floats_bytes": 0})
+    for t in layout:
+        for part in t.parts:
+            streams[(t.qclass, KIND_GROUPS[part.kind])].append(arrays[(t.name, part.kind)].tobytes())
+        row = classes.setdefault(t.qclass, {"tensors": 0, "params": 0, "encodings": set(), "raw_bytes": 0,
+                                            "codes_bytes": 0, "scales_bytes": 0, "floats_bytes": 0})
         row["tensors"] += 1
-        numel = 1
-        for dim in meta["shape"]:
-            numel *= dim
-        row["params"] += numel
-        row["encodings"].add(f"int{meta['bits']}" if meta["encoding"] == "int" else meta["encoding"])
+        row["params"] += math.prod(t.shape)
+        row["encodings"].add(f"int{t.plan.bits}" if t.plan.encoding == "int" else t.plan.encoding)
     for (qclass, group), chunks in streams.items():
         raw = b"".join(chunks)
         body = byte_shuffle(raw) if shuffle else raw
@@ -50,13 +46,12 @@ def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> d
         row["bits_per_param"] = 8 * row["compressed_bytes"] / max(row["params"], 1)
     file_bytes = path.stat().st_size
     payload_bytes = header["payload_bytes"]
-    header_bytes = file_bytes - _PREAMBLE - _TAIL - payload_bytes  # the JSON header, exactly
     attributed = sum(row["compressed_bytes"] for row in classes.values())
     total = file_bytes + code_bytes
     return {
         "artifact": str(path), "compressor": compressor, "byte_shuffle": shuffle, "classes": classes,
         "payload_bytes": payload_bytes, "attributed_bytes": attributed, "joint_gain_bytes": attributed - payload_bytes,
-        "header_bytes": header_bytes, "framing_bytes": _PREAMBLE + _TAIL, "model_bytes": file_bytes,
+        "header_bytes": header["header_bytes"], "framing_bytes": FRAMING_BYTES, "model_bytes": file_bytes,
         "code_bytes": code_bytes, "artifact_bytes": total, "limit_bytes": limit_bytes,
         "margin_bytes": limit_bytes - total, "under_limit": total <= limit_bytes,
         "params": sum(row["params"] for row in classes.values()),
@@ -75,7 +70,8 @@ def format_breakdown(b: dict[str, Any]) -> str:
     lines += [
         f"each class/part compressed alone: {b['attributed_bytes']:,} bytes in all; the joint payload is "
         f"{b['payload_bytes']:,} ({b['payload_bytes'] - b['attributed_bytes']:+,} against that sum)",
-        f"header (JSON) {b['header_bytes']:,} + framing {b['framing_bytes']} + payload {b['payload_bytes']:,} "
+        f"header {b['header_bytes']:,} (compressed config + part checks) + framing {b['framing_bytes']} + payload "
+        f"{b['payload_bytes']:,} "
         f"= model {b['model_bytes']:,} bytes ({8 * b['model_bytes'] / max(b['params'], 1):.3f} bits/param)",
         f"code {b['code_bytes']:,} -> artifact {b['artifact_bytes']:,} of {b['limit_bytes']:,}: "
         + (f"{b['margin_bytes']:,} bytes to spare" if b["under_limit"]

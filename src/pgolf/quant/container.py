@@ -1,79 +1,130 @@
-"""The artifact container: a JSON header plus packed arrays, with checksums; nothing executable inside.
+"""The artifact container: a compressed JSON header plus packed arrays, with checksums; nothing executable inside.
+
+The header stores only what the config cannot tell: the config itself, the pgolf version, the payload's
+compressor and checksums. Which tensors there are, their parts (codes, scales, values), dtypes, shapes and
+offsets follow from the config (`pack.artifact_layout`, the config's model built on the meta device), so the
+reader asks the caller for that layout instead of trusting a table in the file.
 
 Layout (all integers little-endian):
-    [0, 8)        magic  b"PGOLF\\x00v1"
-    [8, 12)       header length H (uint32)
-    [12, 44)      sha256 of the header bytes
-    [44, 44+H)    header: UTF-8 JSON (config, compressor, tensor table with per-part crc32, payload sha256)
-    [.., ..+P)    payload: the compressed concatenation of every tensor's parts (codes, scales, values)
-    [-40, -8)     sha256 of every byte before it
-    [-8, end)     trailer b"PGOLFEND"
+    [0, 8)          magic  b"PGOLF\\x00v2"
+    [8, 12)         header length H (uint32)
+    [12, 12+H)      header:
+                      [0]        payload compressor (0 none, 1 zlib, 2 lzma, 3 zstd, 4 brotli)
+                      [1]        flags (bit 0: stride-2 byte shuffle)
+                      [2, 6)     length of the header JSON (uint32)
+                      [6, 10)    length J of the brotli-compressed header JSON (uint32)
+                      [10, 42)   sha256 of the compressed payload
+                      [42, 42+J) brotli(JSON {"pgolf_version", "config"})
+                      [42+J, H)  part checks: the low 16 bits of each part's CRC-32, uint16, in layout order
+    [12+H, 44+H)    sha256 of bytes [8, 12+H)
+    [44+H, -40)     payload: the compressed concatenation of every tensor's parts, in layout order
+    [-40, -8)       sha256 of every byte before it
+    [-8, end)       trailer b"PGOLFEND"
 Every check names the region it found damaged: preamble, header, payload (and, when the payload still
-decompresses, which tensor part), checksum or trailer. Loading only parses JSON and reads numpy buffers.
+decompresses, which tensor part), checksum or trailer. Loading only parses JSON and reads numpy buffers, and
+decompresses at most the bytes the layout asks for (`compress.decompress`). The part checks only locate
+damage; the SHA-256 sums guarantee it is found.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..data.atomic import atomic_write_bytes
-from .compress import COMPRESSORS, CompressionError, byte_shuffle, byte_unshuffle, compress_best, decompress
+from .compress import COMPRESSORS, CompressionError, byte_shuffle, byte_unshuffle, compress, compress_best, decompress
 
-MAGIC = b"PGOLF\x00v1"
+MAGIC = b"PGOLF\x00v2"
 TRAILER = b"PGOLFEND"
-FORMAT_VERSION = 1
-_PREAMBLE = len(MAGIC) + 4 + 32
+FORMAT_VERSION = 2
+COMPRESSOR_IDS = {name: i for i, name in enumerate(("none", *COMPRESSORS))}
+HEADER_COMPRESSOR = "brotli"  # the smallest on ~3 KB of JSON (built-in text dictionary)
+_FIXED = struct.Struct("<BBII32s")  # compressor, flags, JSON length, compressed JSON length, payload sha256
+_PREAMBLE = len(MAGIC) + 4
 _TAIL = 32 + len(TRAILER)
+FRAMING_BYTES = _PREAMBLE + 32 + _TAIL  # magic, header length, header sha256, file sha256, trailer
+CHECK_BYTES = 2  # per part
+# What a header may ask for. An honest header is ~2 KB (~3 KB of JSON, depth 4).
+MAX_HEADER_BYTES = 1 << 20
+MAX_HEADER_JSON_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
 
 
 class ArtifactError(ValueError):
     """An artifact file is damaged or not an artifact; the message names the file and the region."""
 
 
-@dataclass
-class Part:
-    """One named byte array of a tensor (e.g. 'codes', 'scales', 'values')."""
+class HeaderProblem(ValueError):
+    """Raised by a layout callback: the (checksummed) header asks for something pgolf will not read."""
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """One named array of a tensor (kind 'codes', 'packed_codes', 'scales' or 'values'), as the config implies."""
     tensor: str
     kind: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes
+
+    @property
+    def nbytes(self) -> int:
+        count = 1
+        for dim in self.shape:  # Python ints: no overflow, whatever the shape
+            count *= dim
+        return count * np.dtype(self.dtype).itemsize
 
 
-def write_container(path: str | Path, parts: list[Part], meta: dict[str, Any], compressor: str,
-                    shuffle: bool = False) -> dict[str, Any]:
-    """Write atomically (temporary file + rename). Returns {'model_bytes', 'compressor', 'raw_bytes'}."""
-    raw = b"".join(p.data for p in parts)
-    body = byte_shuffle(raw) if shuffle else raw
-    payload, used = compress_best(body, compressor)
-    table, offset = [], 0
-    for p in parts:
-        table.append({"tensor": p.tensor, "kind": p.kind, "dtype": p.dtype, "shape": list(p.shape),
-                      "offset": offset, "nbytes": len(p.data), "crc32": zlib.crc32(p.data)})
-        offset += len(p.data)
-    header = {
-        "format": FORMAT_VERSION, "compressor": used, "byte_shuffle": shuffle, "raw_bytes": len(raw),
-        "payload_bytes": len(payload), "payload_sha256": hashlib.sha256(payload).hexdigest(),
-        "parts": table, "meta": meta,
-    }
-    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    head = MAGIC + struct.pack("<I", len(header_bytes)) + hashlib.sha256(header_bytes).digest()
-    blob = head + header_bytes + payload
+def header_json_bytes(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def header_size(header: dict[str, Any], n_parts: int) -> int:
+    """Exact header length H of a container with this JSON header and this many parts."""
+    return _FIXED.size + len(compress(header_json_bytes(header), HEADER_COMPRESSOR)) + CHECK_BYTES * n_parts
+
+
+def part_check(data: bytes) -> int:
+    return zlib.crc32(data) & 0xFFFF
+
+
+def encode_payload(parts: list[bytes], compressor: str, shuffle: bool) -> tuple[bytes, str]:
+    """(compressed payload, compressor used) of the parts' concatenation; 'auto' keeps the smallest."""
+    raw = b"".join(parts)
+    return compress_best(byte_shuffle(raw) if shuffle else raw, compressor)
+
+
+def write_container(path: str | Path, header: dict[str, Any], parts: list[bytes], payload: bytes, compressor: str,
+                    shuffle: bool) -> dict[str, Any]:
+    """Write atomically (temporary file + rename) the parts, already compressed as `payload` by
+    `encode_payload`. Returns {'model_bytes', 'header_bytes', 'compressor', 'raw_bytes'}."""
+    text = header_json_bytes(header)
+    packed = compress(text, HEADER_COMPRESSOR)
+    checks = np.array([part_check(p) for p in parts], dtype="<u2").tobytes()
+    fixed = _FIXED.pack(COMPRESSOR_IDS[compressor], int(shuffle), len(text), len(packed),
+                        hashlib.sha256(payload).digest())
+    head = fixed + packed + checks
+    length = struct.pack("<I", len(head))
+    blob = MAGIC + length + head + hashlib.sha256(length + head).digest() + payload
     blob += hashlib.sha256(blob).digest() + TRAILER
     atomic_write_bytes(path, blob)  # a failed write (full disk, read-only folder) keeps the previous file
-    return {"model_bytes": len(blob), "compressor": used, "raw_bytes": len(raw)}
+    return {"model_bytes": len(blob), "header_bytes": len(head), "compressor": compressor,
+            "raw_bytes": sum(len(p) for p in parts)}
 
 
-def read_container(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, str], np.ndarray]]:
-    """(header, {(tensor, kind): array}) after checking every region."""
+LayoutFn = Callable[[dict[str, Any]], list[PartSpec]]
+
+
+def read_container(path: str | Path, layout: LayoutFn) -> tuple[dict[str, Any], dict[tuple[str, str], np.ndarray]]:
+    """(header JSON, {(tensor, kind): array}) after checking every region. `layout(header)` returns the parts
+    the header's config implies, or raises HeaderProblem; nothing is decompressed before it answers."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: artifact not found")
@@ -85,90 +136,95 @@ def read_container(path: str | Path) -> tuple[dict[str, Any], dict[tuple[str, st
     if len(blob) < _PREAMBLE + _TAIL:
         raise fail("preamble", f"truncated: {len(blob)} bytes is shorter than an empty artifact")
     if blob[: len(MAGIC)] != MAGIC:
+        if blob[: len(MAGIC) - 1] == MAGIC[:-1]:
+            raise fail("preamble", f"container format {blob[len(MAGIC) - 1:len(MAGIC)]!r} is not the one this pgolf "
+                                   f"reads ({MAGIC[-2:]!r}); re-pack the run with `pgolf pack`")
         raise fail("preamble", "bad magic; not a pgolf artifact")
     if blob[-len(TRAILER):] != TRAILER:
         raise fail("trailer", "missing end marker; the file is truncated or its end is damaged")
-    (header_len,) = struct.unpack("<I", blob[len(MAGIC) : len(MAGIC) + 4])
-    if _PREAMBLE + header_len + _TAIL > len(blob):
-        raise fail("preamble", f"header length field says {header_len} bytes, more than the file holds (truncated or damaged)")
-    header_bytes = blob[_PREAMBLE : _PREAMBLE + header_len]
-    if hashlib.sha256(header_bytes).digest() != blob[len(MAGIC) + 4 : _PREAMBLE]:
+    (header_len,) = struct.unpack_from("<I", blob, len(MAGIC))
+    header_end = _PREAMBLE + header_len
+    if header_end + 32 + _TAIL > len(blob):
+        raise fail("preamble", f"header length field says {header_len:,} bytes, more than the file holds (truncated or damaged)")
+    if hashlib.sha256(blob[len(MAGIC) : header_end]).digest() != blob[header_end : header_end + 32]:
         raise fail("header", "checksum mismatch; the header (or its stored checksum) is damaged")
+    if header_len > MAX_HEADER_BYTES:
+        raise fail("header", f"{header_len:,} bytes is more than a header may hold ({MAX_HEADER_BYTES:,})")
+    head = blob[_PREAMBLE:header_end]
+    if header_len < _FIXED.size:
+        raise fail("header", f"{header_len} bytes is shorter than its fixed fields ({_FIXED.size})")
+    code, flags, json_len, packed_len, payload_sha = _FIXED.unpack_from(head)
+    names = {i: name for name, i in COMPRESSOR_IDS.items()}
+    if code not in names:
+        raise fail("header", f"unknown payload compressor {code} (known: {', '.join(f'{i} {n}' for i, n in names.items())})")
+    if flags > 1:
+        raise fail("header", f"unknown flags {flags:#04x} (only bit 0, the byte shuffle, is defined)")
+    if json_len > MAX_HEADER_JSON_BYTES or _FIXED.size + packed_len > header_len:
+        raise fail("header", f"header JSON of {json_len:,} bytes ({packed_len:,} compressed) is larger than allowed "
+                             f"({MAX_HEADER_JSON_BYTES:,}) or than the header")
+    header = _parse_header_json(head[_FIXED.size : _FIXED.size + packed_len], json_len, fail)
     try:
-        header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail("header", f"not valid JSON ({exc})") from exc
-    problem = header_problem(header)
-    if problem:
-        raise fail("header", problem)
-    payload_end = _PREAMBLE + header_len + header["payload_bytes"]
-    if payload_end + _TAIL != len(blob):
-        raise fail("payload", f"size mismatch: header promises {header['payload_bytes']} payload bytes, "
-                              f"the file holds {len(blob) - _PREAMBLE - header_len - _TAIL} (truncated or padded)")
-    payload = blob[_PREAMBLE + header_len : payload_end]
-    payload_ok = hashlib.sha256(payload).hexdigest() == header["payload_sha256"]
+        specs = layout(header)
+    except HeaderProblem as exc:
+        raise fail("header", str(exc)) from exc
+    checks_len = header_len - _FIXED.size - packed_len
+    if checks_len != CHECK_BYTES * len(specs):
+        raise fail("header", f"holds {checks_len / CHECK_BYTES:g} part checks; the embedded config describes "
+                             f"{len(specs)} parts")
+    checks = np.frombuffer(head, dtype="<u2", offset=_FIXED.size + packed_len).tolist()
+    payload = blob[header_end + 32 : -_TAIL]
+    payload_ok = hashlib.sha256(payload).digest() == payload_sha
     if payload_ok and hashlib.sha256(blob[:-_TAIL]).digest() != blob[-_TAIL : -len(TRAILER)]:
         raise fail("checksum", "the whole-file checksum does not match although header and payload do; the stored checksum is damaged")
+    raw_bytes = sum(spec.nbytes for spec in specs)
     try:
-        raw = decompress(payload, header["compressor"])
-        if header.get("byte_shuffle"):
-            raw = byte_unshuffle(raw)
+        raw = decompress(payload, names[code], raw_bytes)
     except CompressionError as exc:
-        raise fail("payload", f"does not decompress ({exc})") from exc
-    if len(raw) != header["raw_bytes"]:
-        raise fail("payload", f"decompressed to {len(raw)} bytes, expected {header['raw_bytes']}")
-    arrays = {}
-    for entry in header["parts"]:
-        data = raw[entry["offset"] : entry["offset"] + entry["nbytes"]]
-        if zlib.crc32(data) != entry["crc32"]:
-            raise fail(f"payload of tensor '{entry['tensor']}' ({entry['kind']})", "checksum mismatch; these bytes are damaged")
-        arrays[(entry["tensor"], entry["kind"])] = np.frombuffer(data, dtype=np.dtype(entry["dtype"])).reshape(entry["shape"])
+        raise fail("payload", f"does not decompress to the {raw_bytes:,} bytes the config implies ({exc})") from exc
+    if flags & 1:
+        raw = byte_unshuffle(raw)
+    arrays, offset = {}, 0
+    for spec, check in zip(specs, checks):
+        data = raw[offset : offset + spec.nbytes]
+        if part_check(data) != check:
+            raise fail(f"payload of tensor '{spec.tensor}' ({spec.kind})", "checksum mismatch; these bytes are damaged")
+        dtype = np.dtype(spec.dtype)
+        arrays[(spec.tensor, spec.kind)] = np.frombuffer(raw, dtype=dtype, count=spec.nbytes // dtype.itemsize,
+                                                         offset=offset).reshape(spec.shape)
+        offset += spec.nbytes
     if not payload_ok:
         raise fail("payload", "checksum mismatch; the compressed payload is damaged")
+    header["compressor"], header["byte_shuffle"] = names[code], bool(flags & 1)
+    header["header_bytes"], header["payload_bytes"], header["raw_bytes"] = header_len, len(payload), raw_bytes
     return header, arrays
 
 
-def header_problem(header: Any) -> str | None:
-    """What is wrong with a parsed header's structure (types, part table, dtypes), or None.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
-    The checksums prove the bytes are the ones written; this proves they describe arrays pgolf can read
-    (numeric dtypes only, sizes that add up), so a crafted file is rejected as a header problem, not a crash.
-    """
+
+def json_depth(text: bytes) -> int:
+    """Deepest nesting of objects and arrays in JSON text (strings skipped), without parsing it."""
+    skeleton = np.frombuffer(_JSON_STRING.sub(b"", text), dtype=np.uint8)
+    if skeleton.size == 0:
+        return 0
+    step = np.isin(skeleton, (ord("["), ord("{"))).astype(np.int64) - np.isin(skeleton, (ord("]"), ord("}")))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _parse_header_json(packed: bytes, json_len: int, fail: Callable[[str, str], ArtifactError]) -> dict[str, Any]:
+    try:
+        text = decompress(packed, HEADER_COMPRESSOR, json_len)
+    except CompressionError as exc:
+        raise fail("header", f"the header JSON does not decompress ({exc})") from exc
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        raise fail("header", f"JSON nested {depth} levels deep; a header has at most {MAX_JSON_DEPTH}")
+    try:
+        header = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise fail("header", f"not valid JSON ({exc})") from exc
     if not isinstance(header, dict):
-        return f"expected a JSON object, got {type(header).__name__}"
-    if header.get("format") != FORMAT_VERSION:
-        return f"unsupported format version {header.get('format')!r} (this pgolf reads {FORMAT_VERSION})"
-    if header.get("compressor") not in (*COMPRESSORS, "none"):
-        return f"unknown compressor {header.get('compressor')!r}"
-    for key in ("raw_bytes", "payload_bytes"):
-        if not _count(header.get(key)):
-            return f"'{key}' must be a non-negative integer, got {header.get(key)!r}"
-    if not isinstance(header.get("payload_sha256"), str) or not isinstance(header.get("meta"), dict):
-        return "'payload_sha256' (a string) or 'meta' (an object) is missing"
-    parts = header.get("parts")
-    if not isinstance(parts, list):
-        return "'parts' (the part table) is missing"
-    for i, entry in enumerate(parts):
-        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("tensor", "kind", "dtype")):
-            return f"part table entry {i} lacks tensor/kind/dtype names"
-        name = f"part table: tensor '{entry['tensor']}' ({entry['kind']})"
-        try:
-            dtype = np.dtype(entry["dtype"])
-        except TypeError:
-            return f"{name}: unknown dtype {entry['dtype']!r}"
-        if dtype.kind not in "iuf":
-            return f"{name}: dtype {entry['dtype']!r} is not a plain numeric type"
-        shape = entry.get("shape")
-        if not isinstance(shape, list) or not all(_count(d) for d in shape):
-            return f"{name}: bad shape {shape!r}"
-        if not all(_count(entry.get(k)) for k in ("offset", "nbytes", "crc32")):
-            return f"{name}: offset, nbytes and crc32 must be non-negative integers"
-        if entry["nbytes"] != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            return f"{name}: {entry['nbytes']} bytes do not hold shape {shape} of {dtype.name}"
-        if entry["offset"] + entry["nbytes"] > header["raw_bytes"]:
-            return f"{name}: ends past the {header['raw_bytes']} payload bytes"
-    return None
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        raise fail("header", f"expected a JSON object, got {type(header).__name__}")
+    if not isinstance(header.get("config"), dict):
+        raise fail("header", "the 'config' object is missing")
+    return header

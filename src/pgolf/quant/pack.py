@@ -1,10 +1,17 @@
-"""Model <-> artifact: quantize each tensor by its class policy, pack, compress, and load back.
+"""Model <-> artifact file: quantize each tensor by its class policy, pack, compress, and load back.
+
+What is stored where follows from the config alone (`artifact_layout`: the config's model built on the meta
+device, each parameter's export plan): the file holds the config and the packed bytes, never a tensor table.
+Loading derives the layout, checks what the config asks for (`check_model_request`) and only then decompresses
+— at most the bytes the layout needs — and allocates.
 
 The scored model is always the one decompressed from the artifact (`unpack`), never the live weights.
+Byte counts against the 16,000,000-byte limit (code included) are `pgolf.artifact.sizes.pack`'s job.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,97 +20,74 @@ import torch
 from torch import Tensor, nn
 
 from .._version import __version__
-from ..config import Config, ConfigError, QuantConfig, config_from_dict, config_to_dict
+from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..model.gpt import GPT, build_model
-from ..model.layers import qclass_of
-from .bitpack import pack_codes, unpack_codes
-from .container import ArtifactError, Part, read_container, write_container
-from .methods import quantize_rows
-from .quantize import Plan, as_rows, dequantize, plan_tensor
+from .container import FRAMING_BYTES, HeaderProblem, PartSpec, encode_payload, header_size, read_container, write_container
+from .fit import fit_to_budget
+from .layout import (TensorLayout, artifact_layout, check_model_request, check_param_count, dequantized_state,
+                     layout_parts, quantize_model, serialize)
 
 
-def quantize_model(model: nn.Module, qcfg: QuantConfig,
-                   hessians: dict[str, Tensor] | None = None) -> tuple[list[Part], dict[str, dict[str, Any]]]:
-    """Every parameter as container parts, plus the per-tensor metadata needed to rebuild it."""
-    parts: list[Part] = []
-    table: dict[str, dict[str, Any]] = {}
-    for name, param in model.named_parameters():
-        t = param.detach().cpu()
-        qclass = qclass_of(param)
-        plan = plan_tensor(t, qclass, qcfg, name)
-        entry = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."), "qclass": qclass,
-                 "encoding": plan.encoding, "bits": plan.bits}
-        if plan.encoding == "int":
-            codes, scales = quantize_rows(as_rows(t.float()), plan.bits, qcfg, qclass,
-                                          None if hessians is None else hessians.get(name))
-            parts += _code_parts(name, codes, plan, qcfg)
-            parts.append(Part(name, "scales", "float16", tuple(scales.shape), scales.numpy().tobytes()))
-        elif plan.encoding == "raw":
-            arr = t.numpy()
-            parts.append(Part(name, "values", str(arr.dtype), tuple(arr.shape), arr.tobytes()))
-        else:
-            arr = t.to(getattr(torch, plan.encoding)).numpy()
-            parts.append(Part(name, "values", plan.encoding, tuple(arr.shape), arr.tobytes()))
-        table[name] = entry
-    return parts, table
+def header_of(cfg: Config) -> dict[str, Any]:
+    """The artifact's JSON header: everything the layout cannot tell."""
+    return {"pgolf_version": __version__, "config": config_to_dict(cfg)}
 
 
-def _code_parts(name: str, codes: Tensor, plan: Plan, qcfg: QuantConfig) -> list[Part]:
-    arr = codes.numpy()
-    if qcfg.bit_pack and plan.bits < 8:
-        packed = pack_codes(arr, plan.bits)
-        return [Part(name, "packed_codes", "uint8", (packed.size,), packed.tobytes())]
-    return [Part(name, "codes", "int8", tuple(arr.shape), arr.tobytes())]
+def header_bytes(cfg: Config) -> int:
+    """Exact header length of an artifact of `cfg` (compressed config, part checks, fixed fields); the file is
+    header + FRAMING_BYTES + the compressed payload."""
+    return header_size(header_of(cfg), len(layout_parts(artifact_layout(cfg))))
 
 
-def dequantized_state(header: dict[str, Any], arrays: dict[tuple[str, str], np.ndarray]) -> dict[str, Tensor]:
-    state = {}
-    for name, entry in header["meta"]["tensors"].items():
-        shape = tuple(entry["shape"])
-        dtype = getattr(torch, entry["dtype"], None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"tensor '{name}': {entry['dtype']!r} is not a torch dtype")
-        if entry["encoding"] == "int":
-            scales = torch.from_numpy(arrays[(name, "scales")].copy())
-            if (name, "packed_codes") in arrays:
-                codes_np = unpack_codes(arrays[(name, "packed_codes")], entry["bits"], int(np.prod(shape)))
-                codes = torch.from_numpy(codes_np.reshape(scales.numel(), -1))
-            else:
-                codes = torch.from_numpy(arrays[(name, "codes")].copy())
-            state[name] = dequantize(codes, scales).reshape(shape).to(dtype)
-        else:
-            state[name] = torch.from_numpy(arrays[(name, "values")].copy()).reshape(shape).to(dtype)
-    return state
+# ----------------------------------------------------------------------------- write and read
+
+def write_artifact(model: nn.Module, cfg: Config, path: str | Path, hessians: dict[str, Tensor] | None = None,
+                   max_model_bytes: int | None = None, fit_seconds: float | None = None) -> dict[str, Any]:
+    """Quantize, (with quant.fit and `max_model_bytes`) fit, compress and write; returns the file's byte counts
+    and, when the fit ran, its report under 'fit' (a FitReport)."""
+    tensors = quantize_model(model, cfg, hessians)
+    parts = serialize(tensors)
+    payload, used = encode_payload(parts, cfg.quant.compressor, cfg.quant.byte_shuffle)
+    header = header_of(cfg)
+    overhead = FRAMING_BYTES + header_size(header, len(parts))
+    report = None
+    if cfg.quant.fit and max_model_bytes is not None:
+        limit = cfg.quant.fit_reserve_s if fit_seconds is None else fit_seconds
+        tensors, payload, report = fit_to_budget(tensors, dict(model.named_parameters()), payload, used, cfg,
+                                                 max_model_bytes - overhead, time.perf_counter() + limit)
+        parts = serialize(tensors)
+    written = write_container(path, header, parts, payload, used, cfg.quant.byte_shuffle)
+    assert written["model_bytes"] == overhead + len(payload), "header_bytes(cfg) disagrees with the file"
+    return {**written, "fit": report}
 
 
-def write_artifact(model: nn.Module, cfg: Config, path: str | Path,
-                   hessians: dict[str, Tensor] | None = None) -> dict[str, Any]:
-    """Quantize, pack and write the weights with their config; {model_bytes, compressor, raw_bytes} as written.
+def read_artifact(path: str | Path) -> tuple[Config, list[TensorLayout], dict[str, Any], dict[tuple[str, str], np.ndarray]]:
+    """(config, layout, header, arrays) of an artifact after every check; nothing allocated but the payload."""
+    found: dict[str, Any] = {}
 
-    pgolf.pack (pgolf.artifact.sizes) adds the code bytes and the limit check.
-    """
-    parts, table = quantize_model(model, cfg.quant, hessians)
-    meta = {"pgolf_version": __version__, "config": config_to_dict(cfg), "tensors": table}
-    return write_container(path, parts, meta, cfg.quant.compressor, cfg.quant.byte_shuffle)
+    def layout_of(header: dict[str, Any]) -> list[PartSpec]:
+        check_model_request(header["config"])
+        try:
+            cfg = config_from_dict(header["config"], f"{path} (embedded config)")
+            layout = artifact_layout(cfg)
+        except ConfigError as exc:
+            raise HeaderProblem(f"the embedded config is invalid ({exc})") from exc
+        except (ValueError, TypeError, AssertionError, RuntimeError, OverflowError) as exc:  # valid, yet no model builds
+            raise HeaderProblem(f"the embedded config does not describe a model pgolf can build ({exc})") from exc
+        check_param_count(layout)
+        found.update(cfg=cfg, layout=layout)
+        return layout_parts(layout)
+
+    header, arrays = read_container(path, layout_of)
+    return found["cfg"], found["layout"], header, arrays
 
 
 def unpack(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
     """Rebuild (model, config) from an artifact. Only JSON and numpy buffers are read; nothing is executed."""
-    header, arrays = read_container(path)
-    try:
-        cfg = config_from_dict(header["meta"]["config"], f"{path} (embedded config)")
-        state = dequantized_state(header, arrays)
-    except KeyError as exc:
-        raise ArtifactError(f"{path}: header: missing entry {exc}") from exc
-    except (ConfigError, TypeError, ValueError, RuntimeError, AttributeError) as exc:  # checksummed but ill-formed
-        raise ArtifactError(f"{path}: header: the tensor table or embedded config is invalid ({exc})") from exc
+    cfg, layout, _, arrays = read_artifact(path)
+    state = dequantized_state(layout, arrays)
+    del arrays
     model = build_model(cfg.model, cfg.data.bos_id)
-    missing = set(model.state_dict()) ^ set(state)
-    if missing:
-        raise ArtifactError(f"{path}: header: tensors do not match the embedded config ({sorted(missing)[:5]})")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # a tensor's shape disagrees with the embedded config
-        raise ArtifactError(f"{path}: header: tensor shapes do not match the embedded config ({exc})") from exc
+    model.load_state_dict(state, strict=True)  # same config, same layout: names and shapes agree by construction
     model.set_looping(True)  # an artifact is the final model: looped schedule, as the trainer packs and scores it
     return model.to(device), cfg

@@ -122,5 +122,9 @@ def quantize_with_scales(w: Tensor, scales: Tensor, bits: int) -> Tensor:
 
 
 def dequantize(codes: Tensor, scales: Tensor) -> Tensor:
-    """W_hat = q * s_r, fp32."""
+    """W_hat = q * s_r, fp32, for 2-D codes with one row per scale (checked first: 1-D codes of K with K
+    scales would otherwise broadcast to K x K)."""
+    if codes.ndim != 2 or scales.ndim != 1 or codes.shape[0] != scales.shape[0]:
+        raise ValueError(f"dequantize: codes of shape {tuple(codes.shape)} need one row per scale, "
+                         f"got scales of shape {tuple(scales.shape)}")
     return codes.float() * scales.float()[:, None]

@@ -10,7 +10,8 @@ rank, a stop signal on any rank, the wall-clock cap reached) and its one read to
 is set — clip, optimizer and averaging. The loss stays on the device and is read only at log steps; a
 non-finite loss is still caught before its update is applied, through the flag. Time is kept by
 `clock.TrainingClock`: everything from t0 counts except validation and the priming steps, and the GPTQ
-calibration after the last step counts against `train.max_wallclock_s` too (`quant.gptq_reserve_s` is its share).
+calibration after the last step counts against `train.max_wallclock_s` too (`quant.gptq_reserve_s` is its share),
+and so does quant.fit's pruning search while packing (`quant.fit_reserve_s`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compr
 from torch.nn.parallel import DistributedDataParallel
 
 from ..artifact.budget import check_budget
-from ..artifact.sizes import pack
+from ..artifact.sizes import fit_cost, pack_artifact
 from ..config import Config, ConfigError
 from ..config.optional import optional_module, require_module
 from ..data.atomic import atomic_write
@@ -289,7 +290,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
         save_checkpoint(run_dir, model=model, optimizers=optimizers, averaging_tensors=averager.state_tensors(),
                         state=checkpoint_state(at_step_start), rank=rt.rank)
 
-    reserve = cfg.quant.gptq_reserve_s
+    reserve = cfg.quant.gptq_reserve_s + (cfg.quant.fit_reserve_s if cfg.quant.fit else 0.0)  # post-training work inside the cap
     limit_s = t.max_wallclock_s - reserve if t.max_wallclock_s > 0 else math.inf
     global_tokens_per_step = t.batch_tokens
     flags = torch.zeros(3, device=rt.device)  # [non-finite loss, stop signal, wall-clock cap], max over ranks
@@ -473,15 +474,24 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     plain = plain_eval_config(cfg)
     prequant = evaluate(model, val_tokens, None, plain, token_bytes=val_bytes)
     artifact = run_dir / "artifact.pgolf"
-    # code_bytes = the exact size of the self-contained train_gpt.py `pgolf submit` writes for this config
+    # code_bytes = the exact size of the self-contained train_gpt.py `pgolf submit` writes for this config;
+    # with quant.fit, an artifact over the limit is pruned under it here, on the training clock (its share of the
+    # cap: quant.fit_reserve_s, which also bounds its search)
     pack_start = time.perf_counter()
-    sizes = pack(model, cfg, artifact, hessians) if rt.is_main else None
+    packed = pack_artifact(model, cfg, artifact, hessians) if rt.is_main else None
     pack_s = time.perf_counter() - pack_start
-    sizes = broadcast_object(sizes, after_rank0_phase=True)  # the others wait out rank 0's GPTQ + compression
+    sizes, fit = broadcast_object(packed, after_rank0_phase=True)  # the others wait out rank 0's GPTQ + compression
+    if fit is not None and fit.needed:
+        timing["capped_seconds"] += fit.seconds
+        timing["within_cap"] = cfg.train.max_wallclock_s <= 0 or timing["capped_seconds"] <= cfg.train.max_wallclock_s
     barrier()
     scored_model, _ = unpack(artifact, rt.device)
     scored_model.attention_backend = model.attention_backend
     roundtrip_plain = evaluate(scored_model, val_tokens, None, plain, token_bytes=val_bytes)
+    if fit is not None and fit.pruned:  # what the pruning cost, measured on the model as loaded
+        sizes["fit"].update(fit_cost(scored_model, fit,
+                                     lambda m: evaluate(m, val_tokens, None, plain, token_bytes=val_bytes).val_bpb,
+                                     roundtrip_plain.val_bpb))
     final = roundtrip_plain
     if cfg.eval.sliding_stride > 0 or cfg.eval.ttt != "none":
         final = evaluate(scored_model, val_tokens, None, cfg.eval, token_bytes=val_bytes)
@@ -492,7 +502,8 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         "val_loss": final.val_loss, "val_bpb": final.val_bpb,
         "val_bpb_prequant": prequant.val_bpb, "val_loss_prequant": prequant.val_loss,
         "val_bpb_plain": roundtrip_plain.val_bpb,
-        **{k: sizes[k] for k in ("artifact_bytes", "code_bytes", "model_bytes", "under_limit", "limit_bytes", "compressor")},
+        **{k: sizes[k] for k in ("artifact_bytes", "code_bytes", "model_bytes", "header_bytes", "under_limit",
+                                 "limit_bytes", "compressor", "fit")},
         "artifact_sha256": file_sha256(artifact),  # pgolf submit checks the artifact is still the one scored
         "steps": steps, "train_tokens": train_tokens, "train_seconds": train_seconds,
         "eval_seconds": final.seconds if final is not roundtrip_plain else roundtrip_plain.seconds,
@@ -514,7 +525,9 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         if show:
             print(summary(result, run_dir))
         if not result["under_limit"]:
-            print(f"WARNING: the artifact is OVER the 16,000,000-byte limit by {result['artifact_bytes'] - 16_000_000:,} "
-                  f"bytes; this run cannot be submitted as it is.", file=sys.stderr)
+            fitted = f" quant.fit failed: {sizes['fit']['message']}." if sizes["fit"] else " (quant.fit=true prunes it under)"
+            print(f"WARNING: the artifact is OVER the {sizes['limit_bytes']:,}-byte limit by "
+                  f"{result['artifact_bytes'] - sizes['limit_bytes']:,} bytes; this run cannot be submitted as it is."
+                  f"{fitted}", file=sys.stderr)
     barrier(after_rank0_phase=True)  # rank 0 wrote result.json, loss.png and the summary
     return result

@@ -215,7 +215,13 @@ def summary(result: dict[str, Any], run_dir: Path) -> str:
     lines += [
         f"  artifact   {result['artifact_bytes']:,} bytes = {result['model_bytes']:,} model + {result['code_bytes']:,} code "
         f"-> {status} ({margin:+,} bytes of {limit:,})",
-        f"  files      config.toml, log.jsonl, result.json, artifact.pgolf, loss.png",
+    ]
+    fit = result.get("fit")
+    if fit and fit.get("needed"):
+        cost = f"; {fit['val_bpb_cost']:+.5f} bpb after the round trip" if "val_bpb_cost" in fit else ""
+        lines.append(f"  quant.fit  {fit['message']}{cost}")
+    lines += [
+        "  files      config.toml, log.jsonl, result.json, artifact.pgolf, loss.png",
         "",
     ]
     return "\n".join(lines)
