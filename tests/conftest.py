@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from safetensors.torch import save_file
+
 # The Triton training kernels (tests/test_kernels.py) run under Triton's CPU interpreter where there is no GPU.
 # triton reads the switch when it is first imported (torch._dynamo imports it), so it is set before anything can.
 if not torch.cuda.is_available():
@@ -20,6 +22,7 @@ if not torch.cuda.is_available():
 
 import pgolf  # noqa: E402
 from pgolf.data.shards import write_shard  # noqa: E402
+from pgolf.training.runs import save_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -125,10 +128,6 @@ def synthetic_shards(tmp_path):
 
 def write_run_folder(folder: Path, cfg: pgolf.Config, model: torch.nn.Module) -> Path:
     """A run folder as training leaves it: config.toml + model.safetensors (the weights need not be trained)."""
-    from safetensors.torch import save_file
-
-    from pgolf.config import save_config
-
     folder.mkdir(parents=True, exist_ok=True)
     save_config(cfg, folder / "config.toml")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
