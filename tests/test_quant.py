@@ -384,11 +384,11 @@ def test_late_qat_really_switches_under_torch_compile():
 # ----------------------------------------------------------------------------- training and `pgolf pack`
 
 def test_training_with_late_qat_and_gptq_end_to_end(micro, tmp_path, monkeypatch):
-    import pgolf.training.loop as trainer
+    import pgolf.quant.qat as qat  # the optional module the loop reaches through the registry
 
     switched: list[bool] = []
-    real = trainer.set_qat_enabled
-    monkeypatch.setattr(trainer, "set_qat_enabled", lambda m, on: (switched.append(on), real(m, on)))
+    real = qat.set_qat_enabled
+    monkeypatch.setattr(qat, "set_qat_enabled", lambda m, on: (switched.append(on), real(m, on)))
     cfg = micro(quant__qat="late", quant__qat_start_lr=0.9, quant__method="gptq", quant__embed_method="gptq",
                 quant__matrix_bits=6, quant__gptq_calib_batches=2, quant__passthrough_max_numel=1024)
     result = pgolf.train(cfg, tmp_path / "run", progress=False)

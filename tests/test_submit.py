@@ -75,12 +75,14 @@ def test_the_runs_code_bytes_are_the_size_of_its_script(micro_run):
 
 def test_budget_estimate_counts_the_script():
     from pgolf.artifact.budget import estimate_artifact_bytes
+    from pgolf.quant.pack import header_bytes
 
     cfg = pgolf.load_recipe("tiny", scale="tiny")
     lora = pgolf.load_recipe("tiny", scale="tiny", overrides={"eval.ttt": "lora"})  # more code, same model
     extra_code = bundle.code_bytes(lora) - bundle.code_bytes(cfg)
     assert extra_code > 1000
-    assert estimate_artifact_bytes(lora) - estimate_artifact_bytes(cfg) == extra_code
+    extra_header = header_bytes(lora) - header_bytes(cfg)  # the header holds the (compressed) config
+    assert estimate_artifact_bytes(lora) - estimate_artifact_bytes(cfg) == extra_code + extra_header
 
 
 def test_requirements_pin_what_the_script_imports():
