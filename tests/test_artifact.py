@@ -182,7 +182,7 @@ def test_the_header_holds_the_config_and_checks_only_and_the_estimate_counts_it_
     cfg = small_cfg(compressor="brotli")
     sizes = pgolf.pack(small_model({}), cfg, tmp_path / "a.pgolf")
     _, layout, header, _ = read_artifact(tmp_path / "a.pgolf")
-    assert set(header) - {"compressor", "byte_shuffle", "header_bytes", "payload_bytes", "raw_bytes"} == {"pgolf_version", "config"}
+    assert set(header) - {"compressor", "byte_shuffle", "header_bytes", "payload_bytes", "raw_bytes"} == {"pgolf_version", "defaults", "config"}
     estimate = estimate_breakdown(cfg)
     assert estimate["header_bytes"] == sizes["header_bytes"] == header["header_bytes"]
     assert estimate["code_bytes"] == sizes["code_bytes"] == runtime_code_bytes(cfg)
@@ -190,6 +190,27 @@ def test_the_header_holds_the_config_and_checks_only_and_the_estimate_counts_it_
     assert sizes["artifact_bytes"] == sizes["model_bytes"] + sizes["code_bytes"]
     n_parts = sum(len(t.parts) for t in layout)
     assert header["header_bytes"] < 2000 and n_parts > 40  # a 67-part table would have cost ~10 KB as JSON
+
+
+@pytest.mark.parametrize("scale", ["full", "tiny"])
+@pytest.mark.parametrize("recipe", pgolf.config.recipe_names())
+def test_the_header_gives_back_the_config_exactly(recipe, scale, tmp_path):
+    from pgolf.config import config_from_dict
+    from pgolf.quant.pack import header_of
+
+    cfg = pgolf.load_recipe(recipe, scale, {"quant.allow_over_budget": True, "seed": 7})
+    assert config_from_dict(header_of(cfg)["config"]) == cfg  # only the changes are stored; the defaults fill in
+
+
+def test_an_artifact_written_against_other_defaults_is_refused(tmp_path, monkeypatch):
+    import pgolf.quant.pack as pack_module
+
+    cfg = small_cfg()
+    pgolf.pack(small_model({}), cfg, tmp_path / "a.pgolf")
+    table, fingerprint = pack_module._defaults()
+    monkeypatch.setattr(pack_module, "_defaults", lambda: (table, fingerprint + 1))  # a pgolf with other defaults
+    with pytest.raises(ValueError, match="config defaults differ"):
+        pgolf.unpack(tmp_path / "a.pgolf")
 
 
 @pytest.mark.parametrize("recipe", pgolf.config.recipe_names())

@@ -144,9 +144,9 @@ def test_pgolf_pack_fits_and_reports_what_it_cost_after_the_round_trip(micro, tm
     assert main(["pack", str(folder), "--set", "quant.fit=true", "--out", str(tmp_path / "fitted.pgolf"), "--json"]) == 0
     fit = json.loads(capsys.readouterr().out)["fit"]
     # the cost is measured on the artifacts as loaded: the unfitted score is pgolf eval's score of the unfitted file
-    assert fit["val_bpb_unfitted"] == pytest.approx(evaluate_artifact(tmp_path / "unfitted.pgolf")["val_bpb"], abs=1e-9)
+    assert fit["val_bpb_unfitted"] == pytest.approx(evaluate_artifact(tmp_path / "unfitted.pgolf", val_tokens=cfg.data.val_tokens_limit)["val_bpb"], abs=1e-9)
     assert fit["val_bpb_unfitted"] + fit["val_bpb_cost"] == pytest.approx(
-        evaluate_artifact(tmp_path / "fitted.pgolf")["val_bpb"], abs=1e-9)
+        evaluate_artifact(tmp_path / "fitted.pgolf", val_tokens=cfg.data.val_tokens_limit)["val_bpb"], abs=1e-9)
 
 
 @pytest.mark.slow

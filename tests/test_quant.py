@@ -451,7 +451,8 @@ def test_pgolf_pack_gptq_calibrates_on_training_data_and_eval_scores_it(micro, t
 
     cfg = micro(quant__passthrough_max_numel=1024)
     torch.manual_seed(0)
-    folder = write_run_folder(tmp_path / "run", cfg, pgolf.build_model(cfg.model))
+    model = pgolf.build_model(cfg.model)
+    folder = write_run_folder(tmp_path / "run", cfg, model)
     out = tmp_path / "gptq.pgolf"
     code = main(["pack", str(folder), "--set", "quant.method=gptq", "--set", "quant.embed_method=gptq",
                  "--set", "quant.gptq_calib_batches=2", "--set", "quant.matrix_bits=6", "--out", str(out)])

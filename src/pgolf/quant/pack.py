@@ -11,7 +11,10 @@ Byte counts against the 16,000,000-byte limit (code included) are `pgolf.artifac
 
 from __future__ import annotations
 
+import json
 import time
+import zlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +31,40 @@ from .layout import (TensorLayout, artifact_layout, check_model_request, check_p
                      layout_parts, quantize_model, serialize)
 
 
+@lru_cache(maxsize=1)
+def _defaults() -> tuple[dict[str, Any], int]:
+    """pgolf's default config as a dict, and its fingerprint (crc32 of its canonical JSON)."""
+    table = config_to_dict(Config())
+    return table, zlib.crc32(json.dumps(table, sort_keys=True).encode())
+
+
+def config_changes(cfg: Config) -> dict[str, Any]:
+    """The settings of `cfg` that differ from pgolf's defaults, as a (sectioned) table config_from_dict reads."""
+    defaults, _ = _defaults()
+    out: dict[str, Any] = {}
+    for key, value in config_to_dict(cfg).items():
+        if isinstance(value, dict):
+            changed = {k: v for k, v in value.items() if v != defaults[key][k]}
+            if changed:
+                out[key] = changed
+        elif value != defaults[key]:
+            out[key] = value
+    return out
+
+
 def header_of(cfg: Config) -> dict[str, Any]:
-    """The artifact's JSON header: everything the layout cannot tell."""
-    return {"pgolf_version": __version__, "config": config_to_dict(cfg)}
+    """The artifact's JSON header: everything the layout cannot tell. The config is stored as its differences
+    from pgolf's defaults (a few hundred bytes instead of every key) with the defaults' fingerprint, so a pgolf
+    whose defaults differ refuses the file instead of reading it as another config."""
+    return {"pgolf_version": __version__, "defaults": _defaults()[1], "config": config_changes(cfg)}
+
+
+def check_defaults(header: dict[str, Any], path: str | Path) -> None:
+    """HeaderProblem unless the artifact's config was written against this pgolf's defaults."""
+    if header.get("defaults") != _defaults()[1]:
+        raise HeaderProblem(f"{path}: written by pgolf {header.get('pgolf_version', '?')}, whose config defaults differ "
+                            f"from this pgolf {__version__}'s (the header stores only the changed settings); read it "
+                            f"with that version, or with the train_gpt.py submitted beside it")
 
 
 def header_bytes(cfg: Config) -> int:
@@ -66,6 +100,7 @@ def read_artifact(path: str | Path) -> tuple[Config, list[TensorLayout], dict[st
     found: dict[str, Any] = {}
 
     def layout_of(header: dict[str, Any]) -> list[PartSpec]:
+        check_defaults(header, path)
         check_model_request(header["config"])
         try:
             cfg = config_from_dict(header["config"], f"{path} (embedded config)")
