@@ -35,7 +35,15 @@ MODES = {
     "chunk": {"ttt": "chunk", "sliding_stride": 32, "ttt_chunk_tokens": 512, "ttt_epochs": 1, "ttt_batch_seqs": 4,
               "ttt_lr": 0.05},
     "lora": {"ttt": "lora", "ttt_lora_rank": 4, "ttt_lora_chunk": 32, "ttt_batch_docs": 3, "ttt_lora_lr": 0.01},
+    # warm-start A (#1767), one document per batch: each document starts from the A the one before it ended with
+    "lora_warm": {"ttt": "lora", "ttt_lora_rank": 4, "ttt_lora_chunk": 64, "ttt_batch_docs": 1, "ttt_lora_lr": 0.01,
+                  "ttt_lora_warm_start_a": True, "ttt_lora_alpha": 8.0},
+    # phased global TTT: SGD on all weights after documents 0 and 0-1 are scored (tests/test_ttt_phased.py has more)
+    "phased": {"ttt": "lora", "ttt_lora_rank": 4, "ttt_lora_chunk": 64, "ttt_batch_docs": 3, "ttt_lora_lr": 0.01,
+               "ttt_global_phase_docs": [1, 2], "ttt_global_chunk_tokens": 128, "ttt_global_batch_seqs": 2,
+               "ttt_global_lr": 0.01},
 }
+LORA_MODES = {name for name, settings in MODES.items() if settings.get("ttt") == "lora"}  # BOS-delimited documents
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,7 +124,9 @@ def test_every_target_is_scored_once_with_the_byte_rule(model, stream, tables, m
     assert ev.bytes == int(rule.sum())
     assert ev.val_bpb == pytest.approx(ev.token_nll.sum() / np.log(2) / rule.sum(), rel=1e-12)
     assert ev.legal
-    assert ev.mode == {"sliding_docs": "sliding", "chunk": "ttt_chunk", "lora": "ttt_lora"}.get(mode, mode)
+    assert ev.mode == {"sliding_docs": "sliding", "chunk": "ttt_chunk", "lora": "ttt_lora", "lora_warm": "ttt_lora+warm_a",
+                       "phased": "ttt_lora+phased"}.get(mode, mode)
+    assert ev.document_independent is (mode == "lora")  # windows cross documents; the other TTTs carry state
 
 
 def test_sliding_with_stride_equal_to_the_context_is_plain(model, stream, tables):
@@ -157,7 +167,7 @@ def test_cutting_windows_at_documents_equals_document_masked_attention(stream, t
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_changing_later_tokens_never_changes_earlier_scores(model, stream, tables, mode):
     p = 1300
-    changed = later_tokens_changed(stream, p, keep_bos=mode == "lora")
+    changed = later_tokens_changed(stream, p, keep_bos=mode in LORA_MODES)
     a, b = run(model, stream, tables, **MODES[mode]), run(model, changed, tables, **MODES[mode])
     np.testing.assert_allclose(b.token_nll[: p - 1], a.token_nll[: p - 1], rtol=0, atol=1e-6)
     assert not np.allclose(b.token_nll[p:], a.token_nll[p:])
@@ -175,7 +185,7 @@ def test_chunk_ttt_with_one_chunk_is_sliding_and_with_more_it_learns(model, stre
 def test_ttt_never_changes_the_callers_model(stream, tables):
     model = small_model({"model.vocab_size": 1024})
     before = copy.deepcopy(model.state_dict())
-    for mode in ("chunk", "lora"):
+    for mode in ("chunk", "lora", "phased"):  # phased trains every weight of its copy
         run(model, stream[:700], tables, **MODES[mode])
     run(model, stream[:700], tables, ttt="pre", ttt_epochs=1, ttt_batch_seqs=2, ttt_lr=0.01)
     for k, v in model.state_dict().items():
@@ -187,15 +197,25 @@ def test_ttt_never_changes_the_callers_model(stream, tables):
 # ----------------------------------------------------------------------------- LoRA TTT
 
 
-def test_lora_ttt_of_a_document_ignores_every_other_document(model, stream, tables):
+@pytest.mark.parametrize("mode", ["lora", "lora_warm"])
+def test_lora_ttt_of_a_document_ignores_every_other_document_unless_warm_started(model, stream, tables, mode):
+    """Fresh adapters: document 1 scores the same whatever documents 0 and 2 hold, and alone. Warm start: it
+    starts from the A document 0 ended with, so rewriting document 0 changes it, past its first chunk (B = 0
+    there) — the result says document_independent = false, and it is still legal."""
     starts = document_starts(stream, BOS)  # documents [0, 523), [523, 1782), [1782, 2113), [2113, ...)
-    a = run(model, stream, tables, **MODES["lora"])
+    a = run(model, stream, tables, **MODES[mode])
     other = stream.copy()
     rng = np.random.default_rng(1)
     other[2:523] = rng.integers(2, 1024, size=521)            # document 0 rewritten, same length
     other[1783:2113] = rng.integers(2, 1024, size=330)        # document 2 rewritten, same length
-    b = run(model, other, tables, **MODES["lora"])
+    b = run(model, other, tables, **MODES[mode])
     doc1 = slice(starts[1], starts[2])                         # targets of document 1 (its last is the next BOS)
+    assert a.document_independent is (mode == "lora") and a.legal
+    if mode == "lora_warm":
+        chunk = MODES[mode]["ttt_lora_chunk"]
+        np.testing.assert_array_equal(b.token_nll[starts[1] : starts[1] + chunk], a.token_nll[starts[1] : starts[1] + chunk])
+        assert not np.allclose(b.token_nll[doc1], a.token_nll[doc1], rtol=0, atol=1e-6)
+        return
     np.testing.assert_allclose(b.token_nll[doc1], a.token_nll[doc1], rtol=0, atol=1e-6)
     alone = stream[starts[1] : starts[2] + 1]                  # document 1 as the whole stream
     c = run(model, alone, tables, **MODES["lora"])
@@ -272,7 +292,7 @@ def test_pre_ttt_is_reported_not_legal(model, stream, tables):
     assert ev.val_bpb < run(model, stream[:800], tables, sliding_stride=32).val_bpb  # it trained on what it scores
 
 
-@pytest.mark.parametrize("mode", ["plain", "sliding", "chunk", "lora", "pre"])
+@pytest.mark.parametrize("mode", ["plain", "sliding", "chunk", "lora", "lora_warm", "phased", "pre"])
 def test_max_seconds_stops_the_work_where_the_budget_runs_out(model, stream, tables, mode, monkeypatch):
     """On a clock that moves 1 s per forward pass, a 2.5 s budget stops every mode after its third forward, with
     an error and no score, where the whole evaluation takes many more."""

@@ -63,6 +63,7 @@ def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: 
             "val_split_targets": split_targets, "val_prefix": tokens.size - 1 < split_targets,
             "val_tokens_limit": limit, "trained_val_tokens_limit": trained_limit, "eval_tail": ev.tail,
             "eval_tail_dropped": ev.dropped, "eval_seconds": ev.seconds, "eval_mode": ev.mode, "legal": ev.legal,
+            "document_independent": ev.document_independent,
             "data": str(folder), "tokenizer": str(tok_path)}
 
 

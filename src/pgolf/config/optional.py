@@ -39,6 +39,8 @@ OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
                    "eval.ttt, eval.sliding_stride, eval.doc_boundaries or eval.max_seconds"),
     OptionalModule("pgolf.eval.ttt_chunk", "eval", lambda e: e.ttt == "chunk", "eval.ttt = 'chunk'"),
     OptionalModule("pgolf.eval.ttt_lora", "eval", lambda e: e.ttt == "lora", "eval.ttt = 'lora'"),
+    OptionalModule("pgolf.eval.ttt_phased", "eval", lambda e: e.ttt == "lora" and bool(e.ttt_global_phase_docs),
+                   "eval.ttt = 'lora' with eval.ttt_global_phase_docs"),
     OptionalModule("pgolf.eval.ttt_pre", "eval", lambda e: e.ttt == "pre", "eval.ttt = 'pre'"),
     OptionalModule("pgolf.quant.gptq", "quant", lambda q: "gptq" in (q.method, q.embed_method),
                    "quant.method or quant.embed_method = 'gptq'"),

@@ -17,6 +17,8 @@ import tomli_w
 SCALES = ("full", "tiny")
 # The adapters LoRA test-time training can attach (eval.ttt_lora_targets); eval/lora_adapters.py hooks each one.
 LORA_TARGETS = ("q", "k", "v", "o", "mlp", "head")
+# The orders LoRA test-time training can process documents in (eval.ttt_doc_order); eval/ttt_lora.py builds them.
+DOC_ORDERS = ("stream", "length_desc")
 
 
 class ConfigError(ValueError):
@@ -220,7 +222,17 @@ class EvalConfig:
     ttt_lora_beta2: float = _f(0.999, "LoRA TTT AdamW beta2")
     ttt_lora_eps: float = _f(1e-10, "LoRA TTT AdamW eps")
     ttt_lora_wd: float = _f(0.5, "LoRA TTT AdamW weight decay")
-    ttt_batch_docs: int = _f(64, "LoRA TTT documents per batch")
+    ttt_batch_docs: int = _f(64, "LoRA TTT documents per batch (with warm start or phases: per batch over all ranks, its rows split over them)")
+    ttt_lora_alpha: float = _f(0.0, "LoRA TTT output scale: delta * alpha / rank (0 = no scaling, #1536; #1855: 144)")
+    ttt_lora_warm_start_a: bool = _f(False, "LoRA TTT: each batch row keeps its A for the next batch's document, only B and AdamW reset (#1767; legal, not document-independent)")
+    ttt_doc_order: str = _f("stream", "LoRA TTT document order: stream, or #1855's batches of similar length, longest batch first", DOC_ORDERS)
+    ttt_global_phase_docs: list[int] = _f([], "phased global TTT: after this many documents are scored, SGD on all of them before scoring on ([] = off; #1855: [833, 1666, 2500])")
+    ttt_global_lr: float = _f(1e-3, "phased global TTT: SGD lr, cosine over the phase's chunks")
+    ttt_global_momentum: float = _f(0.9, "phased global TTT: SGD momentum (reset every phase)")
+    ttt_global_epochs: int = _f(1, "phased global TTT: passes over each chunk")
+    ttt_global_chunk_tokens: int = _f(32768, "phased global TTT: targets per chunk (one lr per chunk; the last chunk is not trained)")
+    ttt_global_batch_seqs: int = _f(16, "phased global TTT: sequences per SGD step, over all ranks together")
+    ttt_global_grad_clip: float = _f(1.0, "phased global TTT: global grad-norm clip (0 = off)")
     max_seconds: float = _f(0.0, "abort evaluation past this many seconds (0 = no cap)")
     compile: str = _f("auto", "torch.compile the scoring and TTT forwards with static (padded) shapes (auto = on CUDA)", ("auto", "on", "off"))
     tail: str = _f("score", "score every target, or drop the tail past the last multiple of eval.context_len "

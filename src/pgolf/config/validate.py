@@ -6,8 +6,8 @@ finalizes a run (pgolf.artifact.budget.check_budget, called by the trainer, the 
 
 from __future__ import annotations
 
-from .schema import (LORA_TARGETS, Config, ConfigError, EvalConfig, ModelConfig, OptimConfig, QuantConfig, TrainConfig,
-                     layer_schedule, virtual_layout)
+from .schema import (DOC_ORDERS, LORA_TARGETS, Config, ConfigError, EvalConfig, ModelConfig, OptimConfig, QuantConfig,
+                     TrainConfig, layer_schedule, virtual_layout)
 
 
 def finalize(cfg: Config) -> Config:
@@ -201,3 +201,25 @@ def check_eval_config(e: EvalConfig, context_len: int, num_layers: int | None = 
         if not (0 <= e.ttt_lora_beta1 < 1 and 0 <= e.ttt_lora_beta2 < 1):
             raise ConfigError(f"'eval.ttt_lora_beta1' and 'eval.ttt_lora_beta2' must be in [0, 1), "
                               f"got {e.ttt_lora_beta1}, {e.ttt_lora_beta2}")
+        if e.ttt_doc_order not in DOC_ORDERS:
+            raise ConfigError(f"'eval.ttt_doc_order' must be one of {', '.join(DOC_ORDERS)}; got {e.ttt_doc_order!r}")
+        if e.ttt_lora_alpha < 0:
+            raise ConfigError(f"'eval.ttt_lora_alpha' must be >= 0 (0 = no alpha / rank scaling), got {e.ttt_lora_alpha}")
+        _check_global_phases(e)
+
+
+def _check_global_phases(e: EvalConfig) -> None:
+    """Phased global TTT: document counts in increasing order, and SGD numbers that can run."""
+    docs = e.ttt_global_phase_docs
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in docs) or any(b <= a for a, b in zip(docs, docs[1:])):
+        raise ConfigError(f"'eval.ttt_global_phase_docs' must be document counts >= 0 in increasing order "
+                          f"(e.g. [833, 1666, 2500]), got {docs}")
+    if not docs:
+        return
+    for key in ("ttt_global_epochs", "ttt_global_chunk_tokens", "ttt_global_batch_seqs"):
+        if getattr(e, key) <= 0:
+            raise ConfigError(f"'eval.{key}' must be positive with eval.ttt_global_phase_docs set, got {getattr(e, key)}")
+    if e.ttt_global_lr <= 0 or e.ttt_global_grad_clip < 0 or not 0 <= e.ttt_global_momentum < 1:
+        raise ConfigError(f"'eval.ttt_global_lr' must be > 0, 'eval.ttt_global_grad_clip' >= 0 and "
+                          f"'eval.ttt_global_momentum' in [0, 1); got {e.ttt_global_lr}, {e.ttt_global_grad_clip}, "
+                          f"{e.ttt_global_momentum}")

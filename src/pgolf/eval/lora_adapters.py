@@ -4,9 +4,11 @@ Targets: q, k, v (on attn.c_q / c_k / c_v: input = the normed attention input), 
 input = the normed attention input, delta added to the attention output), mlp (on the MLP module: input = the
 normed MLP input, delta added to its output) and head (GPT.head_adapter: delta added to the logits before the
 softcap). Each virtual-layer slot has its own adapter and each row of the batch (one document) its own A and B:
-delta = (x A_slot,row) B_slot,row, A (in x r) ~ U(+-1/sqrt(in)), B (r x out) = 0, so a fresh adapter is a no-op.
-A is drawn once from a seeded generator and every document (row) starts from that same draw, so a document's
-scores depend on its own tokens only — not on its batch, its row, or the global random state.
+delta = (x A_slot,row) B_slot,row * s, A (in x r) ~ U(+-1/sqrt(in)), B (r x out) = 0, so a fresh adapter is a no-op;
+s = alpha / r (#1767's scaling, eval.ttt_lora_alpha) or 1 when alpha is 0. A is drawn once from a seeded generator
+and every document (row) starts from that same draw, so a document's scores depend on its own tokens only — not on
+its batch, its row, or the global random state. Warm start (eval.ttt_lora_warm_start_a) instead starts a row from
+the A an earlier document of the same row ended with (`a_rows` / `load_a`); B always starts at 0.
 
 A physical block that runs at several virtual positions fires its hooks once per run; a per-module call counter,
 reset before every forward (`reset`), says which occurrence — hence which slot — is running.
@@ -45,15 +47,19 @@ def _dims(model: nn.Module, target: str) -> tuple[int, int]:
 class BatchedLoRA(nn.Module):
     """Fresh LoRA adapters for `n_docs` documents on every virtual-layer slot of `model`'s active schedule."""
 
-    def __init__(self, model: nn.Module, targets: list[str], rank: int, n_docs: int, seed: int = 0):
+    def __init__(self, model: nn.Module, targets: list[str], rank: int, n_docs: int, seed: int = 0,
+                 alpha: float = 0.0):
         super().__init__()
         unknown = [t for t in targets if t not in TARGETS]
         if unknown:
             raise ValueError(f"eval.ttt_lora_targets: unknown target {unknown[0]!r}; choose from {list(TARGETS)}")
         if rank <= 0:
             raise ValueError(f"eval.ttt_lora_rank must be positive, got {rank}")
+        if alpha < 0:
+            raise ValueError(f"eval.ttt_lora_alpha must be >= 0, got {alpha}")
         self.model = [model]  # a list, so the base model is not registered as a submodule
         self.n_docs = n_docs
+        self.scale = alpha / rank if alpha > 0 else 1.0  # delta = (x A) B * alpha / r
         self.schedule = list(model.active_schedule)
         self.slots_of_block = {b: [pos for pos, p in enumerate(self.schedule) if p == b] for b in set(self.schedule)}
         device = next(model.parameters()).device
@@ -89,7 +95,20 @@ class BatchedLoRA(nn.Module):
         n = x.size(0)  # the batch holds the first n documents (the rest have finished)
         a = self.a[target][:n] if slot is None else self.a[target][slot, :n]
         b = self.b[target][:n] if slot is None else self.b[target][slot, :n]
-        return (x @ a.to(x.dtype)) @ b.to(x.dtype)  # (n, T, in) @ (n, in, r) @ (n, r, out)
+        delta = (x @ a.to(x.dtype)) @ b.to(x.dtype)  # (n, T, in) @ (n, in, r) @ (n, r, out)
+        return delta * self.scale if self.scale != 1.0 else delta
+
+    @torch.no_grad()
+    def a_rows(self, rows: list[int]) -> dict[str, Tensor]:
+        """Copies of A for the given rows (documents), every target and slot: what a warm start carries on."""
+        return {t: a[..., rows, :, :].clone() for t, a in self.a.items()}
+
+    @torch.no_grad()
+    def load_a(self, a_rows: dict[str, Tensor]) -> None:
+        """Set the first rows' A from `a_rows` (as a_rows returns it, one entry per document of this batch; the
+        rest, padding rows, keep theirs)."""
+        for t, a in self.a.items():
+            a[..., : a_rows[t].size(-3), :, :].copy_(a_rows[t])
 
     def _hook(self, target: str, block_index: int):
         slots = self.slots_of_block[block_index]

@@ -20,6 +20,9 @@ class EvalResult:
     notes: list[str] = field(default_factory=list)
     tail: str = "score"            # eval.tail: "score" (every target) or "drop" (the challenge's target set)
     dropped: int = 0               # targets of the stream left unscored by tail = "drop"
+    # True only where every document's scores depend on its own tokens alone (per-document LoRA TTT); False for
+    # windows across documents and for every TTT that carries state between documents (warm-start A, phases)
+    document_independent: bool = False
 
     @property
     def targets(self) -> int:

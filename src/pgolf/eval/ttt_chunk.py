@@ -9,8 +9,6 @@ lr_c = lr0 * (1 + cos(pi c / (C - 1))) / 2. Every target is scored before any up
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
@@ -19,15 +17,8 @@ from ..config import EvalConfig
 from .ranks import model_device
 from .deadline import Deadline
 from .forward import use_compile
-from .ttt_train import train_on_sequences, trainable_parameters
+from .ttt_train import cosine_lr, train_on_sequences, trainable_parameters
 from .windows import eval_windows, n_chunks, score_distributed, sequences
-
-
-def cosine_lr(lr0: float, chunk: int, n_chunks_total: int) -> float:
-    """lr0 * (1 + cos(pi c / (C - 1))) / 2 (lr0 when there is a single trained chunk)."""
-    if n_chunks_total <= 1:
-        return lr0
-    return lr0 * 0.5 * (1.0 + math.cos(math.pi * chunk / (n_chunks_total - 1)))
 
 
 def chunk_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadline: Deadline,

@@ -1,26 +1,52 @@
-"""Document-independent score-first LoRA TTT (TECHNIQUES.md §10.4; PR #77 -> #1530 -> #1536).
+"""Score-first per-document LoRA TTT (TECHNIQUES.md §10.4; PR #77 -> #1530 -> #1536), with #1767's warm-start A.
 
 Documents are the BOS-delimited spans of the stream: document i has inputs [s_i, s_{i+1}) and so its last target
 is the next document's BOS (0 bytes, still scored, as in plain evaluation); the stream's first token is never a
-target. Each document gets fresh LoRA adapters (lora_adapters.py) and a fresh AdamW; its targets are cut into
-chunks of `eval.ttt_lora_chunk` (K). For chunk c the model sees the inputs from (c + 1) K - `eval.context_len`,
-clipped to the document's start, to the chunk's end. (#1536 counts the context back from the chunk's actual end,
-which is earlier in a document's last chunk: the context of those targets then depended on where the document
-ends, i.e. on a later token. Here it never does.) The chunk's per-token losses are recorded (the score), then,
-unless it is the document's last chunk, one AdamW step on the mean chunk loss. The base weights stay frozen.
+target. Each batch of documents gets LoRA adapters (lora_adapters.py) with B = 0 and a fresh AdamW; a document's
+targets are cut into chunks of `eval.ttt_lora_chunk` (K). For chunk c the model sees the inputs from
+(c + 1) K - `eval.context_len`, clipped to the document's start, to the chunk's end. (#1536 counts the context
+back from the chunk's actual end, which is earlier in a document's last chunk: the context of those targets then
+depended on where the document ends, i.e. on a later token. Here it never does.) The chunk's per-token losses are
+recorded (the score), then, unless it is the document's last chunk, one AdamW step on the mean chunk loss. The
+base weights stay frozen.
 
-Documents are independent, so the order in which they are processed cannot change a score: each rank takes a
-contiguous share of the documents, batches `eval.ttt_batch_docs` of them longest first (so the documents still
-running at chunk c are always the first rows of the batch), and the per-target losses go back to stream order.
+Order (`document_batches`): batches of `eval.ttt_batch_docs` documents, in `eval.ttt_doc_order`: "stream" =
+consecutive documents; "length_desc" = #1855's: documents sorted by length (ascending, stable), cut into groups,
+the groups processed longest first (so the short remainder group, which holds the longest documents, is first).
+"length_desc" orders the documents by the lengths of all of them — the positions of every BOS of the split,
+later ones included — before any is scored (as #1855 does); "stream" uses nothing ahead. In a batch the
+documents run longest first, so the ones still running at chunk c are the first rows.
+
+Fresh A (default): every document starts from the same seeded A, so documents are independent and neither the
+order nor the split over ranks can change a score: each rank takes a contiguous share of the documents (balanced
+by targets) and batches it.
+
+Warm-start A (#1767, `eval.ttt_lora_warm_start_a`): the document in slot j of a full batch — its j-th document
+in the batch's own order (stream order; ascending length for "length_desc", #1855's slots) — starts from the A
+that slot j of the previous full batch ended with: the A after that document's last training step. B and the
+AdamW state start fresh every batch; a short batch starts from the seeded A and carries nothing on. A
+document's scores then depend on the earlier documents of its slot: legal (each of them was scored before it
+trained), not document-independent. A slot is a document's position in its batch, never its length rank, so
+in stream order nothing about a later document (not even where it starts) reaches an earlier score. So that
+the result does not depend on the number of ranks, batches are global and rank r runs slots r, r + world, ...
+of every batch: a slot's chain never sees another slot (AdamW is per element, and a slot's A is taken when its
+own document ends, not after the further steps its batch takes for longer documents — #1855 takes it at the
+batch's end, after those steps' weight decay; with lr 1e-4 and wd 0.5 that shrinks A by at most 5e-5 per
+further chunk).
 
 Each chunk step is one batched forward over all rows (no per-document Python loop); the scores stay on the
-device until the batch ends. Compiled (eval.compile), the step keeps static shapes: always ttt_batch_docs rows
+device until the batch ends. Compiled (eval.compile), the step keeps static shapes: always the same number of rows
 (finished documents and missing ones are padding rows whose loss is masked out) and a window width rounded up
 to chunk * 2^k (at most context_len), so a whole evaluation compiles about log2(context_len / chunk) + 1 graphs.
-One set of adapters serves every batch, reset in place (at pr1536's size they hold about 2 GB).
+One set of adapters serves every batch, reset in place (at pr1536's size they hold about 2 GB); a warm start
+loads its rows' A into it.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,7 +59,55 @@ from .deadline import Deadline
 from .forward import batch_segments, compiled, use_compile
 from .lora_adapters import BatchedLoRA
 from .ranks import gather_concat, model_device, rank_world
-from .windows import batches, document_starts
+from .windows import document_starts
+
+
+def documents(tokens: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first input position, number of targets) of every document of the stream."""
+    starts = document_starts(tokens, bos_id)
+    return starts, np.diff(np.append(starts, tokens.size - 1))
+
+
+def document_batches(lengths: np.ndarray, order: str, batch_docs: int) -> list[np.ndarray]:
+    """The batches of document ids in processing order (eval.ttt_doc_order), each in its own order."""
+    n = lengths.size
+    if order == "stream":
+        ids = np.arange(n)
+        return [ids[i : i + batch_docs] for i in range(0, n, batch_docs)]
+    if order == "length_desc":
+        ascending = np.argsort(lengths, kind="stable")
+        groups = [ascending[i : i + batch_docs] for i in range(0, n, batch_docs)]
+        longest_first = sorted(range(len(groups)), key=lambda g: -int(lengths[groups[g]].max()))  # stable on ties
+        return [groups[g] for g in longest_first]
+    raise ValueError(f"eval.ttt_doc_order must be 'stream' or 'length_desc', got {order!r}")
+
+
+@dataclass
+class RankBatch:
+    docs: np.ndarray  # document ids, longest first (the rows of the batch's forward)
+    full: bool        # this rank's slots of a batch of eval.ttt_batch_docs documents (warm start carries A on)
+    slot: np.ndarray  # warm start: the index, among this rank's slots, of each row's document
+
+
+def rank_batches(batches: list[np.ndarray], lengths: np.ndarray, batch_docs: int, warm: bool, rank: int,
+                 world: int) -> list[RankBatch]:
+    """The batches `rank` of `world` runs: slots rank, rank + world, ... of every batch (warm start; the ranks'
+    loads alike) or a contiguous share of the documents, balanced by targets."""
+    if warm:
+        out = []
+        for batch in batches:
+            slots = batch[rank::world]
+            longest_first = np.argsort(-lengths[slots], kind="stable")
+            if slots.size:
+                out.append(RankBatch(slots[longest_first], batch.size == batch_docs, longest_first))
+        return out
+    docs = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+    cum = np.concatenate(([0], np.cumsum(lengths[docs])))
+    cuts = [int(np.searchsorted(cum, cum[-1] * r / world)) for r in range(world)] + [len(docs)]
+    mine = docs[cuts[rank] : cuts[rank + 1]]
+    mine = mine[np.argsort(-lengths[mine], kind="stable")]
+    return [RankBatch(mine[i : i + batch_docs], False, np.zeros(0, dtype=np.int64))
+            for i in range(0, len(mine), batch_docs)]
 
 
 def _chunk_nll(model: nn.Module, inputs: Tensor, targets: Tensor, cols: Tensor, positions: Tensor,
@@ -56,13 +130,20 @@ def window_width(chunk_index: int, chunk: int, context: int, static: bool) -> in
 
 
 def _document_batch(model: nn.Module, lora: BatchedLoRA, stream: Tensor, starts: np.ndarray, lengths: np.ndarray,
-                    cfg: EvalConfig, deadline: Deadline, use_compiled: bool) -> list[Tensor]:
-    """Per-target NLL of a batch of documents sorted by length, longest first (one tensor per document)."""
+                    cfg: EvalConfig, deadline: Deadline, use_compiled: bool, a_start: dict[str, Tensor] | None = None,
+                    keep_a: bool = False) -> tuple[list[Tensor], dict[str, Tensor] | None]:
+    """Per-target NLL of a batch of documents sorted by length, longest first (one tensor per document), and
+    with `keep_a` each row's A as its document's last training step left it (what warm start carries on).
+
+    `a_start`: every row's starting A (warm start); None = the seeded draw.
+    """
     device = model_device(model)
     K, W = cfg.ttt_lora_chunk, cfg.context_len
     n_docs = len(starts)
     rows = lora.n_docs if use_compiled else n_docs  # static shapes: always the full batch of rows
     lora.reset_parameters()
+    if a_start is not None:
+        lora.load_a(a_start)
     params = list(lora.parameters())
     optimizer = (torch.optim.AdamW(params, lr=cfg.ttt_lora_lr, betas=(cfg.ttt_lora_beta1, cfg.ttt_lora_beta2),
                                    eps=cfg.ttt_lora_eps, weight_decay=cfg.ttt_lora_wd) if params else None)
@@ -70,7 +151,9 @@ def _document_batch(model: nn.Module, lora: BatchedLoRA, stream: Tensor, starts:
     length[:n_docs] = torch.from_numpy(lengths)
     start = torch.zeros(rows, dtype=torch.int64)
     start[:n_docs] = torch.from_numpy(starts)
-    n_chunks = int(-(-lengths[0] // K))
+    doc_chunks = -(-lengths // K)
+    a_end = lora.a_rows(list(range(n_docs))) if keep_a else None
+    n_chunks = int(doc_chunks[0])
     scores = torch.zeros(rows, n_chunks * K, device=device)
     step = compiled(_chunk_nll) if use_compiled else _chunk_nll
     last_input = stream.numel() - 2
@@ -107,6 +190,10 @@ def _document_batch(model: nn.Module, lora: BatchedLoRA, stream: Tensor, starts:
                     nll = step(model, inputs, targets, cols, positions, cu)
                 lora.check_complete()
                 scores[:batch_rows, c * K : (c + 1) * K] = nll.detach()  # the score, before any update on it
+                ending = np.flatnonzero(doc_chunks[:active] == c + 1).tolist()  # documents on their last chunk
+                if a_end is not None and ending:  # their A is final: no later step trains it for them
+                    for t, a in lora.a_rows(ending).items():
+                        a_end[t][..., ending, :, :] = a
                 if learn:
                     # sum over training documents of each one's mean chunk loss
                     per_doc = (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
@@ -114,46 +201,84 @@ def _document_batch(model: nn.Module, lora: BatchedLoRA, stream: Tensor, starts:
                     (per_doc * train).sum().backward()
                     optimizer.step()
     kept = scores[:n_docs].cpu()
-    return [kept[row, : int(lengths[row])] for row in range(n_docs)]
+    return [kept[row, : int(lengths[row])] for row in range(n_docs)], a_end
+
+
+def score_documents(model: nn.Module, stream: Tensor, starts: np.ndarray, lengths: np.ndarray,
+                    batches: list[np.ndarray], cfg: EvalConfig, deadline: Deadline, nll: Tensor) -> None:
+    """LoRA TTT over `batches` (this rank's part of them), every document's per-target NLL written into `nll`
+    (one value per target of the stream) on every rank. A warm start's chain starts here, from the seeded A."""
+    rank, world = rank_world()
+    warm = cfg.ttt_lora_warm_start_a
+    plan = rank_batches(batches, lengths, cfg.ttt_batch_docs, warm, rank, world)
+    use_compiled = use_compile(cfg, model_device(model))
+    lora = BatchedLoRA(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, max((p.docs.size for p in plan), default=1),
+                       alpha=cfg.ttt_lora_alpha)
+    carried: dict[str, Tensor] | None = None  # per slot of this rank, the A the last full batch ended with
+    ids: list[int] = []
+    parts: list[Tensor] = []
+    for part in plan:
+        chained = warm and part.full
+        a_start = {t: a[..., part.slot, :, :] for t, a in carried.items()} if chained and carried else None
+        scores, a_end = _document_batch(model, lora, stream, starts[part.docs], lengths[part.docs], cfg, deadline,
+                                        use_compiled, a_start, keep_a=chained)
+        if chained:  # rows (longest first) back to slots
+            carried = {t: torch.empty_like(a) for t, a in a_end.items()}
+            for t, a in a_end.items():
+                carried[t][..., part.slot, :, :] = a
+        ids += part.docs.tolist()
+        parts += scores
+    if world > 1:
+        plans = [[d for p in rank_batches(batches, lengths, cfg.ttt_batch_docs, warm, r, world) for d in p.docs.tolist()]
+                 for r in range(world)]
+        local = torch.cat(parts) if parts else torch.zeros(0)
+        flat = gather_concat(local.to(model_device(model)), [int(lengths[p].sum()) for p in plans]).cpu()
+        ids = [d for p in plans for d in p]
+        parts = list(torch.split(flat, lengths[ids].tolist()))
+    for d, scores in zip(ids, parts):
+        nll[starts[d] : starts[d] + scores.numel()] = scores
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """The base weights frozen and in eval mode for the block (pass a copy: requires_grad stays off after it)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def check_lora_settings(cfg: EvalConfig) -> None:
+    if not 0 < cfg.ttt_lora_chunk <= cfg.context_len:
+        raise ValueError(f"eval.ttt_lora_chunk must be in 1..eval.context_len ({cfg.context_len}), got {cfg.ttt_lora_chunk}")
+    if cfg.ttt_batch_docs <= 0:
+        raise ValueError(f"eval.ttt_batch_docs must be positive, got {cfg.ttt_batch_docs}")
+
+
+def lora_notes(model: nn.Module, cfg: EvalConfig, n_docs: int) -> str:
+    sample = BatchedLoRA(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, 1)
+    per_doc = sum(p.numel() for p in sample.parameters())
+    scale = f", scale alpha/r = {cfg.ttt_lora_alpha:g}/{cfg.ttt_lora_rank}" if cfg.ttt_lora_alpha > 0 else ""
+    start = ("warm-start A (each batch row keeps A across documents: not document-independent)"
+             if cfg.ttt_lora_warm_start_a else "fresh adapters per document")
+    return (f"LoRA TTT: {n_docs:,} documents, rank {cfg.ttt_lora_rank} on {'/'.join(cfg.ttt_lora_targets) or 'nothing'} "
+            f"x {len(model.active_schedule)} virtual slots ({per_doc:,} parameters per document{scale}), {start}, "
+            f"chunks of {cfg.ttt_lora_chunk}, context {cfg.context_len}, AdamW lr {cfg.ttt_lora_lr:g}, "
+            f"{cfg.ttt_batch_docs} documents per batch in {cfg.ttt_doc_order} order")
 
 
 def lora_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadline: Deadline,
                  bos_id: int = 1) -> tuple[np.ndarray, list[str]]:
     """Per-document LoRA TTT on `model` (base weights frozen, not changed). Returns per-target NLL and notes."""
-    if not 0 < cfg.ttt_lora_chunk <= cfg.context_len:
-        raise ValueError(f"eval.ttt_lora_chunk must be in 1..eval.context_len ({cfg.context_len}), got {cfg.ttt_lora_chunk}")
-    if cfg.ttt_batch_docs <= 0:
-        raise ValueError(f"eval.ttt_batch_docs must be positive, got {cfg.ttt_batch_docs}")
-    n_targets = tokens.size - 1
-    starts = document_starts(tokens, bos_id)
-    lengths = np.diff(np.append(starts, n_targets))  # targets (= inputs) per document
-    rank, world = rank_world()
-    # contiguous share of documents per rank, balanced by targets
-    cum = np.concatenate(([0], np.cumsum(lengths)))
-    cuts = [int(np.searchsorted(cum, n_targets * r / world)) for r in range(world)] + [len(starts)]
-    d0, d1 = cuts[rank], cuts[rank + 1]
-    counts = [int(cum[cuts[r + 1]] - cum[cuts[r]]) for r in range(world)]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    was_training = model.training
-    model.eval()
+    check_lora_settings(cfg)
+    starts, lengths = documents(tokens, bos_id)
     stream = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-    local = torch.zeros(counts[rank])
-    order = d0 + np.argsort(-lengths[d0:d1], kind="stable")
-    use_compiled = use_compile(cfg, model_device(model))
-    lora = BatchedLoRA(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, min(cfg.ttt_batch_docs, max(d1 - d0, 1)))
-    for docs in batches(order.tolist(), cfg.ttt_batch_docs):
-        docs = np.asarray(docs)
-        for d, nll in zip(docs.tolist(), _document_batch(model, lora, stream, starts[docs], lengths[docs], cfg,
-                                                         deadline, use_compiled)):
-            offset = int(starts[d] - cum[d0])
-            local[offset : offset + nll.numel()] = nll
-    model.train(was_training)
-    nll = gather_concat(local.to(model_device(model)), counts).cpu() if world > 1 else local
-    sample = BatchedLoRA(model, cfg.ttt_lora_targets, cfg.ttt_lora_rank, 1)
-    per_doc = sum(p.numel() for p in sample.parameters())
-    notes = [f"LoRA TTT: {len(starts):,} documents, rank {cfg.ttt_lora_rank} on {'/'.join(cfg.ttt_lora_targets) or 'nothing'} "
-             f"x {len(model.active_schedule)} virtual slots ({per_doc:,} parameters per document), chunks of "
-             f"{cfg.ttt_lora_chunk}, context {cfg.context_len}, AdamW lr {cfg.ttt_lora_lr:g}, "
-             f"{cfg.ttt_batch_docs} documents per batch"]
-    return nll.double().numpy(), notes
+    nll = torch.zeros(tokens.size - 1)
+    with frozen(model):
+        score_documents(model, stream, starts, lengths, document_batches(lengths, cfg.ttt_doc_order, cfg.ttt_batch_docs),
+                        cfg, deadline, nll)
+    return nll.double().numpy(), [lora_notes(model, cfg, len(starts))]

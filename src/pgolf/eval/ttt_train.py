@@ -1,4 +1,4 @@
-"""Full-model test-time training steps shared by chunk TTT and pre-scoring TTT.
+"""Full-model test-time training steps shared by chunk TTT, pre-scoring TTT and phased global TTT.
 
 `eval.ttt_batch_seqs` is the GLOBAL number of sequences per optimizer step: each step's sequences are split
 contiguously over the ranks, every rank's loss is weighted by its share of the step's tokens and the gradients
@@ -6,6 +6,8 @@ are summed (all-reduce), so a step is the same mean-CE step on any number of pro
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.distributed as dist
@@ -16,6 +18,13 @@ from .deadline import Deadline
 from .forward import training_loss
 from .ranks import model_device, rank_world
 from .windows import batches
+
+
+def cosine_lr(lr0: float, chunk: int, n_chunks_total: int) -> float:
+    """lr0 * (1 + cos(pi c / (C - 1))) / 2 (lr0 when there is a single trained chunk)."""
+    if n_chunks_total <= 1:
+        return lr0
+    return lr0 * 0.5 * (1.0 + math.cos(math.pi * chunk / (n_chunks_total - 1)))
 
 
 def trainable_parameters(model: nn.Module, freeze_blocks: int) -> list[nn.Parameter]:
@@ -35,14 +44,19 @@ def trainable_parameters(model: nn.Module, freeze_blocks: int) -> list[nn.Parame
 
 def train_on_sequences(model: nn.Module, stream: Tensor, spans: list[tuple[int, int]], batch_seqs: int,
                        params: list[nn.Parameter], optimizer: torch.optim.Optimizer, grad_clip: float,
-                       deadline: Deadline, where: str, use_compiled: bool = False) -> float:
-    """One pass over `spans` (input ranges of equal length; targets are shifted by one); returns the mean loss.
+                       deadline: Deadline, where: str, use_compiled: bool = False,
+                       targets: Tensor | None = None) -> float:
+    """One pass over `spans` (input ranges of equal length); returns the mean loss.
+
+    The targets of inputs stream[a:b] are stream[a+1:b+1], or targets[a:b] when a `targets` stream aligned with
+    the inputs is given (phased TTT: documents that are not neighbours in the stream, each with its own targets).
 
     Step: loss = mean CE over the step's tokens (all ranks); grads all-reduced (sum of token-weighted
     shares); global-norm clip `grad_clip` (0 = off); optimizer step.
     """
     device = model_device(model)
     rank, world = rank_world()
+    labels, shift = (stream, 1) if targets is None else (targets, 0)
     total, count = 0.0, 0
     for step_spans in batches(spans, batch_seqs):
         deadline.check(where)
@@ -52,9 +66,9 @@ def train_on_sequences(model: nn.Module, stream: Tensor, spans: list[tuple[int, 
         loss_value = torch.zeros((), device=device)
         if mine:
             inputs = torch.stack([stream[a:b] for a, b in mine])
-            targets = torch.stack([stream[a + 1 : b + 1] for a, b in mine])
+            step_targets = torch.stack([labels[a + shift : b + shift] for a, b in mine])
             with autocast_for(device):
-                loss = training_loss(model, inputs, targets, device, use_compiled)
+                loss = training_loss(model, inputs, step_targets, device, use_compiled)
             share = inputs.numel() / step_tokens  # this rank's fraction of the step's tokens
             (loss * share).backward()
             loss_value = loss.detach().float() * share

@@ -512,7 +512,8 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         "val_targets": final.targets, "val_bytes": final.bytes,
         "val_tokens_limited": cfg.data.val_tokens_limit > 0,
         "byte_source": cfg.data.byte_source, "text_transform": cfg.data.text_transform,
-        "eval_mode": final.mode, "eval_tail": final.tail, "legal": final.legal, "averaging": averaging,
+        "eval_mode": final.mode, "eval_tail": final.tail, "legal": final.legal,
+        "document_independent": final.document_independent, "averaging": averaging,
         "averaging_detail": averager.describe(), "swa_snapshots": averager.swa_count,
         **timing, "pack_seconds": pack_s, **device_memory(rt.device),
     }
