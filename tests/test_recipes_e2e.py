@@ -46,5 +46,6 @@ def test_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
     assert result["code_bytes"] == code_bytes(load_config(out / "config.toml"))
     assert (result["eval_mode"] == "plain") == (cfg.eval.sliding_stride == 0 and cfg.eval.ttt == "none")
     assert result["legal"] is (cfg.eval.ttt != "pre")  # #595's pre-scoring TTT trains on validation tokens
+    assert result["document_independent"] is (recipe == "pr1536")  # its per-document LoRA TTT; windows cross documents
     for name in ("config.toml", "env.json", "log.jsonl", "loss.png"):
         assert (out / name).is_file(), name

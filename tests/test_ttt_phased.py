@@ -448,7 +448,7 @@ dist.destroy_process_group()
 
 @pytest.mark.slow
 def test_two_gloo_ranks_score_as_one(model, tmp_path):
-    """Warm start splits every batch's rows over the ranks (rows 0 / 1 of batches of 2, chains carried); phases
+    """Warm start deals every batch's rows out to the ranks (rows 0 / 1 of batches of 2, chains carried); phases
     split each segment's documents and each SGD step's sequences: the same scores as one process."""
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_SCRIPT.format(tests=str(REPO / "tests"), ctx=CTX, result=str(tmp_path / "out.json")))
