@@ -54,7 +54,7 @@ PHASED = {**LORA, "ttt_batch_docs": 3, "ttt_doc_order": "length_desc", "ttt_glob
           "ttt_global_chunk_tokens": 32, "ttt_global_batch_seqs": 1, "ttt_global_lr": 0.05}
 MODES = {
     "warm": ({**LORA, "ttt_batch_docs": 2, "ttt_lora_warm_start_a": True, "ttt_lora_alpha": 8.0}, list(range(8))),
-    # chunks of 8: every document takes >= 2 steps, so every row's A moves (its first step has no gradient)
+    # chunks of 8: every document takes >= 2 steps, so every slot's A moves (its first step has no gradient)
     "warm_desc": ({**LORA, "ttt_lora_chunk": 8, "ttt_batch_docs": 3, "ttt_doc_order": "length_desc",
                    "ttt_lora_warm_start_a": True}, ORDER_DESC),
     "phased": (PHASED, ORDER_DESC),
@@ -219,7 +219,7 @@ def test_no_score_depends_on_a_token_processed_after_it(model, mode):
         # a document in phase 1's set (document 1, processed first) reaches every later segment through the SGD
         later = np.concatenate([np.arange(starts_of()[d], starts_of()[d] + LENGTHS[d]) for d in (0, 6, 3, 2, 7, 4)])
         assert np.all(np.isin(later, moved[starts_of()[1] + 2]))
-        # a document of the last segment reaches nothing but itself and, with warm start, its row's successors
+        # a document of the last segment reaches nothing but itself and, with warm start, its slot's successors
         own = np.arange(starts_of()[4] + 1, starts_of()[4] + LENGTHS[4])
         assert set(moved[starts_of()[4] + 2]) <= set(own)  # document 4 is processed last
 
@@ -267,14 +267,15 @@ def copies(params) -> dict[str, torch.Tensor]:
 
 
 def rows_of(batch: list[int]) -> list[int]:
-    """The batch's documents in row order: longest first, ties in batch order."""
+    """The batch's documents in the order its forward runs them: longest first, ties in batch order."""
     return [batch[i] for i in np.argsort([-LENGTHS[d] for d in batch], kind="stable")]
 
 
-def test_warm_start_zeroes_b_and_carries_each_rows_a_from_its_documents_end(model, monkeypatch):
+def test_warm_start_zeroes_b_and_carries_each_slots_a_from_its_documents_end(model, monkeypatch):
     """Stream order, batches of 3: [0 1 2] [3 4 5] full, [6 7] short. B is 0 at every batch start; the first
-    batch and the short one start from the seeded draw; batch [3 4 5]'s row r starts from the A row r of
-    [0 1 2] had at its own document's last chunk — not at the batch's end, which weight decay has moved on."""
+    batch and the short one start from the seeded draw; the document in slot j of [3 4 5] (its j-th) starts from
+    the A that slot j's document of [0 1 2] had at its own last chunk — not at the batch's end, which weight
+    decay has moved on since."""
     log = AdapterLog(monkeypatch)
     settings = {**LORA, "ttt_batch_docs": 3, "ttt_lora_warm_start_a": True}
     run(model, document_stream(), settings)
@@ -287,21 +288,24 @@ def test_warm_start_zeroes_b_and_carries_each_rows_a_from_its_documents_end(mode
     for t, a in seeded.items():
         torch.testing.assert_close(first["a"][t], a, rtol=0, atol=0)
         torch.testing.assert_close(short["a"][t], a[..., :2, :, :], rtol=0, atol=0)
-    for r, d in enumerate(rows_of([0, 1, 2])):
-        at_end_of_doc = first["forwards"][chunks[d] - 1]  # the forward of its last chunk: after its last step
+    before, after = rows_of([0, 1, 2]), rows_of([3, 4, 5])  # [1 0 2], [5 3 4]
+    for prev, nxt in zip([0, 1, 2], [3, 4, 5]):  # slot j: the j-th document of each batch
+        at_end_of_doc = first["forwards"][chunks[prev] - 1]  # the forward of its last chunk: after its last step
         for t in seeded:
-            torch.testing.assert_close(second["a"][t][..., r, :, :], at_end_of_doc[t][..., r, :, :], rtol=0, atol=0)
+            torch.testing.assert_close(second["a"][t][..., after.index(nxt), :, :],
+                                       at_end_of_doc[t][..., before.index(prev), :, :], rtol=0, atol=0)
     # A's first step has no gradient (B = 0): A trains from the second step on, so document 1 (4 chunks) moved it
-    assert not torch.allclose(second["a"]["q"][..., 0, :, :], seeded["q"][..., 0, :, :] * (1 - 0.05 * 0.5) ** 3)
-    assert rows_of([0, 1, 2]) == [1, 0, 2] and chunks[0] < chunks[1]  # row 1's document ends 2 chunks early
-    assert not torch.equal(first["end"]["q"][..., 1, :, :], second["a"]["q"][..., 1, :, :])  # wd moved it on since
+    assert not torch.allclose(second["a"]["q"][..., after.index(4), :, :], seeded["q"][..., 0, :, :] * (1 - 0.05 * 0.5) ** 3)
+    assert chunks[0] < chunks[1]  # document 0 ends 2 chunks before its batch does; document 3 inherits from it
+    assert not torch.equal(first["end"]["q"][..., before.index(0), :, :], second["a"]["q"][..., after.index(3), :, :])
 
 
 @pytest.mark.parametrize("warm", [False, True])
-def test_warm_start_makes_a_document_depend_on_the_earlier_documents_of_its_row_only(model, warm):
-    """Batches of 2 in stream order: rows (longest first) [1 0] [3 2] [5 4] [6 7]. Rewriting document 1 changes
-    its row's successors 3, 5, 6 under warm start only, never their first chunk (B starts at 0, so A cannot act
-    before the first step), and never a document of the other row."""
+def test_warm_start_makes_a_document_depend_on_the_earlier_documents_of_its_slot_only(model, warm):
+    """Batches of 2 in stream order: [0 1] [2 3] [4 5] [6 7], slot 1 holding documents 1, 3, 5, 7. Rewriting
+    document 1 changes 3, 5, 7 under warm start only, never their first chunk (B starts at 0, so A cannot act
+    before the first step), and never a document of slot 0 — although 6 runs in the first row of its batch
+    (longest first), as 1 does."""
     tokens = document_stream()
     settings = {**LORA, "ttt_batch_docs": 2, "ttt_lora_warm_start_a": warm}
     other = tokens.copy()
@@ -313,7 +317,7 @@ def test_warm_start_makes_a_document_depend_on_the_earlier_documents_of_its_row_
         s = starts_of()[d]
         doc = slice(s, s + LENGTHS[d])
         np.testing.assert_array_equal(a.token_nll[s : s + 16], b.token_nll[s : s + 16])
-        if warm and d in (3, 5, 6):
+        if warm and d in (3, 5, 7):
             assert not np.allclose(a.token_nll[doc], b.token_nll[doc], rtol=0, atol=1e-6), d
         else:
             np.testing.assert_array_equal(a.token_nll[doc], b.token_nll[doc], err_msg=str(d))
@@ -388,8 +392,8 @@ LEAKS = {
     # the SGD stream takes each document's inputs with the NEXT document's first target appended
     "phased: targets shifted into the next document": ("phased", "pgolf.eval.ttt_phased", [(
         "targets = torch.cat([stream[s + 1 : s + n + 1]", "targets = torch.cat([stream[s + 2 : s + n + 2]")]),
-    # warm start carries A from the batch's end of a row that has not been scored yet: row chains run backwards
-    "warm: a row inherits from a later batch": ("warm_desc", "pgolf.eval.ttt_lora", [(
+    # warm start carries A from a batch that is processed later: slot chains run backwards
+    "warm: a slot inherits from a later batch": ("warm_desc", "pgolf.eval.ttt_lora", [(
         "    for part in rank_batches(batches, lengths, cfg.ttt_batch_docs, warm, rank, world):\n",
         "    for part in rank_batches(batches, lengths, cfg.ttt_batch_docs, warm, rank, world)[::-1]:\n")]),
 }
@@ -448,7 +452,7 @@ dist.destroy_process_group()
 
 @pytest.mark.slow
 def test_two_gloo_ranks_score_as_one(model, tmp_path):
-    """Warm start deals every batch's rows out to the ranks (rows 0 / 1 of batches of 2, chains carried); phases
+    """Warm start deals every batch's slots out to the ranks (slots 0 / 1 of batches of 2, chains carried); phases
     split each segment's documents and each SGD step's sequences: the same scores as one process."""
     script = tmp_path / "ranks.py"
     script.write_text(RANKS_SCRIPT.format(tests=str(REPO / "tests"), ctx=CTX, result=str(tmp_path / "out.json")))

@@ -8,7 +8,7 @@ delta = (x A_slot,row) B_slot,row * s, A (in x r) ~ U(+-1/sqrt(in)), B (r x out)
 s = alpha / r (#1767's scaling, eval.ttt_lora_alpha) or 1 when alpha is 0. A is drawn once from a seeded generator
 and every document (row) starts from that same draw, so a document's scores depend on its own tokens only — not on
 its batch, its row, or the global random state. Warm start (eval.ttt_lora_warm_start_a) instead starts a row from
-the A an earlier document of the same row ended with (`a_rows` / `load_a`); B always starts at 0.
+the A an earlier document of the same batch slot ended with (`a_rows` / `load_a`); B always starts at 0.
 
 A physical block that runs at several virtual positions fires its hooks once per run; a per-module call counter,
 reset before every forward (`reset`), says which occurrence — hence which slot — is running.
