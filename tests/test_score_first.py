@@ -7,6 +7,13 @@ later document's distributions unchanged. `assert_score_first` changes each toke
 every boundary b of the mode (the first target of every chunk, every BOS) and compares the distributions that
 `pgolf.eval.audit` records from the scoring path itself.
 
+Modes that carry state from document to document in an order of their own (warm-start A, phased global TTT,
+#1855's length_desc order) are checked in that processing order: changing token q, in document d, must leave
+unchanged every target of a document processed before d, and d's targets up to q - 1 (their losses: up to q - 2).
+In stream order that is the rule above. length_desc reads every document's length, i.e. every BOS of the split,
+before it scores any (as #1855 does; legal by the spec, pr1855.md §8): a changed BOS reorders the documents, so
+in those modes only tokens that are not a BOS are changed (still b - 1 and b + 1 of every BOS).
+
 `TTT_MODES` lists the modes under the test; a new TTT mode joins by adding its settings and the boundaries of its
 units (test_every_legal_ttt_mode_is_under_the_test fails until it does). `LEAKS` are deliberate leaks, written as
 patches of pgolf's source: each one must fail the check, so the check is seen to catch what it guards.
@@ -70,6 +77,20 @@ class ModeUnderTest:
     settings: dict
     boundaries: Callable[[np.ndarray, dict], list[int]]
     documents_independent: bool = False
+    # the documents (by stream index) in the order the mode processes them; None: stream order
+    order: list[int] | None = None
+    # the order reads every BOS ahead (length_desc): a BOS is never changed
+    order_reads_bos: bool = False
+
+
+# three_documents() has 70, 95 and 74 targets. #1855's length_desc with batches of 2: ascending [0 2 | 1], the
+# group with the longest document first: document 1, then 0 and 2. Phases after 1 document (a batch boundary) and
+# after 2 (inside the batch [0 2]).
+DESC_ORDER = [1, 0, 2]
+DESC_ORDER_1 = [1, 2, 0]  # batches of 1: [0] [2] [1] by length, the longest first
+LORA = {"ttt": "lora", "ttt_lora_rank": 4, "ttt_lora_chunk": 24, "ttt_batch_docs": 2, "ttt_lora_lr": 0.05}
+PHASED = {**LORA, "ttt_doc_order": "length_desc", "ttt_global_phase_docs": [1, 2], "ttt_global_chunk_tokens": 32,
+          "ttt_global_batch_seqs": 1, "ttt_global_lr": 0.05}
 
 
 # Chunks of 96 = 3 full training sequences of 32, so training covers every target of a chunk; with stride 10 the
@@ -79,8 +100,21 @@ TTT_MODES = [
             chunk_boundaries),
     ModeUnderTest("chunk_sliding", {"ttt": "chunk", "sliding_stride": 10, "ttt_chunk_tokens": 96, "ttt_epochs": 1,
                               "ttt_batch_seqs": 2, "ttt_lr": 0.1}, chunk_boundaries),
-    ModeUnderTest("lora", {"ttt": "lora", "ttt_lora_rank": 4, "ttt_lora_chunk": 24, "ttt_batch_docs": 2, "ttt_lora_lr": 0.05},
-            lora_boundaries, documents_independent=True),
+    ModeUnderTest("lora", LORA, lora_boundaries, documents_independent=True),
+    ModeUnderTest("lora_desc", {**LORA, "ttt_doc_order": "length_desc"}, lora_boundaries, documents_independent=True,
+                  order=DESC_ORDER, order_reads_bos=True),
+    # batches of 1: slot 0 chains document 0 -> 1 -> 2 (alpha / r scaling on)
+    ModeUnderTest("lora_warm", {**LORA, "ttt_batch_docs": 1, "ttt_lora_warm_start_a": True, "ttt_lora_alpha": 8.0},
+                  lora_boundaries),
+    ModeUnderTest("lora_warm_desc", {**LORA, "ttt_batch_docs": 1, "ttt_doc_order": "length_desc",
+                                     "ttt_lora_warm_start_a": True}, lora_boundaries, order=DESC_ORDER_1,
+                  order_reads_bos=True),
+    ModeUnderTest("phased", PHASED, lora_boundaries, order=DESC_ORDER, order_reads_bos=True),
+    # one phase after document 1; the second segment's slot chains document 2 -> 0
+    ModeUnderTest("phased_warm", {**PHASED, "ttt_batch_docs": 1, "ttt_lora_warm_start_a": True,
+                                  "ttt_global_phase_docs": [1]}, lora_boundaries, order=DESC_ORDER_1,
+                  order_reads_bos=True),
+    ModeUnderTest("phased_stream", {**PHASED, "ttt_doc_order": "stream"}, lora_boundaries),
 ]
 # Not TTT, but cut at documents: the same check, at every BOS.
 OTHER_MODES = [ModeUnderTest("sliding_docs", {"sliding_stride": 10, "doc_boundaries": True},
@@ -118,22 +152,25 @@ def assert_score_first(model, tokens: np.ndarray, mode: ModeUnderTest, atol: flo
     nll, logp = scored_distributions(model, tokens, mode.settings)
     bos = np.flatnonzero(tokens == BOS)
     positions = sorted({q for b in mode.boundaries(tokens, mode.settings) for q in (b - 1, b, b + 1)
-                        if 1 <= q < tokens.size})
+                        if 1 <= q < tokens.size and not (mode.order_reads_bos and tokens[q] == BOS)})
+    target = np.arange(tokens.size - 1)
+    doc = np.searchsorted(bos, target, side="right") - 1         # document of each target (of its input)
+    processed = np.argsort(mode.order if mode.order is not None else np.arange(bos.size))  # document -> its turn
     for q in positions:
         changed = tokens.copy()
         changed[q] = changed_token(tokens[q])
         nll2, logp2 = scored_distributions(model, changed, mode.settings)
-        fixed = np.arange(tokens.size - 1) < q                   # targets 0 .. q-1: their inputs end before q
+        d = doc[min(q, tokens.size - 2)]                         # the document token q is an input of
+        # targets 0 .. q-1 of q's document (their inputs end before q), and every document processed before it
+        fixed = (processed[doc] < processed[d]) | ((doc == d) & (target < q))
         if mode.documents_independent:
-            later = bos[bos > q]                                 # documents that start after token q
-            if later.size:
-                fixed |= np.arange(tokens.size - 1) >= later[0]
+            fixed |= doc != d                                    # every other document (a changed BOS: the later ones)
         moved = np.flatnonzero(np.abs(logp2 - logp).max(axis=1) > atol)
         leaked = moved[fixed[moved]]
         if leaked.size:
             raise AssertionError(f"{mode.name}: changing token {q} (target {q - 1}) changed the predicted distribution "
                                  f"of target {leaked[0]} (and {leaked.size - 1} more it must not reach)")
-        lossy = np.flatnonzero(fixed[: q - 1] & (np.abs(nll2[: q - 1] - nll[: q - 1]) > atol))
+        lossy = np.flatnonzero(fixed & (target != q - 1) & (np.abs(nll2 - nll) > atol))  # q-1's label is token q
         if lossy.size:
             raise AssertionError(f"{mode.name}: changing token {q} changed the loss of target {lossy[0]}")
         if q < tokens.size - 1:  # the change must be visible where it may act, or the check sees nothing
@@ -145,12 +182,19 @@ def assert_score_first(model, tokens: np.ndarray, mode: ModeUnderTest, atol: flo
 def test_no_prediction_depends_on_its_own_or_a_later_token(model, mode):
     tokens = three_documents()
     checked = assert_score_first(model, tokens, mode)
-    assert checked >= 3 * len(mode.boundaries(tokens, mode.settings)) - 2  # b-1, b, b+1 of every boundary
+    kept_bos = 0 if mode.order_reads_bos else 2  # the two BOS after the first, when the mode may change them
+    assert checked >= 3 * len(mode.boundaries(tokens, mode.settings)) - 4 + kept_bos  # b-1, b, b+1 of every boundary
 
 
 def test_every_legal_ttt_mode_is_under_the_test():
     choices = next(f for f in dataclasses.fields(EvalConfig) if f.name == "ttt").metadata["choices"]
     assert set(choices) - {"none", "pre"} == {m.settings["ttt"] for m in TTT_MODES}
+    # LoRA TTT's variants: every document order, with and without warm-start A, with and without phases
+    orders = next(f for f in dataclasses.fields(EvalConfig) if f.name == "ttt_doc_order").metadata["choices"]
+    lora = [m.settings for m in TTT_MODES if m.settings["ttt"] == "lora"]
+    variants = {(s.get("ttt_doc_order", "stream"), s.get("ttt_lora_warm_start_a", False),
+                 bool(s.get("ttt_global_phase_docs"))) for s in lora}
+    assert variants >= {(o, w, p) for o in orders for w in (False, True) for p in (False, True)} - {("stream", True, True)}
 
 
 def test_pre_scoring_ttt_fails_the_check(model):
@@ -189,6 +233,16 @@ LEAKS = {
     # documents 0 and 1 share adapters (an independent document learns from another one)
     "lora: two documents share adapters": ("lora", "pgolf.eval.ttt_lora", [(
         "starts = document_starts(tokens, bos_id)", "starts = np.delete(document_starts(tokens, bos_id), 1)")]),
+    # warm start runs the batches backwards: a slot's chain carries A from a batch processed later
+    "lora_warm: a slot inherits from a later batch": ("lora_warm", "pgolf.eval.ttt_lora", [(
+        "    for part in plan:\n", "    for part in plan[::-1]:\n")]),
+    "lora_warm_desc: a slot inherits from a later batch": ("lora_warm_desc", "pgolf.eval.ttt_lora", [(
+        "    for part in plan:\n", "    for part in plan[::-1]:\n")]),
+    # a phase's SGD also reads the next document of the processing order, not yet scored
+    "phased: SGD sees the next unscored document": ("phased", "pgolf.eval.ttt_phased", [(
+        "done = np.concatenate(scored)", "done = np.concatenate(scored + [order[sum(map(len, scored)) :][:1]])")]),
+    "phased_stream: SGD sees the next unscored document": ("phased_stream", "pgolf.eval.ttt_phased", [(
+        "done = np.concatenate(scored)", "done = np.concatenate(scored + [order[sum(map(len, scored)) :][:1]])")]),
 }
 
 
@@ -201,7 +255,15 @@ def leaked_module(name: str, replacements: list[tuple[str, str]]):
         source = source.replace(old, new)
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None, origin=spec.origin))
     module.__package__ = name.rpartition(".")[0]
-    exec(compile(source, spec.origin, "exec"), module.__dict__)
+    previous = sys.modules.get(name)
+    sys.modules[name] = module  # while it runs: a dataclass looks its module up there
+    try:
+        exec(compile(source, spec.origin, "exec"), module.__dict__)
+    finally:
+        if previous is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = previous
     return module
 
 
@@ -210,7 +272,7 @@ def test_every_deliberate_leak_fails_the_check(model, monkeypatch, leak):
     mode, name, replacements = LEAKS[leak]
     module = leaked_module(name, replacements)
     monkeypatch.setitem(sys.modules, name, module)       # modes.py imports the TTT modules when it needs them
-    for attr in ("chunk_ttt_nll", "lora_ttt_nll"):       # ... or at import time
+    for attr in ("chunk_ttt_nll", "lora_ttt_nll", "phased_ttt_nll"):  # ... or at import time
         if hasattr(modes, attr) and hasattr(module, attr):
             monkeypatch.setattr(modes, attr, getattr(module, attr))
     with pytest.raises(AssertionError, match="changed the predicted distribution|changed the loss"):

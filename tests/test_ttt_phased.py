@@ -6,9 +6,8 @@ later ones, so "earlier" means earlier in that order, not in the stream. `assert
 one token at a time — the first tokens and the last token of every document, i.e. at and around every
 document boundary and every phase boundary of the processing order — and checks that no target scored before
 that token (every target of a document processed earlier; the document's own targets before it) changes.
-It generalizes tests/test_score_first.py's `assert_score_first` (stream order) to any processing order: the
-score-first helper there can absorb it by giving a mode its processing order (that branch is not on main yet;
-this file compares per-target losses until its distribution recording lands).
+It compares per-target losses on eight documents and checks where a change must act (phases, slots);
+tests/test_score_first.py checks the same modes, in their processing order, on the whole recorded distributions.
 
 `LEAKS` are deliberate breakages, written as patches of pgolf's source; each must fail the check.
 """
@@ -16,7 +15,6 @@ this file compares per-target losses until its distribution recording lands).
 from __future__ import annotations
 
 import copy
-import importlib.util
 from contextlib import contextmanager
 import json
 import os
@@ -36,6 +34,7 @@ from pgolf.eval.lora_adapters import BatchedLoRA
 from conftest import REPO
 from test_eval_modes import one_thread  # noqa: F401  (autouse: these forwards are tiny, one thread is fastest)
 from test_model import random_ids, small_model
+from test_score_first import leaked_module
 
 BOS = 1
 VOCAB = 64
@@ -333,6 +332,22 @@ def test_warm_start_off_is_the_per_document_mode(model):
         assert ev.document_independent and ev.mode == "ttt_lora"
 
 
+def test_one_document_batches_score_as_the_per_document_mode(model):
+    """ttt_batch_docs = 1 (or a rank with one slot per batch): the one-row adapter set must go back to the seeded
+    A before every document. (With one row, A once shared its storage with the seeded draw, so every later
+    document started from the A the previous one trained.)"""
+    tokens = document_stream()
+    fresh = run(model, tokens, {**LORA, "ttt_batch_docs": 3})
+    one = run(model, tokens, {**LORA, "ttt_batch_docs": 1})
+    np.testing.assert_allclose(one.token_nll, fresh.token_nll, rtol=0, atol=1e-5)
+    seeded = BatchedLoRA(model, ["q"], 4, 1)
+    draw = seeded.a["q"].detach().clone()
+    with torch.no_grad():
+        seeded.a["q"].add_(1.0)  # what training does to A
+    seeded.reset_parameters()
+    torch.testing.assert_close(seeded.a["q"], draw, rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------- alpha / r
 
 
@@ -395,22 +410,8 @@ LEAKS = {
         "targets = torch.cat([stream[s + 1 : s + n + 1]", "targets = torch.cat([stream[s + 2 : s + n + 2]")]),
     # warm start carries A from a batch that is processed later: slot chains run backwards
     "warm: a slot inherits from a later batch": ("warm_desc", "pgolf.eval.ttt_lora", [(
-        "    for part in rank_batches(batches, lengths, cfg.ttt_batch_docs, warm, rank, world):\n",
-        "    for part in rank_batches(batches, lengths, cfg.ttt_batch_docs, warm, rank, world)[::-1]:\n")]),
+        "    for part in plan:\n", "    for part in plan[::-1]:\n")]),
 }
-
-
-def leaked_module(name: str, replacements: list[tuple[str, str]]):
-    """pgolf module `name` built from its source with the replacements applied."""
-    spec = importlib.util.find_spec(name)
-    source = open(spec.origin, encoding="utf-8").read()
-    for old, new in replacements:
-        assert source.count(old) == 1, f"the leak no longer applies: {old!r} is not in {spec.origin} exactly once"
-        source = source.replace(old, new)
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None, origin=spec.origin))
-    module.__package__ = name.rpartition(".")[0]
-    exec(compile(source, spec.origin, "exec"), module.__dict__)
-    return module
 
 
 @pytest.mark.parametrize("leak", sorted(LEAKS))

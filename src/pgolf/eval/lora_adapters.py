@@ -73,7 +73,10 @@ class BatchedLoRA(nn.Module):
             bound = 1.0 / math.sqrt(inp)
             a = (torch.rand(*slots, 1, inp, rank, generator=generator) * 2 - 1) * bound  # U(-1/sqrt(in), 1/sqrt(in))
             self._a_draw[target] = a.to(device)
-            self.a[target] = nn.Parameter(a.expand(*slots, n_docs, inp, rank).contiguous().to(device))
+            # a copy, never a view: with n_docs = 1 the expand is already contiguous, and A would share the draw's
+            # storage (training A would move the draw every later document is reset to)
+            self.a[target] = nn.Parameter(self._a_draw[target].expand(*slots, n_docs, inp, rank).clone(
+                memory_format=torch.contiguous_format))
             self.b[target] = nn.Parameter(torch.zeros(*slots, n_docs, rank, out, device=device))
         self.calls: dict[int, int] = {}     # hook -> occurrences run in this forward
         self.expected: dict[int, int] = {}  # hook -> occurrences per forward (the block's slots)
