@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from .layers import Linear, apply_rotary, rms_norm, scalar_param
+from .precision import compute_dtype  # the dtype attention runs in (q, k, v are cast to it)
 
 
 @dataclass
@@ -40,13 +41,6 @@ class AttentionContext:
     block_masks: dict = field(default_factory=dict)
     cu_seqlens: Tensor | None = None     # int32 document segments of the flattened batch (fa3 varlen)
     max_seqlen: int = 0                  # longest segment bound (the row length), a Python int
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype attention runs in: autocast's when autocast is on for x's device, else x's own."""
-    if torch.is_autocast_enabled(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
 
 
 def document_mask(doc_ids: Tensor) -> Tensor:

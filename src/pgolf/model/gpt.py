@@ -25,6 +25,7 @@ from .embeddings import BigramHash, ContentSmearGate, SmearGate, ValueEmbedding
 from .layers import Linear, Rotary, rms_norm, scalar_param, tag
 from .loss import softcapped_cross_entropy
 from .mlp import MLP
+from .precision import compute_dtype
 
 BOS_ID = 1
 
@@ -32,9 +33,7 @@ BOS_ID = 1
 def to_compute_dtype(x: Tensor) -> Tensor:
     """x in the autocast dtype where autocast is on (the embedding lookup and its norm are not autocast ops, so
     the residual stream would otherwise stay fp32: twice the activation bytes of the records' bf16 stream)."""
-    if x.device.type in ("cuda", "cpu") and torch.is_autocast_enabled(x.device.type):  # (meta: no autocast)
-        return x.to(torch.get_autocast_dtype(x.device.type))
-    return x
+    return x.to(compute_dtype(x))
 
 
 class Block(nn.Module):
