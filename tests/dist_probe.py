@@ -108,7 +108,7 @@ def slowed(fn):
     return call
 
 
-loop.pack = slowed(loop.pack)
+loop.pack_artifact = slowed(loop.pack_artifact)
 real_resolve = loop.resolve_dataset
 loop.resolve_dataset = lambda cfg, progress=True, check_ids=True: (
     slowed(real_resolve) if rank == 0 and not record.get("resolved") else real_resolve)(cfg, progress, check_ids)

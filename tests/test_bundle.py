@@ -129,6 +129,17 @@ def test_module_sets_follow_the_switches():
     assert set(shipping.module_set(gptq)) - carried == {"quant/gptq.py"}
 
 
+def test_the_kernels_ride_only_with_their_switch():
+    """The Triton/liger kernel modules (loaded on CUDA only) are carried exactly when their switch asks."""
+    base = pgolf.load_recipe("baseline", overrides={"data.path": "/data/x", "data.tokenizer": "/data/x.model"})
+    carried = set(shipping.module_set(base))
+    assert not carried & {"model/kernels/mlp_triton.py", "model/kernels/ce_liger.py"}
+    for key, value, module in (("train.fused_mlp", "triton", "model/kernels/mlp_triton.py"),
+                               ("train.fused_ce", "liger", "model/kernels/ce_liger.py")):
+        cfg = pgolf.load_recipe("baseline", overrides={"data.path": "/data/x", "data.tokenizer": "/data/x.model", key: value})
+        assert set(shipping.module_set(cfg)) - carried == {module, "model/kernels/__init__.py"}
+
+
 def test_full_and_tiny_recipes_carry_the_same_modules():
     """The tiny scale changes sizes only, so the tiny runs below cover the full recipes' bundles too."""
     for name in recipe_names():
@@ -300,6 +311,8 @@ def switch_cases() -> list[tuple[str, dict]]:
                 continue  # a script never prepares the embedded corpus: test_a_script_never_carries_the_embedded_corpus
             if key == "data.text_transform":
                 continue  # needs CaseOps shards: test_caseops_runs_under_its_own_scripts_importer
+            if key in ("train.fused_mlp", "train.fused_ce"):
+                continue  # CUDA-only kernels a CPU run never loads: test_the_kernels_ride_only_with_their_switch
             section, name = key.split(".")
             fld = next(f for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
             values = list(fld.metadata.get("choices") or [SWITCH_VALUES[key]])
