@@ -126,6 +126,19 @@ def _validate_quant_numbers(q: QuantConfig) -> None:
     for key in ("sdclip_k", "sdclip_k_embed"):
         if getattr(q, key) <= 0:
             raise ConfigError(f"'quant.{key}' must be positive, got {getattr(q, key)}")
+    for key in ("sdclip_k_attn", "sdclip_k_mlp"):
+        if getattr(q, key) < 0:
+            raise ConfigError(f"'quant.{key}' must be >= 0 (0 = quant.sdclip_k), got {getattr(q, key)}")
+    if q.gate_bits and not 2 <= q.gate_bits <= 8:
+        raise ConfigError(f"'quant.gate_bits' must be 0 or in 2..8, got {q.gate_bits}")
+    if q.lqer_rank < 0 or q.lqer_top_k < 1 or q.lqer_group < 1:
+        raise ConfigError(f"'quant.lqer_rank' must be >= 0, 'quant.lqer_top_k' and 'quant.lqer_group' >= 1; got "
+                          f"{q.lqer_rank}, {q.lqer_top_k}, {q.lqer_group}")
+    if not 2 <= q.lqer_factor_bits <= 8:
+        raise ConfigError(f"'quant.lqer_factor_bits' must be in 2..8, got {q.lqer_factor_bits}")
+    if q.compressor == "pergroup" and q.bit_pack:
+        raise ConfigError("'quant.compressor' = 'pergroup' groups one-byte codes; it cannot be combined with "
+                          "'quant.bit_pack' = true")
     if q.gptq_block <= 0 or q.gptq_calib_batches <= 0:
         raise ConfigError(f"'quant.gptq_block' and 'quant.gptq_calib_batches' must be positive, "
                           f"got {q.gptq_block} and {q.gptq_calib_batches}")

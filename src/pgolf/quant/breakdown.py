@@ -17,7 +17,8 @@ from .compress import byte_shuffle, compress
 from .container import FRAMING_BYTES
 from .pack import read_artifact
 
-KIND_GROUPS = {"codes": "codes", "packed_codes": "codes", "scales": "scales", "values": "floats"}
+KIND_GROUPS = {"codes": "codes", "packed_codes": "codes", "scales": "scales", "values": "floats",
+               "lqer_a_codes": "lqer", "lqer_a_scales": "lqer", "lqer_b_codes": "lqer", "lqer_b_scales": "lqer"}
 
 
 def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> dict[str, Any]:
@@ -31,7 +32,8 @@ def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> d
         for part in t.parts:
             streams[(t.qclass, KIND_GROUPS[part.kind])].append(arrays[(t.name, part.kind)].tobytes())
         row = classes.setdefault(t.qclass, {"tensors": 0, "params": 0, "encodings": set(), "raw_bytes": 0,
-                                            "codes_bytes": 0, "scales_bytes": 0, "floats_bytes": 0})
+                                            "codes_bytes": 0, "scales_bytes": 0, "floats_bytes": 0,
+                                            "lqer_bytes": 0})
         row["tensors"] += 1
         row["params"] += math.prod(t.shape)
         row["encodings"].add(f"int{t.plan.bits}" if t.plan.encoding == "int" else t.plan.encoding)
@@ -42,7 +44,7 @@ def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> d
         classes[qclass][f"{group}_bytes"] += len(compress(body, compressor))
     for row in classes.values():
         row["encodings"] = sorted(row["encodings"])
-        row["compressed_bytes"] = row["codes_bytes"] + row["scales_bytes"] + row["floats_bytes"]
+        row["compressed_bytes"] = row["codes_bytes"] + row["scales_bytes"] + row["floats_bytes"] + row["lqer_bytes"]
         row["bits_per_param"] = 8 * row["compressed_bytes"] / max(row["params"], 1)
     file_bytes = path.stat().st_size
     payload_bytes = header["payload_bytes"]
@@ -66,7 +68,7 @@ def format_breakdown(b: dict[str, Any]) -> str:
     for qclass, row in sorted(b["classes"].items(), key=lambda kv: -kv[1]["compressed_bytes"]):
         lines.append(f"{qclass:<9} {row['tensors']:>7} {row['params']:>11,} {'/'.join(row['encodings']):<16} "
                      f"{row['codes_bytes']:>11,} {row['scales_bytes']:>9,} {row['floats_bytes']:>11,} "
-                     f"{row['bits_per_param']:>10.3f}")
+                     f"{row['bits_per_param']:>10.3f}" + (f"  (LQER factors {row['lqer_bytes']:,})" if row["lqer_bytes"] else ""))
     lines += [
         f"each class/part compressed alone: {b['attributed_bytes']:,} bytes in all; the joint payload is "
         f"{b['payload_bytes']:,} ({b['payload_bytes'] - b['attributed_bytes']:+,} against that sum)",

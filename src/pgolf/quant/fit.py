@@ -15,7 +15,7 @@ fitting n measured is used. Off by default; the time it takes counts against the
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -101,7 +101,7 @@ class _Candidates:
             t = tensors[i]
             codes = t.codes.copy()
             codes.reshape(-1)[self.flats[picks]] = 0
-            out[i] = QuantizedTensor(t.layout, codes=codes, scales=t.scales)
+            out[i] = replace(t, codes=codes)  # scales and any LQER factors unchanged
         return out
 
     def undo(self, tensors: list[QuantizedTensor], n: int) -> list[tuple[str, np.ndarray, np.ndarray]]:

@@ -8,14 +8,15 @@ container never stores a tensor table, and a crafted header cannot describe arra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..config import Config
+from ..config.optional import require_module
 from ..model.gpt import GPT
 from ..model.layers import qclass_of
 from .bitpack import pack_codes, unpack_codes
@@ -41,12 +42,14 @@ class TensorLayout:
     parts: tuple[PartSpec, ...]
 
 
-def artifact_layout(cfg: Config) -> list[TensorLayout]:
-    """Every parameter of `cfg`'s model (built on the meta device: nothing allocated) with its parts."""
+def artifact_layout(cfg: Config, lqer: Sequence[int] = ()) -> list[TensorLayout]:
+    """Every parameter of `cfg`'s model (built on the meta device: nothing allocated) with its parts; the
+    tensors at the layout positions `lqer` carry LQER correction parts too (checked: `check_lqer_request`)."""
     with torch.device("meta"):
         model = GPT(cfg.model, cfg.data.bos_id)
+    lqer = set(lqer)
     out = []
-    for name, p in model.named_parameters():
+    for index, (name, p) in enumerate(model.named_parameters()):
         qclass = qclass_of(p)
         plan = plan_tensor(p, qclass, cfg.quant, name)
         shape = tuple(p.shape)
@@ -57,6 +60,10 @@ def artifact_layout(cfg: Config) -> list[TensorLayout]:
             else:
                 codes = PartSpec(name, "codes", "int8", (rows, cols))
             parts = (codes, PartSpec(name, "scales", "float16", (rows,)))
+            if index in lqer:
+                parts += require_module("pgolf.quant.lqer", cfg.quant).part_specs(name, rows, cols, cfg.quant)
+        elif index in lqer:
+            raise ValueError(f"LQER asked for {name}, which is not stored as integer codes")
         else:
             stored = str(p.dtype).removeprefix("torch.") if plan.encoding == "raw" else plan.encoding
             parts = (PartSpec(name, "values", stored, shape),)
@@ -66,6 +73,23 @@ def artifact_layout(cfg: Config) -> list[TensorLayout]:
 
 def layout_parts(layout: list[TensorLayout]) -> list[PartSpec]:
     return [part for t in layout for part in t.parts]
+
+
+def check_lqer_request(picks: Any, layout: list[TensorLayout], cfg: Config) -> list[int]:
+    """The header's LQER picks (layout positions) if the config allows them, else HeaderProblem: at most
+    quant.lqer_top_k distinct, ascending positions of integer-coded tensors, none when quant.lqer_rank = 0."""
+    if not isinstance(picks, list) or any(not isinstance(i, int) or isinstance(i, bool) for i in picks):
+        raise HeaderProblem(f"'lqer' must be a list of tensor positions, got {str(picks)[:80]}")
+    if picks and cfg.quant.lqer_rank == 0:
+        raise HeaderProblem(f"lists {len(picks)} LQER corrections, but the embedded config has quant.lqer_rank = 0")
+    if len(picks) > cfg.quant.lqer_top_k or picks != sorted(set(picks)):
+        raise HeaderProblem(f"'lqer' must hold at most quant.lqer_top_k = {cfg.quant.lqer_top_k} distinct positions "
+                            f"in ascending order, got {str(picks)[:80]}")
+    bad = [i for i in picks if not 0 <= i < len(layout) or layout[i].plan.encoding != "int"]
+    if bad:
+        raise HeaderProblem(f"'lqer' names position {bad[0]}, which is not an integer-coded tensor of the "
+                            f"embedded config's model ({len(layout)} tensors)")
+    return picks
 
 
 def check_model_request(raw_config: dict[str, Any]) -> None:
@@ -113,16 +137,19 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 @dataclass
 class QuantizedTensor:
-    """One parameter as stored: int8 codes (rows, cols) + fp16 scales, or stored values."""
+    """One parameter as stored: int8 codes (rows, cols) + fp16 scales (+ LQER factors), or stored values."""
     layout: TensorLayout
     codes: np.ndarray | None = None
     scales: np.ndarray | None = None
     values: np.ndarray | None = None
+    lqer: dict[str, np.ndarray] | None = None
 
     def part_bytes(self) -> list[bytes]:
         out = []
         for spec in self.layout.parts:
-            if spec.kind == "codes":
+            if spec.kind.startswith("lqer_"):
+                out.append(self.lqer[spec.kind].tobytes())
+            elif spec.kind == "codes":
                 out.append(self.codes.tobytes())
             elif spec.kind == "packed_codes":
                 out.append(pack_codes(self.codes, self.layout.plan.bits).tobytes())
@@ -139,25 +166,38 @@ def quantize_model(model: nn.Module, cfg: Config, hessians: dict[str, Tensor] | 
     layout = artifact_layout(cfg)
     if [t.name for t in layout] != list(params) or any(tuple(params[t.name].shape) != t.shape for t in layout):
         raise ValueError("the model's parameters (names, order, shapes) are not those of cfg.model")
-    out = []
-    for t in layout:
+    out, errors = [], {}
+    for i, t in enumerate(layout):
         w = params[t.name].detach().cpu()
         if t.plan.encoding == "int":
-            codes, scales = quantize_rows(as_rows(w.float()), t.plan.bits, cfg.quant, t.qclass,
+            rows = as_rows(w.float())
+            codes, scales = quantize_rows(rows, t.plan.bits, cfg.quant, t.qclass,
                                           None if hessians is None else hessians.get(t.name))
             out.append(QuantizedTensor(t, codes=codes.numpy(), scales=scales.numpy()))
+            if cfg.quant.lqer_rank:
+                errors[i] = rows - dequantize(codes, scales)  # E = W - W_hat
         elif t.plan.encoding == "raw":
             out.append(QuantizedTensor(t, values=w.numpy()))
         else:
             out.append(QuantizedTensor(t, values=w.to(getattr(torch, t.plan.encoding)).numpy()))
+    if errors:
+        corrections = require_module("pgolf.quant.lqer", cfg.quant).corrections_for(errors, cfg.quant)
+        corrected = artifact_layout(cfg, sorted(corrections))
+        out = [replace(q, layout=corrected[i], lqer=corrections.get(i)) for i, q in enumerate(out)]
     return out
+
+
+def lqer_picks(tensors: list[QuantizedTensor]) -> list[int]:
+    """Layout positions of the tensors that carry an LQER correction (the header's 'lqer' list)."""
+    return [i for i, t in enumerate(tensors) if t.lqer is not None]
 
 
 def serialize(tensors: list[QuantizedTensor]) -> list[bytes]:
     return [data for t in tensors for data in t.part_bytes()]
 
 
-def dequantized_state(layout: list[TensorLayout], arrays: dict[tuple[str, str], np.ndarray]) -> dict[str, Tensor]:
+def dequantized_state(layout: list[TensorLayout], arrays: dict[tuple[str, str], np.ndarray],
+                      cfg: Config) -> dict[str, Tensor]:
     """{name: tensor} from the stored parts; every part's dtype and shape come from the layout."""
     state = {}
     for t in layout:
@@ -169,7 +209,11 @@ def dequantized_state(layout: list[TensorLayout], arrays: dict[tuple[str, str], 
                 codes = torch.from_numpy(codes_np.reshape(rows, -1))
             else:
                 codes = torch.from_numpy(arrays[(t.name, "codes")].copy())
-            state[t.name] = dequantize(codes, scales).reshape(t.shape).to(t.dtype)
+            w_hat = dequantize(codes, scales)
+            if len(t.parts) > 2:  # W_hat + A_q B_q (LQER), in fp32 before the cast
+                lqer = require_module("pgolf.quant.lqer", cfg.quant)
+                w_hat = w_hat + lqer.correction({k: arrays[(t.name, k)] for k in lqer.KINDS}, cfg.quant)
+            state[t.name] = w_hat.reshape(t.shape).to(t.dtype)
         else:
             state[t.name] = torch.from_numpy(arrays[(t.name, "values")].copy()).reshape(t.shape).to(t.dtype)
     return state

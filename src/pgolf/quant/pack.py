@@ -27,8 +27,8 @@ from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..model.gpt import GPT, build_model
 from .container import FRAMING_BYTES, HeaderProblem, PartSpec, encode_payload, header_size, read_container, write_container
 from .fit import fit_to_budget
-from .layout import (TensorLayout, artifact_layout, check_model_request, check_param_count, dequantized_state,
-                     layout_parts, quantize_model, serialize)
+from .layout import (TensorLayout, artifact_layout, check_lqer_request, check_model_request, check_param_count,
+                     dequantized_state, layout_parts, lqer_picks, quantize_model, serialize)
 
 
 @lru_cache(maxsize=1)
@@ -52,11 +52,15 @@ def config_changes(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def header_of(cfg: Config) -> dict[str, Any]:
+def header_of(cfg: Config, lqer: list[int] | None = None) -> dict[str, Any]:
     """The artifact's JSON header: everything the layout cannot tell. The config is stored as its differences
     from pgolf's defaults (a few hundred bytes instead of every key) with the defaults' fingerprint, so a pgolf
-    whose defaults differ refuses the file instead of reading it as another config."""
-    return {"pgolf_version": __version__, "defaults": _defaults()[1], "config": config_changes(cfg)}
+    whose defaults differ refuses the file instead of reading it as another config. With LQER on, the header
+    also lists which tensors it corrects (the choice depends on the weights)."""
+    header = {"pgolf_version": __version__, "defaults": _defaults()[1], "config": config_changes(cfg)}
+    if cfg.quant.lqer_rank:
+        header["lqer"] = list(lqer or [])
+    return header
 
 
 def check_defaults(header: dict[str, Any], path: str | Path) -> None:
@@ -68,9 +72,13 @@ def check_defaults(header: dict[str, Any], path: str | Path) -> None:
 
 
 def header_bytes(cfg: Config) -> int:
-    """Exact header length of an artifact of `cfg` (compressed config, part checks, fixed fields); the file is
-    header + FRAMING_BYTES + the compressed payload."""
-    return header_size(header_of(cfg), len(layout_parts(artifact_layout(cfg))))
+    """Header length of an artifact of `cfg` (compressed config, part checks, fixed fields); the file is
+    header + FRAMING_BYTES + the compressed payload. Exact, except with LQER, whose picks depend on the
+    weights: counted as the first quant.lqer_top_k integer-coded tensors (a few bytes either way)."""
+    picks = None
+    if cfg.quant.lqer_rank:
+        picks = [i for i, t in enumerate(artifact_layout(cfg)) if t.plan.encoding == "int"][: cfg.quant.lqer_top_k]
+    return header_size(header_of(cfg, picks), len(layout_parts(artifact_layout(cfg, picks or ()))))
 
 
 # ----------------------------------------------------------------------------- write and read
@@ -82,7 +90,7 @@ def write_artifact(model: nn.Module, cfg: Config, path: str | Path, hessians: di
     tensors = quantize_model(model, cfg, hessians)
     parts = serialize(tensors)
     payload, used = encode_payload(parts, cfg.quant.compressor, cfg.quant.byte_shuffle)
-    header = header_of(cfg)
+    header = header_of(cfg, lqer_picks(tensors))
     overhead = FRAMING_BYTES + header_size(header, len(parts))
     report = None
     if cfg.quant.fit and max_model_bytes is not None:
@@ -110,6 +118,9 @@ def read_artifact(path: str | Path) -> tuple[Config, list[TensorLayout], dict[st
         except (ValueError, TypeError, AssertionError, RuntimeError, OverflowError) as exc:  # valid, yet no model builds
             raise HeaderProblem(f"the embedded config does not describe a model pgolf can build ({exc})") from exc
         check_param_count(layout)
+        picks = check_lqer_request(header.get("lqer", []), layout, cfg)
+        if picks:
+            layout = artifact_layout(cfg, picks)
         found.update(cfg=cfg, layout=layout)
         return layout_parts(layout)
 
@@ -120,7 +131,7 @@ def read_artifact(path: str | Path) -> tuple[Config, list[TensorLayout], dict[st
 def unpack(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
     """Rebuild (model, config) from an artifact. Only JSON and numpy buffers are read; nothing is executed."""
     cfg, layout, _, arrays = read_artifact(path)
-    state = dequantized_state(layout, arrays)
+    state = dequantized_state(layout, arrays, cfg)
     del arrays
     model = build_model(cfg.model, cfg.data.bos_id)
     model.load_state_dict(state, strict=True)  # same config, same layout: names and shapes agree by construction

@@ -48,16 +48,27 @@ TABLE_CLASSES = ("embed", "table")
 
 
 def method_for(qclass: str, cfg: QuantConfig) -> str:
-    """quant.embed_method for embeddings and tables, quant.method for everything else."""
+    """quant.embed_method for embeddings and tables, 'rowmax' for gates (QuantGate), quant.method otherwise."""
+    if qclass == "gate":
+        return "rowmax"
     return cfg.embed_method if qclass in TABLE_CLASSES else cfg.method
 
 
 def scale_floor_for(qclass: str, cfg: QuantConfig) -> bool:
+    if qclass == "gate":  # QuantGate: s_h = fp16(max_j |W_hj| / clip_max), never floored
+        return False
     return cfg.embed_scale_floor if qclass in TABLE_CLASSES else cfg.scale_floor
 
 
 def sdclip_k_for(qclass: str, cfg: QuantConfig) -> float:
-    return cfg.sdclip_k_embed if qclass in TABLE_CLASSES else cfg.sdclip_k
+    """SDClip k of a class (#1586): embed/table, attn and mlp have their own k; 0 falls back to quant.sdclip_k."""
+    if qclass in TABLE_CLASSES:
+        return cfg.sdclip_k_embed
+    if qclass == "attn" and cfg.sdclip_k_attn:
+        return cfg.sdclip_k_attn
+    if qclass == "mlp" and cfg.sdclip_k_mlp:
+        return cfg.sdclip_k_mlp
+    return cfg.sdclip_k
 
 
 def plan_tensor(tensor: Tensor, qclass: str, cfg: QuantConfig, name: str = "") -> Plan:
@@ -65,7 +76,9 @@ def plan_tensor(tensor: Tensor, qclass: str, cfg: QuantConfig, name: str = "") -
         return Plan("raw")
     if name in cfg.keep_float:
         return Plan("float16")
-    if qclass in ("control", "gate"):  # gate weights: like control tensors until a gate quantization targets them
+    if qclass == "gate":  # before the passthrough-size test: gates are small (QuantGate, #1736)
+        return Plan("int", cfg.gate_bits) if cfg.gate_bits else Plan(cfg.control_dtype)
+    if qclass == "control":
         return Plan(cfg.control_dtype)
     if tensor.numel() <= cfg.passthrough_max_numel:
         return Plan("float16")

@@ -1,0 +1,252 @@
+"""#1855's quantization and compression switches: per-class SDClip k, QuantGate, LQER, per-group lrzip.
+
+Properties against hand-written expectations; every switch is off by default.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import pgolf
+from pgolf.artifact.budget import bits_per_code
+from pgolf.config import ConfigError
+from pgolf.model.layers import qclass_of
+from pgolf.quant import lqer
+from pgolf.quant.container import ArtifactError, encode_payload, write_container
+from pgolf.quant.layout import artifact_layout, layout_parts, quantize_model, serialize
+from pgolf.quant.pack import header_of, read_artifact
+from pgolf.quant.quantize import dequantize, plan_tensor
+
+from test_model import SMALL, small_model
+
+
+def cfg_with(**quant) -> pgolf.Config:
+    over = {**SMALL, "quant.passthrough_max_numel": 256, **{f"quant.{k}": v for k, v in quant.items()}}
+    return pgolf.load_recipe("baseline", overrides=over)
+
+
+def tensors_by_name(model, cfg) -> dict:
+    return {t.layout.name: t for t in quantize_model(model, cfg)}
+
+
+# ----------------------------------------------------------------------------- per-class SDClip k (#1586)
+
+def test_each_class_gets_its_own_sdclip_k():
+    cfg = cfg_with(method="sdclip", embed_method="sdclip", matrix_bits=6, embed_bits=7, sdclip_k=12.85,
+                   sdclip_k_attn=13.0, sdclip_k_mlp=11.5, sdclip_k_embed=14.0)
+    model = small_model({})
+    got = tensors_by_name(model, cfg)
+    params = dict(model.named_parameters())
+    for name, k, qmax in [("blocks.0.attn.c_q.weight", 13.0, 31), ("blocks.1.mlp.fc.weight", 11.5, 31),
+                          ("blocks.0.mlp.proj.weight", 11.5, 31), ("tok_emb", 14.0, 63)]:
+        w = params[name].detach().float()
+        expected = (k * w.std(dim=1) / qmax).half().numpy()          # s_r = fp16(k * std(W_r) / clip_max)
+        np.testing.assert_array_equal(got[name].scales, expected, err_msg=name)
+
+
+def test_zero_class_k_falls_back_to_sdclip_k_and_the_estimate_follows_the_class():
+    cfg = cfg_with(method="sdclip", matrix_bits=6, sdclip_k=12.0, sdclip_k_mlp=9.0)
+    model = small_model({})
+    w = dict(model.named_parameters())["blocks.0.attn.c_k.weight"].detach().float()
+    np.testing.assert_array_equal(tensors_by_name(model, cfg)["blocks.0.attn.c_k.weight"].scales,
+                                  (12.0 * w.std(dim=1) / 31).half().numpy())
+    assert bits_per_code(6, "mlp", cfg) == pytest.approx(math.log2(31 / 9.0) + 2.05)
+    assert bits_per_code(6, "attn", cfg) == pytest.approx(math.log2(31 / 12.0) + 2.05)
+
+
+def test_negative_class_k_is_refused_by_name():
+    with pytest.raises(ConfigError, match="quant.sdclip_k_mlp"):
+        cfg_with(sdclip_k_mlp=-1.0)
+
+
+# ----------------------------------------------------------------------------- QuantGate (#1736)
+
+def gate_model_cfg(**quant):
+    # the passthrough limit is far above the gate's size: the gate rule must come first
+    cfg = pgolf.load_recipe("baseline", overrides={**SMALL, "model.attn_gate": True,
+                                                   **{f"quant.{k}": v for k, v in {"passthrough_max_numel": 65536, **quant}.items()}})
+    model = small_model({"model.attn_gate": True})
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for name, p in model.named_parameters():
+            if name.endswith("attn.gate_w"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return model, cfg
+
+
+def test_quantgate_stores_gates_int8_per_row_and_round_trips_within_half_a_step(tmp_path):
+    model, cfg = gate_model_cfg(gate_bits=8, method="gptq")
+    gates = [n for n, p in model.named_parameters() if qclass_of(p) == "gate"]
+    assert gates and all(n.endswith("attn.gate_w") for n in gates)
+    layout = {t.name: t for t in artifact_layout(cfg)}
+    for name in gates:
+        t = layout[name]
+        rows, cols = t.shape
+        assert (t.plan.encoding, t.plan.bits) == ("int", 8)
+        assert sum(p.nbytes for p in t.parts) == rows * cols + 2 * rows   # 1 byte per weight + fp16 per row
+    pgolf.pack(model, cfg, tmp_path / "g.pgolf")
+    loaded, _ = pgolf.unpack(tmp_path / "g.pgolf")
+    got = dict(loaded.named_parameters())
+    for name in gates:
+        w = dict(model.named_parameters())[name].detach().float()
+        s = (w.abs().amax(dim=1) / 127).half().float()                    # s_h = fp16(max_j |W_hj| / 127)
+        err = (got[name].detach().float() - w).abs()
+        assert (err <= s[:, None] / 2 + 1e-7).all(), name
+        assert got[name].dtype == w.dtype
+
+
+def test_gates_stay_float_by_default():
+    model, cfg = gate_model_cfg()
+    for name, p in model.named_parameters():
+        if qclass_of(p) == "gate":
+            assert plan_tensor(p, "gate", cfg.quant, name).encoding == cfg.quant.control_dtype
+
+
+# ----------------------------------------------------------------------------- LQER (#1797)
+
+def test_top_k_picks_exactly_the_largest_error_norms():
+    assert lqer.top_k([1.0, 5.0, 3.0, 5.0, 0.5], 2) == [1, 3]
+    assert lqer.top_k([2.0, 1.0, 3.0], 3) == [0, 1, 2]
+    assert lqer.top_k([4.0, 4.0, 4.0], 1) == [0]                       # ties: the earlier tensor
+
+
+def test_full_rank_unquantized_factors_reconstruct_the_error():
+    e = torch.randn(12, 20, generator=torch.Generator().manual_seed(0))
+    a, b = lqer.factor(e, 12)
+    torch.testing.assert_close(a @ b, e, atol=1e-5, rtol=0)
+    a1, b1 = lqer.factor(e, 1)
+    u, s, vh = torch.linalg.svd(e)
+    torch.testing.assert_close(a1 @ b1, s[0] * torch.outer(u[:, 0], vh[0]), atol=1e-5, rtol=0)
+
+
+def test_asym_packing_ranges_and_group_layout():
+    cfg = cfg_with(lqer_rank=4, lqer_group=64).quant
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(96, 4, generator=g)
+    a[5, 2] = a.abs().max() * 1.0001                          # the largest |A| is positive: A/s_A = 1.5 there
+    b = torch.randn(4, 128, generator=g) * torch.linspace(0.1, 3.0, 128)
+    parts = lqer.pack(a, b, cfg)
+    q_a, s_a, q_b, s_b = (parts[k] for k in lqer.KINDS)
+    assert s_a.shape == (1,) and s_a.dtype == np.float16
+    assert set(np.unique(q_a)) <= {-2, -1, 0, 1} and q_a[5, 2] == 1     # round(1.5) = 2 clipped to 1 (asymmetric)
+    assert q_b.min() >= -8 and q_b.max() <= 7 and s_b.shape == (4 * 128 // 64,)
+    for g_index in range(s_b.size):                            # group g = row g // 2, columns 64 (g % 2) ...
+        row, start = divmod(g_index * 64, 128)
+        block = b[row, start : start + 64]
+        assert s_b[g_index] == np.float16(float(block.abs().max()) / 7.5), g_index
+    spec = {p.kind: p.shape for p in lqer.part_specs("x", 96, 128, cfg)}
+    assert spec == {"lqer_a_codes": (96, 4), "lqer_a_scales": (1,), "lqer_b_codes": (4, 128), "lqer_b_scales": (8,)}
+
+
+def test_symmetric_fallback_when_groups_do_not_tile_b():
+    cfg = cfg_with(lqer_rank=3, lqer_group=64, lqer_factor_bits=4).quant
+    assert not lqer.is_asym(40, 30, cfg)                       # 3 * 30 = 90 is not a multiple of 64
+    a, b = lqer.factor(torch.randn(40, 30, generator=torch.Generator().manual_seed(2)), 3)
+    parts = lqer.pack(a, b, cfg)
+    assert parts["lqer_a_scales"].shape == (40,) and parts["lqer_b_scales"].shape == (3,)
+    assert np.abs(parts["lqer_a_codes"]).max() <= 7 and np.abs(parts["lqer_b_codes"]).max() <= 7
+
+
+def test_packed_correction_reduces_a_dominant_low_rank_error():
+    g = torch.Generator().manual_seed(4)
+    e = 0.5 * torch.outer(torch.randn(64, generator=g), torch.randn(128, generator=g)) + 0.01 * torch.randn(64, 128, generator=g)
+    cfg = cfg_with(lqer_rank=4).quant
+    parts = lqer.pack(*lqer.factor(e, 4), cfg)
+    assert float((e - lqer.correction(parts, cfg)).norm()) < 0.75 * float(e.norm())   # int2 A: ~0.53 here
+
+
+def lqer_model():
+    """Weights with a low-rank structure the int4 grid cannot hold, in some tensors only."""
+    model = small_model({})
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in ("blocks.0.mlp.fc.weight", "blocks.1.attn.c_q.weight", "tok_emb"):
+                p.add_(0.02 * torch.outer(torch.randn(p.shape[0], generator=g), torch.randn(p.shape[1], generator=g)))
+    return model
+
+
+def test_lqer_lowers_the_error_of_the_tensors_it_picks_and_leaves_the_others_alone(tmp_path):
+    model = lqer_model()
+    off = cfg_with(matrix_bits=4, embed_bits=4)
+    on = cfg_with(matrix_bits=4, embed_bits=4, lqer_rank=2, lqer_top_k=2)
+    base, corrected = quantize_model(model, off), quantize_model(model, on)
+    params = dict(model.named_parameters())
+    picked = [t.layout.name for t in corrected if t.lqer is not None]
+    assert len(picked) == 2
+    errors = {t.layout.name: float((params[t.layout.name].detach().reshape(t.codes.shape).float()
+                                    - dequantize(torch.from_numpy(t.codes), torch.from_numpy(t.scales))).norm())
+              for t in base if t.codes is not None}
+    assert sorted(picked) == sorted(sorted(errors, key=errors.get)[-2:])    # the two largest ||E||_F
+    pgolf.pack(model, on, tmp_path / "l.pgolf")
+    loaded = dict(pgolf.unpack(tmp_path / "l.pgolf")[0].named_parameters())
+    pgolf.pack(model, off, tmp_path / "o.pgolf")
+    plain = dict(pgolf.unpack(tmp_path / "o.pgolf")[0].named_parameters())
+    for name, p in params.items():
+        if name in picked:
+            assert float((loaded[name] - p).detach().norm()) < float((plain[name] - p).detach().norm()), name
+        else:
+            torch.testing.assert_close(loaded[name], plain[name], rtol=0, atol=0, msg=name)
+
+
+def test_lqer_artifact_round_trip_is_exact_and_counted(tmp_path):
+    model = lqer_model()
+    cfg = cfg_with(matrix_bits=4, embed_bits=4, lqer_rank=2, lqer_top_k=2, compressor="brotli")
+    tensors = quantize_model(model, cfg)
+    result = pgolf.pack(model, cfg, tmp_path / "a.pgolf")
+    assert result["model_bytes"] == (tmp_path / "a.pgolf").stat().st_size
+    _, layout, header, arrays = read_artifact(tmp_path / "a.pgolf")
+    assert header["lqer"] == [i for i, t in enumerate(tensors) if t.lqer is not None]
+    raw = b"".join(arrays[(p.tensor, p.kind)].tobytes() for p in layout_parts(layout))
+    assert raw == b"".join(serialize(tensors))                           # every part bit-exact
+    extra = sum(p.nbytes for t in layout for p in t.parts if p.kind.startswith("lqer_"))
+    r = 2
+    expected = sum(rows * r + 2 + r * cols + 2 * (r * cols // 64)
+                   for t in tensors if t.lqer is not None for rows, cols in [t.codes.shape])
+    assert extra == expected and header["raw_bytes"] == result["raw_bytes"]
+    loaded = dict(pgolf.unpack(tmp_path / "a.pgolf")[0].named_parameters())
+    for t in tensors:
+        if t.lqer is None:
+            continue
+        w_hat = dequantize(torch.from_numpy(t.codes), torch.from_numpy(t.scales)) + lqer.correction(t.lqer, cfg.quant)
+        torch.testing.assert_close(loaded[t.layout.name].detach(), w_hat.reshape(t.layout.shape), rtol=0, atol=0)
+    pgolf.pack(model, cfg, tmp_path / "b.pgolf")
+    assert (tmp_path / "a.pgolf").read_bytes() == (tmp_path / "b.pgolf").read_bytes()
+
+
+@pytest.mark.parametrize("picks,match", [([0, 0], "distinct"), ([3, 1], "ascending"), ([1, 2, 3], "at most"),
+                                          ([10 ** 9], "not an integer-coded"), (["x"], "list of tensor positions"),
+                                          (None, "list of tensor positions")])
+def test_crafted_lqer_headers_are_refused_before_anything_is_read(tmp_path, picks, match):
+    model = lqer_model()
+    cfg = cfg_with(matrix_bits=4, embed_bits=4, lqer_rank=2, lqer_top_k=2)
+    tensors = quantize_model(model, cfg)
+    parts = serialize(tensors)
+    header = header_of(cfg, [])
+    header["lqer"] = picks
+    payload, used = encode_payload(parts, "zlib", False)
+    write_container(tmp_path / "c.pgolf", header, parts, payload, used, False)
+    with pytest.raises(ArtifactError, match="header") as info:
+        read_artifact(tmp_path / "c.pgolf")
+    assert match in str(info.value)
+
+
+def test_lqer_picks_need_lqer_on_and_an_integer_tensor(tmp_path):
+    model = small_model({})
+    cfg = cfg_with(matrix_bits=4)
+    parts = serialize(quantize_model(model, cfg))
+    header = {**header_of(cfg), "lqer": [10]}
+    payload, used = encode_payload(parts, "zlib", False)
+    write_container(tmp_path / "c.pgolf", header, parts, payload, used, False)
+    with pytest.raises(ArtifactError, match="quant.lqer_rank = 0"):
+        read_artifact(tmp_path / "c.pgolf")
+    on = cfg_with(matrix_bits=4, lqer_rank=2)
+    float_position = next(i for i, t in enumerate(artifact_layout(on)) if t.plan.encoding != "int")
+    header = {**header_of(on), "lqer": [float_position]}
+    write_container(tmp_path / "d.pgolf", header, parts, payload, used, False)
+    with pytest.raises(ArtifactError, match="not an integer-coded tensor"):
+        read_artifact(tmp_path / "d.pgolf")
