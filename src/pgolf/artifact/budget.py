@@ -49,19 +49,30 @@ FLOAT_BITS = {
 def float_bits(dtype: str, cfg: Config) -> float:
     """Expected compressed bits of one passthrough float under the config's compressor ('auto': the best)."""
     table = FLOAT_BITS.get(dtype, FLOAT_BITS["float32"])
-    methods = [m for m, _ in table if m != "none"] if cfg.quant.compressor == "auto" else [cfg.quant.compressor]
+    compressor = "brotli" if cfg.quant.compressor == "pergroup" else cfg.quant.compressor  # pergroup: brotli remainder
+    methods = [m for m, _ in table if m != "none"] if compressor == "auto" else [compressor]
     bits = [table.get((m, cfg.quant.byte_shuffle), table.get((m, False))) for m in methods]
     return min(b for b in bits if b is not None)
 
 
+LQER_CODE_BITS = {"lqer_a_codes": 2, "lqer_b_codes": 4}  # asym packing; the symmetric one counted the same way
+
+
 def estimate_payload_bytes(cfg: Config) -> int:
-    """Estimated compressed payload (codes, scales, stored floats) of `cfg`'s artifact."""
+    """Estimated compressed payload (codes, scales, stored floats, LQER factors) of `cfg`'s artifact; LQER is
+    counted on the first quant.lqer_top_k integer-coded tensors (the real picks depend on the weights)."""
     total = 0.0
+    lqer_left = cfg.quant.lqer_top_k if cfg.quant.lqer_rank else 0
     for t in artifact_layout(cfg):
         numel = math.prod(t.shape)
         if t.plan.encoding == "int":
-            rows = t.parts[-1].shape[0]
+            rows = t.parts[1].shape[0]
             total += numel * bits_per_code(t.plan.bits, t.qclass, cfg) / 8 + 2 * rows
+            if lqer_left:
+                lqer_left -= 1
+                r = min(cfg.quant.lqer_rank, rows, numel // rows)
+                total += (rows * r * LQER_CODE_BITS["lqer_a_codes"] + r * (numel // rows) * LQER_CODE_BITS["lqer_b_codes"]) / 8
+                total += 2 * (1 + r * (numel // rows) // cfg.quant.lqer_group)
         else:
             total += numel * float_bits("float32" if t.plan.encoding in ("float32", "raw") else "float16", cfg) / 8
     return int(total)

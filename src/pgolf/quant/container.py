@@ -45,7 +45,8 @@ from .compress import COMPRESSORS, CompressionError, byte_shuffle, byte_unshuffl
 MAGIC = b"PGOLF\x00v2"
 TRAILER = b"PGOLFEND"
 FORMAT_VERSION = 2
-COMPRESSOR_IDS = {name: i for i, name in enumerate(("none", *COMPRESSORS))}
+PERGROUP_COMPRESSORS = ("pergroup+lrzip", "pergroup+brotli")  # several streams; decoded by quant.pergroup
+COMPRESSOR_IDS = {name: i for i, name in enumerate(("none", *COMPRESSORS, *PERGROUP_COMPRESSORS))}
 HEADER_COMPRESSOR = "brotli"  # the smallest on ~3 KB of JSON (built-in text dictionary)
 _FIXED = struct.Struct("<BBII32s")  # compressor, flags, JSON length, compressed JSON length, payload sha256
 _PREAMBLE = len(MAGIC) + 4
@@ -73,6 +74,8 @@ class PartSpec:
     kind: str
     dtype: str
     shape: tuple[int, ...]
+    group: str = ""          # quant.compressor = pergroup: the code group this part is compressed in
+    row_order: bool = False  # pergroup: rows stored in L1 nearest-neighbour order (the order is stored too)
 
     @property
     def nbytes(self) -> int:
@@ -120,11 +123,15 @@ def write_container(path: str | Path, header: dict[str, Any], parts: list[bytes]
 
 
 LayoutFn = Callable[[dict[str, Any]], list[PartSpec]]
+PergroupFn = Callable[[bytes, str, list[PartSpec], bool], bytes]  # (payload, compressor, parts, shuffle) -> raw
 
 
-def read_container(path: str | Path, layout: LayoutFn) -> tuple[dict[str, Any], dict[tuple[str, str], np.ndarray]]:
+def read_container(path: str | Path, layout: LayoutFn,
+                   pergroup: PergroupFn | None = None) -> tuple[dict[str, Any], dict[tuple[str, str], np.ndarray]]:
     """(header JSON, {(tensor, kind): array}) after checking every region. `layout(header)` returns the parts
-    the header's config implies, or raises HeaderProblem; nothing is decompressed before it answers."""
+    the header's config implies, or raises HeaderProblem; nothing is decompressed before it answers.
+    `pergroup` decodes a multi-stream payload (quant.pergroup.decode, chosen by the caller from the config);
+    it may raise HeaderProblem when the header's config does not ask for that compressor."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: artifact not found")
@@ -178,11 +185,19 @@ def read_container(path: str | Path, layout: LayoutFn) -> tuple[dict[str, Any], 
         raise fail("checksum", "the whole-file checksum does not match although header and payload do; the stored checksum is damaged")
     raw_bytes = sum(spec.nbytes for spec in specs)
     try:
-        raw = decompress(payload, names[code], raw_bytes)
+        if names[code] in PERGROUP_COMPRESSORS:
+            if pergroup is None:
+                raise HeaderProblem(f"payload compressor {names[code]} needs a per-group decoder")
+            raw = pergroup(payload, names[code], specs, bool(flags & 1))  # the shuffle covers its remainder only
+        else:
+            raw = decompress(payload, names[code], raw_bytes)
+            raw = byte_unshuffle(raw) if flags & 1 else raw
+    except HeaderProblem as exc:
+        raise fail("header", str(exc)) from exc
     except CompressionError as exc:
+        if type(exc).__name__ == "LrzipMissing":  # not damage: a system tool is missing (quant.pergroup)
+            raise fail("payload codec", str(exc)) from exc
         raise fail("payload", f"does not decompress to the {raw_bytes:,} bytes the config implies ({exc})") from exc
-    if flags & 1:
-        raw = byte_unshuffle(raw)
     arrays, offset = {}, 0
     for spec, check in zip(specs, checks):
         data = raw[offset : offset + spec.nbytes]

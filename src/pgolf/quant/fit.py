@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..config import Config
 from .container import encode_payload
-from .layout import QuantizedTensor, serialize
+from .layout import QuantizedTensor, encode_tensors, serialize
 
 
 @dataclass
@@ -121,11 +121,16 @@ def fit_to_budget(tensors: list[QuantizedTensor], weights: dict[str, Tensor], pa
                                            max_payload_bytes=max_payload)
     cands = _Candidates(tensors, weights)
     sizes = {0: before}
+
+    def encode(trial: list[QuantizedTensor]) -> bytes:  # with the compressor the payload used ('auto' chose it)
+        if cfg.quant.compressor == "pergroup":
+            return encode_tensors(trial, cfg)[0]
+        return encode_payload(serialize(trial), compressor, cfg.quant.byte_shuffle)[0]
     best: dict[str, Any] = {}  # the smallest fitting count measured and its payload
 
     def size(n: int) -> int:
         if n not in sizes:
-            trial = encode_payload(serialize(cands.pruned(tensors, n)), compressor, cfg.quant.byte_shuffle)[0]
+            trial = encode(cands.pruned(tensors, n))
             sizes[n] = len(trial)
             if sizes[n] <= max_payload and n < best.get("n", cands.count + 1):
                 best.update(n=n, payload=trial)

@@ -8,6 +8,7 @@ container never stores a tensor table, and a crafted header cannot describe arra
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
@@ -20,7 +21,7 @@ from ..config.optional import require_module
 from ..model.gpt import GPT
 from ..model.layers import qclass_of
 from .bitpack import pack_codes, unpack_codes
-from .container import HeaderProblem, PartSpec
+from .container import HeaderProblem, PartSpec, encode_payload
 from .methods import quantize_rows
 from .quantize import Plan, as_rows, dequantize, plan_tensor
 
@@ -57,6 +58,9 @@ def artifact_layout(cfg: Config, lqer: Sequence[int] = ()) -> list[TensorLayout]
             rows, cols = as_rows(p).shape
             if cfg.quant.bit_pack and plan.bits < 8:
                 codes = PartSpec(name, "packed_codes", "uint8", (-(-rows * cols * plan.bits // 8),))
+            elif cfg.quant.compressor == "pergroup":
+                sort = any(key in name for key in cfg.quant.simsort_groups)
+                codes = PartSpec(name, "codes", "int8", (rows, cols), group_of(name), sort)
             else:
                 codes = PartSpec(name, "codes", "int8", (rows, cols))
             parts = (codes, PartSpec(name, "scales", "float16", (rows,)))
@@ -73,6 +77,23 @@ def artifact_layout(cfg: Config, lqer: Sequence[int] = ()) -> list[TensorLayout]
 
 def layout_parts(layout: list[TensorLayout]) -> list[PartSpec]:
     return [part for t in layout for part in t.parts]
+
+
+def group_of(name: str) -> str:
+    """pergroup code group of a tensor: its name with the block index replaced (blocks.*.mlp.fc.weight)."""
+    return re.sub(r"^blocks\.\d+\.", "blocks.*.", name)
+
+
+def encode_parts(parts: list[bytes], specs: list[PartSpec], cfg: Config) -> tuple[bytes, str]:
+    """(payload, compressor used) of the parts under quant.compressor (pergroup: per-group streams)."""
+    if cfg.quant.compressor == "pergroup":
+        return require_module("pgolf.quant.pergroup", cfg.quant).encode(parts, specs, cfg.quant.pergroup_codec,
+                                                                         cfg.quant.byte_shuffle)
+    return encode_payload(parts, cfg.quant.compressor, cfg.quant.byte_shuffle)
+
+
+def encode_tensors(tensors: list[QuantizedTensor], cfg: Config) -> tuple[bytes, str]:
+    return encode_parts(serialize(tensors), [p for t in tensors for p in t.layout.parts], cfg)
 
 
 def check_lqer_request(picks: Any, layout: list[TensorLayout], cfg: Config) -> list[int]:

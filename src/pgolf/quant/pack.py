@@ -25,10 +25,11 @@ from torch import Tensor, nn
 from .._version import __version__
 from ..config import Config, ConfigError, config_from_dict, config_to_dict
 from ..model.gpt import GPT, build_model
-from .container import FRAMING_BYTES, HeaderProblem, PartSpec, encode_payload, header_size, read_container, write_container
+from ..config.optional import require_module
+from .container import FRAMING_BYTES, HeaderProblem, PartSpec, header_size, read_container, write_container
 from .fit import fit_to_budget
 from .layout import (TensorLayout, artifact_layout, check_lqer_request, check_model_request, check_param_count,
-                     dequantized_state, layout_parts, lqer_picks, quantize_model, serialize)
+                     dequantized_state, encode_tensors, layout_parts, lqer_picks, quantize_model, serialize)
 
 
 @lru_cache(maxsize=1)
@@ -89,7 +90,7 @@ def write_artifact(model: nn.Module, cfg: Config, path: str | Path, hessians: di
     and, when the fit ran, its report under 'fit' (a FitReport)."""
     tensors = quantize_model(model, cfg, hessians)
     parts = serialize(tensors)
-    payload, used = encode_payload(parts, cfg.quant.compressor, cfg.quant.byte_shuffle)
+    payload, used = encode_tensors(tensors, cfg)
     header = header_of(cfg, lqer_picks(tensors))
     overhead = FRAMING_BYTES + header_size(header, len(parts))
     report = None
@@ -124,7 +125,14 @@ def read_artifact(path: str | Path) -> tuple[Config, list[TensorLayout], dict[st
         found.update(cfg=cfg, layout=layout)
         return layout_parts(layout)
 
-    header, arrays = read_container(path, layout_of)
+    def pergroup(payload: bytes, compressor: str, specs: list[PartSpec], shuffle: bool) -> bytes:
+        quant = found["cfg"].quant
+        if quant.compressor != "pergroup":
+            raise HeaderProblem(f"payload compressor {compressor} is not what the embedded config asks for "
+                                f"(quant.compressor = {quant.compressor!r})")
+        return require_module("pgolf.quant.pergroup", quant).decode(payload, compressor, specs, shuffle)
+
+    header, arrays = read_container(path, layout_of, pergroup)
     return found["cfg"], found["layout"], header, arrays
 
 
