@@ -6,7 +6,10 @@ Properties against hand-written expectations; every switch is off by default.
 from __future__ import annotations
 
 import math
+import os
+import struct
 
+import brotli
 import numpy as np
 import pytest
 import torch
@@ -15,8 +18,9 @@ import pgolf
 from pgolf.artifact.budget import bits_per_code
 from pgolf.config import ConfigError
 from pgolf.model.layers import qclass_of
-from pgolf.quant import lqer
-from pgolf.quant.container import ArtifactError, encode_payload, write_container
+from pgolf.quant import lqer, pergroup
+from pgolf.quant.compress import decompress
+from pgolf.quant.container import ArtifactError, PartSpec, encode_payload, write_container
 from pgolf.quant.layout import artifact_layout, layout_parts, quantize_model, serialize
 from pgolf.quant.pack import header_of, read_artifact
 from pgolf.quant.quantize import dequantize, plan_tensor
@@ -250,3 +254,143 @@ def test_lqer_picks_need_lqer_on_and_an_integer_tensor(tmp_path):
     write_container(tmp_path / "d.pgolf", header, parts, payload, used, False)
     with pytest.raises(ArtifactError, match="not an integer-coded tensor"):
         read_artifact(tmp_path / "d.pgolf")
+
+
+# ----------------------------------------------------------------------------- per-group lrzip (#1855)
+
+def needs_lrzip():
+    """lrzip is a system tool (.ci/run installs it): under CI its absence is a failure, elsewhere a skip."""
+    if not pergroup.lrzip_available():
+        if os.environ.get("CI"):
+            pytest.fail("lrzip is not installed (apt-get install lrzip); CI must test the real codec")
+        pytest.skip("lrzip is not installed (apt-get install lrzip)")
+
+
+def brute_force_l1_order(m: np.ndarray) -> list[int]:
+    order, unused = [0], set(range(1, m.shape[0]))
+    while unused:
+        cur = m[order[-1]].astype(int)
+        best = min(sorted(unused), key=lambda r: sum(abs(int(a) - int(b)) for a, b in zip(m[r], cur)))
+        order.append(best)
+        unused.remove(best)
+    return order
+
+
+def test_simsort_takes_the_nearest_unused_row_ties_to_the_lowest_index():
+    g = np.random.default_rng(0)
+    m = g.integers(-3, 4, size=(12, 8)).astype(np.int8)
+    m[7] = m[3]                                   # exact ties
+    m[9] = m[0]
+    assert pergroup.simsort_l1(m).tolist() == brute_force_l1_order(m)
+    assert pergroup.simsort_l1(np.zeros((5, 3), np.int8)).tolist() == [0, 1, 2, 3, 4]
+
+
+def pergroup_cfg(**quant):
+    return cfg_with(matrix_bits=6, embed_bits=6, compressor="pergroup", **quant)
+
+
+@pytest.mark.parametrize("codec", ["brotli", "lrzip"])
+def test_pergroup_round_trip_is_bit_exact(tmp_path, codec):
+    if codec == "lrzip":
+        needs_lrzip()
+    model = small_model({})
+    cfg = pergroup_cfg(pergroup_codec=codec, byte_shuffle=True, lqer_rank=2)
+    tensors = quantize_model(model, cfg)
+    layout = artifact_layout(cfg, [i for i, t in enumerate(tensors) if t.lqer is not None])
+    sorted_parts = [p.tensor for p in layout_parts(layout) if p.row_order]
+    assert {"tok_emb", "blocks.0.attn.c_q.weight", "blocks.3.mlp.fc.weight"} <= set(sorted_parts)
+    assert not any("c_k" in name or "proj" in name for name in sorted_parts)
+    result = pgolf.pack(model, cfg, tmp_path / "p.pgolf")
+    assert result["compressor"] == f"pergroup+{codec}"
+    assert result["model_bytes"] == (tmp_path / "p.pgolf").stat().st_size
+    _, layout, header, arrays = read_artifact(tmp_path / "p.pgolf")
+    assert header["compressor"] == f"pergroup+{codec}"
+    raw = b"".join(arrays[(p.tensor, p.kind)].tobytes() for p in layout_parts(layout))
+    assert raw == b"".join(serialize(tensors))                 # codes, scales, floats, LQER: every byte
+    loaded = dict(pgolf.unpack(tmp_path / "p.pgolf")[0].named_parameters())
+    pgolf.pack(model, cfg_with(matrix_bits=6, embed_bits=6, byte_shuffle=True, lqer_rank=2), tmp_path / "z.pgolf")
+    for name, p in pgolf.unpack(tmp_path / "z.pgolf")[0].named_parameters():
+        torch.testing.assert_close(loaded[name], p, rtol=0, atol=0, msg=name)
+    pgolf.pack(model, cfg, tmp_path / "q.pgolf")
+    assert (tmp_path / "p.pgolf").read_bytes() == (tmp_path / "q.pgolf").read_bytes()
+
+
+def test_stored_rows_follow_the_order_and_decode_inverts_it():
+    codes = np.random.default_rng(1).integers(-8, 8, size=(10, 6)).astype(np.int8)
+    spec = PartSpec("t", "codes", "int8", (10, 6), "g", True)
+    payload, used = pergroup.encode([codes.tobytes()], [spec], "brotli", False)
+    streams = pergroup._streams(payload, 3)
+    order = np.frombuffer(decompress(streams[2], "brotli", 20), dtype="<u2")
+    group = np.frombuffer(decompress(streams[0], "brotli", 60), dtype=np.int8).reshape(6, 10)
+    np.testing.assert_array_equal(group, codes[order].T)       # sorted rows, column after column
+    assert order.tolist() == pergroup.simsort_l1(codes).tolist()
+    assert pergroup.decode(payload, used, [spec], False) == codes.tobytes()
+
+
+def test_missing_lrzip_is_named_and_auto_falls_back_to_brotli(tmp_path, monkeypatch):
+    model = small_model({})
+    monkeypatch.setenv("PATH", str(tmp_path))                  # no lrzip on PATH
+    with pytest.raises(pergroup.LrzipMissing, match=r"lrzip.*apt-get install lrzip.*pergroup_codec = 'auto'"):
+        pgolf.pack(model, pergroup_cfg(), tmp_path / "x.pgolf")
+    result = pgolf.pack(model, pergroup_cfg(pergroup_codec="auto"), tmp_path / "a.pgolf")
+    assert result["compressor"] == "pergroup+brotli"
+    assert read_artifact(tmp_path / "a.pgolf")[2]["compressor"] == "pergroup+brotli"
+
+
+def test_reading_an_lrzip_artifact_without_lrzip_says_what_is_missing(tmp_path, monkeypatch):
+    needs_lrzip()
+    pgolf.pack(small_model({}), pergroup_cfg(), tmp_path / "l.pgolf")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ArtifactError, match=r"payload codec.*lrzip.*apt-get install lrzip"):
+        read_artifact(tmp_path / "l.pgolf")
+
+
+def crafted_pergroup(tmp_path, cfg, mutate):
+    """An artifact whose pergroup payload has been altered by `mutate(streams)`, with valid checksums."""
+    model = small_model({})
+    tensors = quantize_model(model, cfg)
+    specs = [p for t in tensors for p in t.layout.parts]
+    payload, used = pergroup.encode(serialize(tensors), specs, "brotli", False)
+    streams = pergroup._streams(payload, len({p.group for p in specs if p.group}) + 2)
+    streams = mutate(streams)
+    crafted = struct.pack(f"<I{len(streams)}Q", len(streams), *map(len, streams)) + b"".join(streams)
+    write_container(tmp_path / "c.pgolf", header_of(cfg), serialize(tensors), crafted, used, False)
+    return tmp_path / "c.pgolf"
+
+
+def test_a_row_order_that_is_not_a_permutation_is_refused(tmp_path):
+    cfg = pergroup_cfg(pergroup_codec="brotli")
+    rows = sum(p.shape[0] for t in artifact_layout(cfg) for p in t.parts if p.row_order)
+    path = crafted_pergroup(tmp_path, cfg, lambda s: [*s[:-1], brotli.compress(bytes(2 * rows))])
+    with pytest.raises(ArtifactError, match="payload.*not a permutation"):
+        read_artifact(path)
+
+
+def test_group_streams_that_expand_past_the_layout_are_stopped(tmp_path):
+    cfg = pergroup_cfg(pergroup_codec="brotli")
+    path = crafted_pergroup(tmp_path, cfg, lambda s: [brotli.compress(bytes(50_000_000)), *s[1:]])
+    with pytest.raises(ArtifactError, match="payload.*expands past"):
+        read_artifact(path)
+    path = crafted_pergroup(tmp_path, cfg, lambda s: s[:-1])
+    with pytest.raises(ArtifactError, match="payload.*stream lengths"):
+        read_artifact(path)
+
+
+def test_an_lrzip_stream_announcing_another_size_is_refused_before_lrzip_runs(monkeypatch):
+    header = b"LRZI\x00\x06" + struct.pack("<Q", 10 ** 12) + bytes(40)
+    monkeypatch.setattr(pergroup.subprocess, "Popen", None)     # lrzip must not even start
+    with pytest.raises(pergroup.CompressionError, match="announces 1,000,000,000,000 bytes, expected 4,096"):
+        pergroup.lrzip_decompress(header, 4096)
+    with pytest.raises(pergroup.CompressionError, match="bad magic"):
+        pergroup.lrzip_decompress(b"NOPE" + bytes(20), 4096)
+
+
+def test_a_pergroup_payload_under_a_config_that_does_not_ask_for_it_is_refused(tmp_path):
+    model = small_model({})
+    cfg = cfg_with(matrix_bits=6)                                # quant.compressor = zlib
+    tensors = quantize_model(model, cfg)
+    specs = [p for t in tensors for p in t.layout.parts]
+    payload, used = pergroup.encode(serialize(tensors), specs, "brotli", False)
+    write_container(tmp_path / "m.pgolf", header_of(cfg), serialize(tensors), payload, used, False)
+    with pytest.raises(ArtifactError, match=r"header.*pergroup\+brotli.*quant.compressor = 'zlib'"):
+        read_artifact(tmp_path / "m.pgolf")
