@@ -642,7 +642,7 @@ CONFIG_FAULTS = [  # (--set overrides, pattern the error must contain: the key a
     (["model.tie_embeddings=1"], r"'model.tie_embeddings' must be true or false"),
     (["optim.matrix_lr=fast"], r"'optim.matrix_lr' must be a number"),
     (["model.layer_schedule=3"], r"'model.layer_schedule' must be a list"),
-    (["quant.compressor=gzip"], r"'quant.compressor' must be one of zlib, lzma, zstd, brotli, auto, none; got 'gzip'"),
+    (["quant.compressor=gzip"], r"'quant.compressor' must be one of zlib, lzma, zstd, brotli, auto, none, pergroup; got 'gzip'"),
     (["model.num_heads=7"], r"'model.num_heads' \(7\) must divide 'model.model_dim' \(512\)"),
     (["model.num_kv_heads=3"], r"'model.num_kv_heads' \(3\) must divide 'model.num_heads' \(8\)"),
     (["model.layer_schedule=[0,1,2,3,4,5,6,7,8,9]"], r"'model.layer_schedule' names block 9, but model.num_layers = 9"),

@@ -69,23 +69,28 @@ def test_negative_class_k_is_refused_by_name():
 
 # ----------------------------------------------------------------------------- QuantGate (#1736)
 
-def gate_model_cfg(**quant):
-    # the passthrough limit is far above the gate's size: the gate rule must come first
-    cfg = pgolf.load_recipe("baseline", overrides={**SMALL, "model.attn_gate": True,
+GATES = {"gate_w": "model.attn_gate", "sparse_gate_w": "model.sparse_attn_gate"}  # dense, and #1787's sparse gate
+
+
+def gate_model_cfg(gate: str = "sparse_gate_w", **quant):
+    # the passthrough limit is far above the gates' size: the gate rule must come first
+    on = {GATES[gate]: True}
+    cfg = pgolf.load_recipe("baseline", overrides={**SMALL, **on,
                                                    **{f"quant.{k}": v for k, v in {"passthrough_max_numel": 65536, **quant}.items()}})
-    model = small_model({"model.attn_gate": True})
+    model = small_model(on)
     with torch.no_grad():
         g = torch.Generator().manual_seed(3)
         for name, p in model.named_parameters():
-            if name.endswith("attn.gate_w"):
+            if qclass_of(p) == "gate":
                 p.copy_(0.3 * torch.randn(p.shape, generator=g))
     return model, cfg
 
 
-def test_quantgate_stores_gates_int8_per_row_and_round_trips_within_half_a_step(tmp_path):
-    model, cfg = gate_model_cfg(gate_bits=8, method="gptq")
+@pytest.mark.parametrize("gate", sorted(GATES))
+def test_quantgate_stores_gates_int8_per_row_and_round_trips_within_half_a_step(tmp_path, gate):
+    model, cfg = gate_model_cfg(gate, gate_bits=8, method="gptq")
     gates = [n for n, p in model.named_parameters() if qclass_of(p) == "gate"]
-    assert gates and all(n.endswith("attn.gate_w") for n in gates)
+    assert gates and {n.rsplit(".", 1)[-1] for n in gates} == {gate}
     layout = {t.name: t for t in artifact_layout(cfg)}
     for name in gates:
         t = layout[name]
