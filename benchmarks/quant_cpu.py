@@ -22,9 +22,11 @@ import argparse
 import copy
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,8 @@ from pgolf.data.tokenizer import byte_tables, load_tokenizer
 from pgolf.quant.compress import byte_shuffle, compress
 from pgolf.quant.container import encode_payload, write_container
 from pgolf.quant.gptq import collect_hessians
-from pgolf.quant.layout import QuantizedTensor, artifact_layout, quantize_model, serialize
+from pgolf.quant.layout import QuantizedTensor, artifact_layout, encode_tensors, lqer_picks, quantize_model, serialize
+from pgolf.quant.pergroup import split_streams
 from pgolf.quant.methods import code_entropy_bits
 from pgolf.quant.pack import header_of
 from pgolf.training.runs import save_config, write_json
@@ -50,6 +53,8 @@ SHARED = REPO.parent / "shared" / "data"
 DATA = SHARED / "datasets" / "fineweb10B_sp1024_sample"
 TOKENIZER = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
 
+_PR1855 = {"quant.matrix_bits": 6, "quant.method": "gptq", "quant.embed_method": "gptq", "quant.embed_bits": 7,
+           "quant.sdclip_k_attn": 13.0, "quant.sdclip_k_mlp": 11.5, "quant.sdclip_k_embed": 14.0}
 # name -> quant overrides (on top of the baseline's int8 percentile policy; embeddings stay int8 unless said)
 POLICIES: dict[str, dict[str, Any]] = {
     "int8 percentile (baseline)": {},
@@ -68,17 +73,26 @@ POLICIES: dict[str, dict[str, Any]] = {
     "int5 gptq k12.85": {"quant.matrix_bits": 5, "quant.method": "gptq"},
     "int4 clip_search": {"quant.matrix_bits": 4, "quant.method": "clip_search"},
     "int4 gptq k12.85": {"quant.matrix_bits": 4, "quant.method": "gptq"},
+    # #1855's switches (issue 22): per-class k (#1586), int7 embedding, LQER (#1797)
+    "int6 sdclip per-class k (attn 13 / mlp 11.5, #1586)": {"quant.matrix_bits": 6, "quant.method": "sdclip",
+                                                            "quant.sdclip_k_attn": 13.0, "quant.sdclip_k_mlp": 11.5},
+    "int6 gptq per-class k + emb int7 gptq k14 (#1855)": _PR1855,
+    "int6 gptq per-class k + emb int7 gptq k14 + LQER r4 top3 (#1797)": {**_PR1855, "quant.lqer_rank": 4},
+    "int4 gptq k12.85 + LQER r4 top3": {"quant.matrix_bits": 4, "quant.method": "gptq", "quant.lqer_rank": 4},
 }
 COMPRESSORS = ("zlib", "lzma", "zstd", "brotli")
+# quant.compressor = pergroup (#1855): (name, codec, simsort_groups or None for the default three)
+PERGROUP = (("pergroup+brotli", "brotli", None), ("pergroup+lrzip", "lrzip", None),
+            ("pergroup+lrzip unsorted", "lrzip", []))
 
 
-def train_or_reuse(run_dir: Path) -> dict[str, Any]:
+def train_or_reuse(run_dir: Path, steps: int = 300) -> dict[str, Any]:
     """Train the reference model into run_dir unless its model.safetensors is already there."""
     if (run_dir / "model.safetensors").is_file():
         print(f"reusing {run_dir}", flush=True)
     else:
         overrides = {"data.path": str(DATA), "data.tokenizer": str(TOKENIZER), "quant.passthrough_max_numel": 4096,
-                     "train.steps": 300, "data.val_tokens_limit": 0}
+                     "train.steps": steps, "data.val_tokens_limit": 0}
         cfg = pgolf.load_recipe("baseline", scale="tiny", overrides=overrides)
         if run_dir.exists() and any(run_dir.iterdir()):
             raise SystemExit(f"{run_dir} exists without model.safetensors; remove it or pick another --run-dir")
@@ -101,8 +115,8 @@ def eval_bpb(model: torch.nn.Module, cfg: pgolf.Config, tokens: np.ndarray, tabl
 
 
 def with_layout(tensors: list[QuantizedTensor], cfg) -> list[QuantizedTensor]:
-    """The same codes and values stored under another config's layout (e.g. with quant.bit_pack on)."""
-    return [QuantizedTensor(layout, t.codes, t.scales, t.values) for t, layout in zip(tensors, artifact_layout(cfg))]
+    """The same codes, values (and LQER factors) stored under another config's layout (bit_pack, pergroup)."""
+    return [replace(t, layout=layout) for t, layout in zip(tensors, artifact_layout(cfg, lqer_picks(tensors)))]
 
 
 def code_stream_bytes(tensors: list[QuantizedTensor], compressor: str, shuffle: bool) -> int:
@@ -113,14 +127,18 @@ def code_stream_bytes(tensors: list[QuantizedTensor], compressor: str, shuffle: 
 
 
 def write(path: Path, tensors: list[QuantizedTensor], cfg, compressor: str, shuffle: bool) -> dict[str, Any]:
-    """The artifact exactly as pgolf.pack writes it, for these already quantized tensors."""
+    """The artifact exactly as pgolf.pack writes it, for these already quantized tensors (with 'payload')."""
     parts = serialize(tensors)
-    payload, used = encode_payload(parts, compressor, shuffle)
-    return write_container(path, header_of(cfg), parts, payload, used, shuffle)
+    if cfg.quant.compressor == "pergroup":
+        payload, used = encode_tensors(tensors, cfg)
+    else:
+        payload, used = encode_payload(parts, compressor, shuffle)
+    return {**write_container(path, header_of(cfg, lqer_picks(tensors)), parts, payload, used, shuffle),
+            "payload": payload}
 
 
 def measure_policy(name: str, overrides: dict[str, Any], model, tokens, tables, prequant: float,
-                   calib_batches: int, workdir: Path) -> dict[str, Any]:
+                   calib_batches: int, workdir: Path, pergroup_codecs: bool = False) -> dict[str, Any]:
     """Quantize once under the policy; score its artifact; then every container x compressor."""
     cfg = finalize(apply_overrides(pgolf.load_config(workdir / "config.toml"), overrides))
     gptq = "gptq" in (cfg.quant.method, cfg.quant.embed_method)
@@ -151,6 +169,8 @@ def measure_policy(name: str, overrides: dict[str, Any], model, tokens, tables, 
         "entropy_bits_per_code": entropy_per_tensor, "entropy_pooled_bits_per_code": entropy_pooled,
         "val_bpb_roundtrip": roundtrip, "delta_bpb": roundtrip - prequant,
         "hessian_seconds": hessian_s, "quantize_seconds": quantize_s, "containers": [],
+        "lqer_tensors": len(lqer_picks(tensors)),
+        "lqer_raw_bytes": sum(a.nbytes for t in tensors if t.lqer is not None for a in t.lqer.values()),
     }
     containers = [("int8", tensors, cfg, False, quantize_s)]
     if min_bits < 8:
@@ -173,6 +193,33 @@ def measure_policy(name: str, overrides: dict[str, Any], model, tokens, tables, 
             })
             print(f"  {name:<36} {container:<13} {compressor:<7} {written['model_bytes']:>9,} B  "
                   f"codes {8 * codes_bytes / n_codes:.3f} b/code (H {entropy_per_tensor:.3f})  {pack_s:.1f} s", flush=True)
+    if pergroup_codecs:
+        for label, codec, groups in PERGROUP:
+            if codec == "lrzip" and shutil.which("lrzip") is None:
+                print(f"  {label}: skipped, lrzip is not installed (apt-get install lrzip)", flush=True)
+                continue
+            over = {"quant.compressor": "pergroup", "quant.pergroup_codec": codec}
+            if groups is not None:
+                over["quant.simsort_groups"] = groups
+            group_cfg = finalize(apply_overrides(copy.deepcopy(cfg), over))
+            stored = with_layout(tensors, group_cfg)
+            start = time.perf_counter()
+            written = write(workdir / "c.pgolf", stored, group_cfg, "pergroup", False)
+            pack_s = hessian_s + quantize_s + time.perf_counter() - start
+            n_groups = len({p.group for t in stored for p in t.layout.parts if p.group})
+            streams = [len(x) for x in split_streams(written["payload"], n_groups + 2)]
+            check = pgolf.unpack(workdir / "c.pgolf")[0].state_dict()   # the round trip is exact
+            assert all(torch.equal(check[k], v) for k, v in loaded.state_dict().items()), label
+            codes_bytes = sum(streams[:-2])
+            row["containers"].append({
+                "container": "int8 groups", "compressor": label, "model_bytes": written["model_bytes"],
+                "bits_per_param": 8 * written["model_bytes"] / n_params, "pack_seconds": pack_s,
+                "codes_compressed_bytes": codes_bytes, "codes_bits_per_code": 8 * codes_bytes / n_codes,
+                "codes_vs_entropy": (8 * codes_bytes / n_codes) / entropy_per_tensor,
+                "row_order_bytes": streams[-1], "remainder_bytes": streams[-2],
+            })
+            print(f"  {name:<36} {'int8 groups':<13} {label:<7} {written['model_bytes']:>9,} B  "
+                  f"codes {8 * codes_bytes / n_codes:.3f} b/code, row orders {streams[-1]:,} B  {pack_s:.1f} s", flush=True)
     return row
 
 
@@ -200,6 +247,9 @@ def main() -> int:
                         help="validation tokens for the per-policy deltas (0 = the whole split)")
     parser.add_argument("--calib-batches", type=int, default=16, help="GPTQ calibration batches (4,096 tokens each)")
     parser.add_argument("--policies", nargs="*", help="only these policy names (default: all)")
+    parser.add_argument("--train-steps", type=int, default=300, help="training steps of the reference model")
+    parser.add_argument("--pergroup", action="store_true",
+                        help="also quant.compressor = pergroup (brotli, lrzip, lrzip without row sorting; slow)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "quant_cpu.json"))
     args = parser.parse_args()
     if not DATA.is_dir() or not TOKENIZER.is_file():
@@ -207,7 +257,7 @@ def main() -> int:
         return 2
     torch.manual_seed(0)
     run_dir = Path(args.run_dir)
-    train_result = train_or_reuse(run_dir)
+    train_result = train_or_reuse(run_dir, args.train_steps)
     model, cfg = load_run(run_dir)
     cfg.data.path, cfg.data.tokenizer = str(DATA), str(TOKENIZER)  # the same data, wherever the run was started
     cfg.quant.passthrough_max_numel = 4096  # a reused run may have kept more tensors in fp16: quantize every matrix
@@ -221,11 +271,12 @@ def main() -> int:
         for name, overrides in POLICIES.items():
             if args.policies and name not in args.policies:
                 continue
-            rows.append(measure_policy(name, overrides, model, tokens, tables, prequant, args.calib_batches, workdir))
+            rows.append(measure_policy(name, overrides, model, tokens, tables, prequant, args.calib_batches, workdir,
+                                       args.pergroup))
     report = {
         "benchmark": "quant_cpu",
         "command": "python benchmarks/quant_cpu.py " + " ".join(sys.argv[1:]),
-        "model": "baseline --scale tiny (4 x 256, 300 steps, FineWeb sp1024 sample), quant.passthrough_max_numel=4096",
+        "model": f"baseline --scale tiny (4 x 256, {args.train_steps} steps, FineWeb sp1024 sample), quant.passthrough_max_numel=4096",
         "params": sum(p.numel() for p in model.parameters()),
         "train_result": {k: train_result.get(k) for k in ("val_bpb", "val_bpb_prequant", "model_bytes", "artifact_bytes",
                                                           "steps", "train_seconds", "val_targets")},

@@ -294,11 +294,13 @@ def run_script_in_process(script: Path, environ: dict[str, str]) -> tuple[int, s
 
 SWITCH_VALUES = {  # a valid value for each non-choice key a registry entry reads (choices are all tried)
     "eval.sliding_stride": 32, "eval.max_seconds": 600.0, "eval.doc_boundaries": True, "train.check_fast_paths": True,
+    "quant.lqer_rank": 2,
 }
 COMPANIONS = {  # settings a switch value needs to be a valid config at micro size
     ("eval.ttt", "pre"): {"eval.ttt_epochs": 1}, ("eval.ttt", "chunk"): {"eval.ttt_epochs": 1, "eval.ttt_chunk_tokens": 512},
     ("eval.ttt", "lora"): {"eval.ttt_lora_rank": 4, "eval.ttt_batch_docs": 4},
     ("quant.qat", "late"): {"quant.qat_start_lr": 0.9},
+    ("quant.lqer_rank", 2): {"quant.passthrough_max_numel": 256},  # some integer tensors to correct
 }
 
 

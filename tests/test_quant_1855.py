@@ -324,7 +324,7 @@ def test_stored_rows_follow_the_order_and_decode_inverts_it():
     codes = np.random.default_rng(1).integers(-8, 8, size=(10, 6)).astype(np.int8)
     spec = PartSpec("t", "codes", "int8", (10, 6), "g", True)
     payload, used = pergroup.encode([codes.tobytes()], [spec], "brotli", False)
-    streams = pergroup._streams(payload, 3)
+    streams = pergroup.split_streams(payload, 3)
     order = np.frombuffer(decompress(streams[2], "brotli", 20), dtype="<u2")
     group = np.frombuffer(decompress(streams[0], "brotli", 60), dtype=np.int8).reshape(6, 10)
     np.testing.assert_array_equal(group, codes[order].T)       # sorted rows, column after column
@@ -356,7 +356,7 @@ def crafted_pergroup(tmp_path, cfg, mutate):
     tensors = quantize_model(model, cfg)
     specs = [p for t in tensors for p in t.layout.parts]
     payload, used = pergroup.encode(serialize(tensors), specs, "brotli", False)
-    streams = pergroup._streams(payload, len({p.group for p in specs if p.group}) + 2)
+    streams = pergroup.split_streams(payload, len({p.group for p in specs if p.group}) + 2)
     streams = mutate(streams)
     crafted = struct.pack(f"<I{len(streams)}Q", len(streams), *map(len, streams)) + b"".join(streams)
     write_container(tmp_path / "c.pgolf", header_of(cfg), serialize(tensors), crafted, used, False)

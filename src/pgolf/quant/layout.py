@@ -201,7 +201,7 @@ def quantize_model(model: nn.Module, cfg: Config, hessians: dict[str, Tensor] | 
             out.append(QuantizedTensor(t, values=w.numpy()))
         else:
             out.append(QuantizedTensor(t, values=w.to(getattr(torch, t.plan.encoding)).numpy()))
-    if errors:
+    if cfg.quant.lqer_rank:
         corrections = require_module("pgolf.quant.lqer", cfg.quant).corrections_for(errors, cfg.quant)
         corrected = artifact_layout(cfg, sorted(corrections))
         out = [replace(q, layout=corrected[i], lqer=corrections.get(i)) for i, q in enumerate(out)]

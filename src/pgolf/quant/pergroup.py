@@ -134,7 +134,7 @@ def _plan(specs: list[PartSpec]) -> tuple[list[str], dict[str, list[int]], list[
     return list(groups), groups, remainder, ordered
 
 
-def _streams(blob: bytes, count: int) -> list[bytes]:
+def split_streams(blob: bytes, count: int) -> list[bytes]:
     head = 4 + 8 * count
     if len(blob) < head or struct.unpack_from("<I", blob)[0] != count:
         raise CompressionError(f"pergroup payload does not start with the {count} stream lengths the layout implies")
@@ -173,7 +173,7 @@ def decode(payload: bytes, compressor: str, specs: list[PartSpec], shuffle: bool
     """The raw concatenation of every part in layout order (what `encode` was given), exactly."""
     codec = compressor.removeprefix("pergroup+")
     names, groups, remainder, ordered = _plan(specs)
-    streams = _streams(payload, len(names) + 2)
+    streams = split_streams(payload, len(names) + 2)
     parts: list[bytes | None] = [None] * len(specs)
     perm_sizes = [specs[i].shape[0] * order_dtype(specs[i].shape[0]).itemsize for i in ordered]
     perm_raw = decompress(streams[-1], "brotli", sum(perm_sizes))
