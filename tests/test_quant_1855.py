@@ -23,6 +23,7 @@ from pgolf.quant.compress import decompress
 from pgolf.quant.container import ArtifactError, PartSpec, encode_payload, write_container
 from pgolf.quant.layout import artifact_layout, layout_parts, quantize_model, serialize
 from pgolf.quant.pack import header_of, read_artifact
+from pgolf.quant.methods import quantize_rows
 from pgolf.quant.quantize import dequantize, plan_tensor
 
 from test_model import SMALL, small_model
@@ -399,3 +400,51 @@ def test_a_pergroup_payload_under_a_config_that_does_not_ask_for_it_is_refused(t
     write_container(tmp_path / "m.pgolf", header_of(cfg), serialize(tensors), payload, used, False)
     with pytest.raises(ArtifactError, match=r"header.*pergroup\+brotli.*quant.compressor = 'zlib'"):
         read_artifact(tmp_path / "m.pgolf")
+
+
+# ----------------------------------------------------------------------------- Hessian-aware SDClip (#1412)
+
+def constructed_w_and_h():
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(6, 16, generator=g) * torch.linspace(0.5, 2.0, 6)[:, None]
+    x = torch.randn(64, 16, generator=g) * torch.linspace(0.1, 3.0, 16)
+    h = x.T @ x
+    h[3, :] = 0.0
+    h[:, 3] = 0.0                                                  # a dead input
+    return w, h
+
+
+def test_hessian_clip_at_lambda_zero_is_sdclip():
+    w, h = constructed_w_and_h()
+    cfg = cfg_with(method="gptq", matrix_bits=6, hessian_clip_lambda=0.0).quant
+    from pgolf.quant.methods import hessian_clip_scales, sdclip_scales
+    assert torch.equal(hessian_clip_scales(w, 6, 12.85, h, 0.0, 0.01), sdclip_scales(w, 6, 12.85))
+    codes, scales = quantize_rows(w, 6, cfg, "mlp", h)
+    assert torch.equal(scales, sdclip_scales(w, 6, 12.85))
+
+
+def test_hessian_clip_scales_follow_the_row_importance():
+    from pgolf.quant.methods import hessian_row_importance
+    w, h = constructed_w_and_h()
+    lam, k = 0.175, 12.85
+    d = [float(h[j, j]) if float(h[j, j]) != 0 else 1.0 for j in range(16)]
+    mean_d = sum(d) / 16
+    d = [max(v + 0.01 * mean_d, 1e-8) for v in d]                 # damped diagonal, original column order
+    c = [v / (sum(d) / 16) for v in d]
+    r = [sum(abs(float(w[i, j])) * c[j] for j in range(16)) / 16 for i in range(6)]
+    r = [v / (sum(r) / 6) for v in r]
+    got = hessian_row_importance(w, h, 0.01)
+    np.testing.assert_allclose(got.numpy(), r, rtol=1e-9)
+    factors = [1 + lam * (v - 1) for v in r]
+    assert sum(factors) / 6 == pytest.approx(1.0, abs=1e-12)       # the adjustment keeps the mean scale
+    cfg = cfg_with(method="gptq", matrix_bits=6, hessian_clip_lambda=lam, sdclip_k=k).quant
+    _, scales = quantize_rows(w, 6, cfg, "mlp", h)
+    std = w.std(dim=1)
+    for i in range(6):
+        assert float(scales[i]) == pytest.approx(k * float(std[i]) * factors[i] / 31, rel=1e-3)   # fp16 rounding
+    assert not torch.equal(scales, quantize_rows(w, 6, cfg_with(method="gptq", matrix_bits=6).quant, "mlp", h)[1])
+
+
+def test_hessian_clip_lambda_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="quant.hessian_clip_lambda"):
+        cfg_with(hessian_clip_lambda=1.5)

@@ -187,6 +187,7 @@ class QuantConfig:
     sdclip_k_embed: float = _f(20.0, "SDClip k for embedding tables")
     sdclip_k_attn: float = _f(0.0, "SDClip k for attention matrices (0 = sdclip_k; #1586/#1855: 13.0)")
     sdclip_k_mlp: float = _f(0.0, "SDClip k for MLP matrices (0 = sdclip_k; #1586/#1855: 11.5)")
+    hessian_clip_lambda: float = _f(0.0, "Hessian-aware SDClip (#1412, GPTQ only): row scale x (1 + lambda (r_i - 1)), r_i the row's Hessian-weighted |W| (mean 1); 0 = plain SDClip")
     gate_bits: int = _f(0, "QuantGate (#1736): bits of attention-gate weights (class 'gate'), per-row max scale; 0 = stored as control_dtype")
     lqer_rank: int = _f(0, "LQER (#1797): rank of the low-rank correction of the quantization error (0 = off)")
     lqer_top_k: int = _f(3, "LQER: corrected tensors, those with the largest ||W - W_hat||_F")

@@ -129,6 +129,8 @@ def _validate_quant_numbers(q: QuantConfig) -> None:
     for key in ("sdclip_k_attn", "sdclip_k_mlp"):
         if getattr(q, key) < 0:
             raise ConfigError(f"'quant.{key}' must be >= 0 (0 = quant.sdclip_k), got {getattr(q, key)}")
+    if not 0.0 <= q.hessian_clip_lambda <= 1.0:
+        raise ConfigError(f"'quant.hessian_clip_lambda' must be in [0, 1], got {q.hessian_clip_lambda}")
     if q.gate_bits and not 2 <= q.gate_bits <= 8:
         raise ConfigError(f"'quant.gate_bits' must be 0 or in 2..8, got {q.gate_bits}")
     if q.lqer_rank < 0 or q.lqer_top_k < 1 or q.lqer_group < 1:

@@ -28,6 +28,23 @@ def sdclip_scales(w: Tensor, bits: int, k: float) -> Tensor:
     return scales_from_clip(k * std, bits, floor=False)
 
 
+def hessian_row_importance(w: Tensor, hessian: Tensor, damp: float) -> Tensor:
+    """#1412's r_i (mean 1): d = max(diag(H) + damp * mean(diag H), 1e-8) with dead inputs (H_jj = 0) set to 1,
+    c_j = d_j / mean(d), r_i = mean_j |W_ij| c_j, then r / mean(r)."""
+    d = hessian.diagonal().double().clone()
+    d[d == 0] = 1.0
+    d = (d + damp * d.mean()).clamp_min(1e-8)
+    r = (w.double().abs() * (d / d.mean())[None, :]).mean(dim=1)
+    return (r / r.mean()).to(w.device)
+
+
+def hessian_clip_scales(w: Tensor, bits: int, k: float, hessian: Tensor, lam: float, damp: float) -> Tensor:
+    """Hessian-aware SDClip (#1412): s_i = fp16(k * std(W_i) * (1 + lam (r_i - 1)) / clip_max)."""
+    std = torch.nan_to_num(w.float().std(dim=1), nan=0.0)
+    factor = 1.0 + lam * (hessian_row_importance(w, hessian.to(w.device), damp) - 1.0)
+    return scales_from_clip((k * std.double() * factor).float(), bits, floor=False)
+
+
 def clip_search(w: Tensor, bits: int, percentiles: list[float], floor: bool,
                 per_row: bool = False) -> tuple[Tensor, Tensor]:
     """GPTQ-lite: the candidate clip percentile with the lowest squared error (per tensor, or per row)."""
@@ -66,7 +83,10 @@ def quantize_rows(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
     if method == "gptq":
         if hessian is None:  # GPTQ with H = I is round-to-nearest on the same grid
             return round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
-        scales = sdclip_scales(w, bits, sdclip_k_for(qclass, cfg))
+        if cfg.hessian_clip_lambda:
+            scales = hessian_clip_scales(w, bits, sdclip_k_for(qclass, cfg), hessian, cfg.hessian_clip_lambda, cfg.gptq_damp)
+        else:
+            scales = sdclip_scales(w, bits, sdclip_k_for(qclass, cfg))
         device = hessian.device  # the sweep runs where the Hessian was collected (the GPU after GPU training)
         gptq = require_module("pgolf.quant.gptq", cfg)
         codes = gptq.gptq_quantize(w.to(device), hessian, scales.to(device), bits, cfg.gptq_damp, cfg.gptq_block)
