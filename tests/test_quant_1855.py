@@ -448,3 +448,22 @@ def test_hessian_clip_scales_follow_the_row_importance():
 def test_hessian_clip_lambda_out_of_range_is_refused():
     with pytest.raises(ConfigError, match="quant.hessian_clip_lambda"):
         cfg_with(hessian_clip_lambda=1.5)
+
+
+def test_pgolf_pack_with_pergroup_and_lqer_prints_where_the_bytes_go(tmp_path, capsys):
+    from pgolf.artifact import sizes as sizes_module
+    from pgolf.cli import main
+    from pgolf.quant.breakdown import artifact_breakdown
+
+    from conftest import write_run_folder
+
+    folder = write_run_folder(tmp_path / "run", cfg_with(), lqer_model())
+    out = tmp_path / "g.pgolf"
+    code = main(["pack", str(folder), "--set", "quant.matrix_bits=5", "--set", "quant.compressor=pergroup",
+                 "--set", "quant.pergroup_codec=brotli", "--set", "quant.lqer_rank=2", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "pergroup+brotli" in text and "LQER factors" in text and "compressed alone (brotli)" in text
+    b = artifact_breakdown(out, 1000, sizes_module.LIMIT_BYTES)
+    assert b["model_bytes"] == out.stat().st_size
+    assert sum(row["lqer_bytes"] > 0 for row in b["classes"].values()) >= 1

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .compress import byte_shuffle, compress
-from .container import FRAMING_BYTES
+from .container import FRAMING_BYTES, PERGROUP_COMPRESSORS
 from .pack import read_artifact
 
 KIND_GROUPS = {"codes": "codes", "packed_codes": "codes", "scales": "scales", "values": "floats",
@@ -26,6 +26,7 @@ def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> d
     path = Path(path)
     _, layout, header, arrays = read_artifact(path)
     compressor, shuffle = header["compressor"], header["byte_shuffle"]
+    alone_with = "brotli" if compressor in PERGROUP_COMPRESSORS else compressor  # pergroup: brotli stands in
     streams: dict[tuple[str, str], list[bytes]] = defaultdict(list)
     classes: dict[str, dict[str, Any]] = {}
     for t in layout:
@@ -41,7 +42,7 @@ def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> d
         raw = b"".join(chunks)
         body = byte_shuffle(raw) if shuffle else raw
         classes[qclass]["raw_bytes"] += len(raw)
-        classes[qclass][f"{group}_bytes"] += len(compress(body, compressor))
+        classes[qclass][f"{group}_bytes"] += len(compress(body, alone_with))
     for row in classes.values():
         row["encodings"] = sorted(row["encodings"])
         row["compressed_bytes"] = row["codes_bytes"] + row["scales_bytes"] + row["floats_bytes"] + row["lqer_bytes"]
@@ -52,6 +53,7 @@ def artifact_breakdown(path: str | Path, code_bytes: int, limit_bytes: int) -> d
     total = file_bytes + code_bytes
     return {
         "artifact": str(path), "compressor": compressor, "byte_shuffle": shuffle, "classes": classes,
+        "attributed_with": alone_with,
         "payload_bytes": payload_bytes, "attributed_bytes": attributed, "joint_gain_bytes": attributed - payload_bytes,
         "header_bytes": header["header_bytes"], "framing_bytes": FRAMING_BYTES, "model_bytes": file_bytes,
         "code_bytes": code_bytes, "artifact_bytes": total, "limit_bytes": limit_bytes,
@@ -70,7 +72,7 @@ def format_breakdown(b: dict[str, Any]) -> str:
                      f"{row['codes_bytes']:>11,} {row['scales_bytes']:>9,} {row['floats_bytes']:>11,} "
                      f"{row['bits_per_param']:>10.3f}" + (f"  (LQER factors {row['lqer_bytes']:,})" if row["lqer_bytes"] else ""))
     lines += [
-        f"each class/part compressed alone: {b['attributed_bytes']:,} bytes in all; the joint payload is "
+        f"each class/part compressed alone ({b['attributed_with']}): {b['attributed_bytes']:,} bytes in all; the joint payload is "
         f"{b['payload_bytes']:,} ({b['payload_bytes'] - b['attributed_bytes']:+,} against that sum)",
         f"header {b['header_bytes']:,} (compressed config + part checks) + framing {b['framing_bytes']} + payload "
         f"{b['payload_bytes']:,} "
