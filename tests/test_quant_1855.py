@@ -6,7 +6,6 @@ Properties against hand-written expectations; every switch is off by default.
 from __future__ import annotations
 
 import math
-import os
 import struct
 
 import brotli
@@ -26,6 +25,7 @@ from pgolf.quant.pack import header_of, read_artifact
 from pgolf.quant.methods import quantize_rows
 from pgolf.quant.quantize import dequantize, plan_tensor
 
+from conftest import need
 from test_model import SMALL, small_model
 
 
@@ -266,10 +266,7 @@ def test_lqer_picks_need_lqer_on_and_an_integer_tensor(tmp_path):
 
 def needs_lrzip():
     """lrzip is a system tool (.ci/run installs it): under CI its absence is a failure, elsewhere a skip."""
-    if not pergroup.lrzip_available():
-        if os.environ.get("CI"):
-            pytest.fail("lrzip is not installed (apt-get install lrzip); CI must test the real codec")
-        pytest.skip("lrzip is not installed (apt-get install lrzip)")
+    need(pergroup.lrzip_available(), "lrzip is not installed (apt-get install lrzip); CI must test the real codec")
 
 
 def brute_force_l1_order(m: np.ndarray) -> list[int]:
