@@ -43,7 +43,7 @@ from typing import Any
 import tomli_w
 
 from .._version import __version__
-from ..config import SECTIONS, Config
+from ..config import Config, config_delta
 from ..config.optional import needed_optional_modules, optional_module
 from ..data.dataset import default_tokenizer
 from .linemap import make_linemap, write_linemap
@@ -134,21 +134,6 @@ def script_config(cfg: Config) -> Config:
         out.data.tokenizer = str(default_tokenizer(Path(out.data.path), out.model.vocab_size))
     out.data.path = str(Path(out.data.path))
     return out
-
-
-def config_delta(cfg: Config) -> dict[str, Any]:
-    """The fields of `cfg` that differ from pgolf's defaults, as nested tables (what the script embeds)."""
-    default = dataclasses.asdict(Config())
-    current = dataclasses.asdict(cfg)
-    delta: dict[str, Any] = {}
-    for key, value in current.items():
-        if key in SECTIONS:
-            table = {k: v for k, v in value.items() if v != default[key][k]}
-            if table:
-                delta[key] = table
-        elif value != default[key]:
-            delta[key] = value
-    return delta
 
 
 def _config_literal(cfg: Config) -> str:

@@ -286,6 +286,21 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_delta(cfg: Config) -> dict[str, Any]:
+    """The fields of `cfg` that differ from pgolf's defaults, as nested tables (what a script embeds and an
+    artifact's header stores; config_from_dict reads them back onto the defaults)."""
+    default = dataclasses.asdict(Config())
+    delta: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        if key in SECTIONS:
+            table = {k: v for k, v in value.items() if v != default[key][k]}
+            if table:
+                delta[key] = table
+        elif value != default[key]:
+            delta[key] = value
+    return delta
+
+
 def config_to_toml(cfg: Config) -> str:
     """The fully resolved config as TOML text (what a run folder's config.toml holds)."""
     return tomli_w.dumps(config_to_dict(cfg))

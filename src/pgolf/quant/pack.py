@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from .._version import __version__
-from ..config import Config, ConfigError, config_from_dict, config_to_dict
+from ..config import Config, ConfigError, config_delta, config_from_dict, config_to_dict
 from ..model.gpt import GPT, build_model
 from ..config.optional import require_module
 from .container import FRAMING_BYTES, HeaderProblem, PartSpec, header_size, read_container, write_container
@@ -39,26 +39,12 @@ def _defaults() -> tuple[dict[str, Any], int]:
     return table, zlib.crc32(json.dumps(table, sort_keys=True).encode())
 
 
-def config_changes(cfg: Config) -> dict[str, Any]:
-    """The settings of `cfg` that differ from pgolf's defaults, as a (sectioned) table config_from_dict reads."""
-    defaults, _ = _defaults()
-    out: dict[str, Any] = {}
-    for key, value in config_to_dict(cfg).items():
-        if isinstance(value, dict):
-            changed = {k: v for k, v in value.items() if v != defaults[key][k]}
-            if changed:
-                out[key] = changed
-        elif value != defaults[key]:
-            out[key] = value
-    return out
-
-
 def header_of(cfg: Config, lqer: list[int] | None = None) -> dict[str, Any]:
     """The artifact's JSON header: everything the layout cannot tell. The config is stored as its differences
     from pgolf's defaults (a few hundred bytes instead of every key) with the defaults' fingerprint, so a pgolf
     whose defaults differ refuses the file instead of reading it as another config. With LQER on, the header
     also lists which tensors it corrects (the choice depends on the weights)."""
-    header = {"pgolf_version": __version__, "defaults": _defaults()[1], "config": config_changes(cfg)}
+    header = {"pgolf_version": __version__, "defaults": _defaults()[1], "config": config_delta(cfg)}
     if cfg.quant.lqer_rank:
         header["lqer"] = list(lqer or [])
     return header
