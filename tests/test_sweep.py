@@ -393,3 +393,29 @@ def test_pruning_stops_hopeless_trials_from_their_validation_losses_and_is_off_b
     before = len(fake_env())
     sweep_here(write_spec(plain, trials=2), plain / "out")
     assert all("train.val_every" not in r["settings"] for r in fake_env()[before:])
+
+
+_WRITES_THEN_WAITS = """
+import json, sys, time
+from pathlib import Path
+out = Path(sys.argv[sys.argv.index("--out") + 1]); out.mkdir(parents=True)
+(out / "log.jsonl").write_text(json.dumps({"step": 20, "val_loss": 9.0, "val_bpb": 3.6}) + "\\n")
+if sys.argv[1] == "finished":
+    (out / "result.json").write_text(json.dumps({"val_bpb": 1.25, "val_loss": 3.1}))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("stage", ["finished", "mid_run"])
+def test_a_stop_that_lands_after_the_run_finished_keeps_its_result(tmp_path, stage):
+    # the log is read up to poll_s late: a run can have written result.json when the monitor says stop
+    from pgolf.sweep.runner import RunRequest, RunStopped, run_training
+    req = RunRequest("baseline", "tiny", 1, {}, tmp_path / "run", tmp_path / "run.log", {})
+    command = [sys.executable, "-c", _WRITES_THEN_WAITS, stage]
+    if stage == "finished":
+        time_limit = time.time() + 30
+        record = run_training(command, req, monitor=lambda *_: True, poll_s=0.5)
+        assert record["val_bpb"] == 1.25 and time.time() < time_limit
+    else:
+        with pytest.raises(RunStopped, match="stopped at step 20"):
+            run_training(command, req, monitor=lambda *_: True, poll_s=0.5)

@@ -135,6 +135,10 @@ def run_training(train_command: tuple[str, ...] | list[str], req: RunRequest, mo
                     if "val_loss" in rec and "train_loss" not in rec and "averaging" not in rec and child.poll() is None:
                         if monitor(int(rec["step"]), float(rec["val_loss"]), float(rec["val_bpb"])):
                             _stop(child)
+                            if (req.run_dir / "result.json").is_file():
+                                # it finished before the stop landed (the log is read up to poll_s late): a
+                                # finished run's result is kept, so a stopped trial is always one without a result
+                                return record_of(req.run_dir)
                             raise RunStopped(f"stopped at step {rec['step']} (val_bpb {rec['val_bpb']:.4f})")
         except BaseException:
             if child.poll() is None:  # the worker is going down (Ctrl-C, an error): take the run with it
