@@ -10,16 +10,18 @@ Tiny size: the same figures measured on real packed artifacts: each recipe's tin
 model.safetensors, as `pgolf train --scale tiny` leaves it) re-packed with this pgolf, estimate vs actual.
 
     python benchmarks/budget_model.py --runs DIR [--train] [--recipes baseline pr103 ...] [--no-timing]
-                                [--out benchmarks/results/budget_model.json]
+                                [--out benchmarks/results/budget_model.json] [--merge]
 
 DIR/<recipe>/ holds each recipe's tiny run; --train trains the missing ones first (seed 1337, the recipe's tiny
 steps, the FineWeb sample; benchmarks/recipes_cpu.py's command). Each column is one small function below
-(`code_column`, `header_column`, ...), so a column can be changed without touching the others.
+(`code_column`, `header_column`, ...), so a column can be changed without touching the others. --merge keeps the
+rows of the recipes not named in --recipes from the existing --out JSON (and lists each invocation's command).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -140,6 +142,16 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`old` with `new`'s full and tiny rows in place of those of the recipes `new` ran, ordered by recipe name."""
+    ran = {r["recipe"] for r in new["full"]}
+    out = {**old, "commands": old.get("commands", [old.get("command")]) + [new["command"]]}
+    for part in ("full", "tiny"):
+        rows = [r for r in old[part] if r["recipe"] not in ran] + new[part]
+        out[part] = sorted(rows, key=lambda r: r["recipe"])
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", help="folder of tiny runs, one per recipe (DIR/<recipe>/model.safetensors)")
@@ -147,6 +159,7 @@ def main() -> int:
     parser.add_argument("--recipes", nargs="+", default=recipe_names(), help="full-size rows (default: every recipe)")
     parser.add_argument("--no-timing", action="store_true", help="skip the full-size compression timing")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "budget_model.json"))
+    parser.add_argument("--merge", action="store_true", help="keep the other recipes' rows from the existing --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     load = os.getloadavg()[0]
@@ -166,6 +179,8 @@ def main() -> int:
     report = {"benchmark": "budget_model", "command": "python benchmarks/budget_model.py " + " ".join(sys.argv[1:]),
               "limit_bytes": LIMIT_BYTES, "seed_of_tiny_runs": SEED, "load_average_at_start": round(load, 1),
               "python": platform.python_version(), "torch": torch.__version__, "full": full, "tiny": tiny}
+    if args.merge and Path(args.out).is_file():
+        report = merged(json.loads(Path(args.out).read_text()), report)
     report["markdown"] = markdown(report)
     out = Path(args.out)
     write_json(out, report)

@@ -2,7 +2,8 @@
 
 Each (recipe, seed) is one `pgolf train --recipe R --scale tiny --data ... --tokenizer ...` in its own process
 (train -> pack -> evaluate the artifact -> result.json), exactly as a user runs it; pr1536 uses the sp8192
-sample. The table gives val_bpb mean ± std over the seeds, artifact bytes, train/eval seconds, the longest wall
+sample, pr1855 CaseOps shards of the same documents (the 600 validation documents, then the 200 training ones)
+made first with `pgolf data prepare --transform caseops` and the record's CaseOps tokenizer, as the README says. The table gives val_bpb mean ± std over the seeds, artifact bytes, train/eval seconds, the longest wall
 time of one whole CLI process (the tiny recipes are sized to finish in under 5 minutes on a quiet 2-core CPU),
 legality and the one-sided Welch p-value that the recipe beats baseline by >= 0.005 nats
 (pgolf.report.compare_runs); none for pr1536, whose sp8192 nats per token do not compare with sp1024's.
@@ -11,7 +12,11 @@ prefix ([tiny.data] val_tokens_limit) are compared anyway (forced) and the JSON 
 p-value is a sanity check, not a record claim.
 
     python benchmarks/recipes_cpu.py [--recipes baseline pr103 ...] [--seeds 1337 42 7] [--steps N]
-                                     [--out benchmarks/results/recipes_cpu.json] [--runs-root DIR]
+                                     [--out benchmarks/results/recipes_cpu.json] [--runs-root DIR] [--merge]
+
+--merge keeps the rows of the recipes not run from the existing --out JSON (a new recipe's row added to the
+table without rerunning the others; the comparison with baseline then uses baseline's runs under --runs-root
+when there, else none).
 """
 
 from __future__ import annotations
@@ -35,12 +40,32 @@ from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))
-RECIPES = ("baseline", "pr103", "pr206", "pr595", "pr1573", "pr1536")
-VOCAB = {"pr1536": 8192}
+RECIPES = ("baseline", "pr103", "pr206", "pr595", "pr1573", "pr1536", "pr1855")
+VOCAB = {"pr1536": 8192, "pr1855": 8192}
+CASEOPS = {"pr1855"}  # recipes trained on CaseOps shards (data.text_transform = caseops)
+CASEOPS_TOKENIZER = SHARED / "tokenizers" / "alt" / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
 WALL_FILE = "recipes_cpu_wall.json"  # the whole CLI process's wall time, written beside result.json
 
 
-def data_args(recipe: str) -> list[str]:
+def caseops_sample(root: Path) -> Path:
+    """CaseOps shards of the FineWeb sample's documents under `root`, made once by the CLI as a user does."""
+    out = root / "caseops_sample"
+    if (out / "meta.json").is_file():
+        return out
+    docs = root / "caseops_sample_docs.jsonl"
+    with docs.open("w") as f:  # validation documents first: prepare puts the first --val-docs there
+        for name in ("val_prefix_docs_sp1024_decoded.jsonl", "docs_sample_200.jsonl"):
+            f.write((SHARED / "fineweb" / name).read_text())
+    subprocess.run([sys.executable, "-m", "pgolf", "data", "prepare", "--input", str(docs), "--tokenizer",
+                    str(CASEOPS_TOKENIZER), "--val-docs", "600", "--transform", "caseops", "--no-docs-check",
+                    "--out", str(out), "--quiet"], check=True)
+    return out
+
+
+def data_args(recipe: str, root: Path | None = None) -> list[str]:
+    if recipe in CASEOPS:
+        folder = caseops_sample(root)
+        return ["--data", str(folder), "--tokenizer", str(folder / "tokenizer.model")]
     vocab = VOCAB.get(recipe, 1024)
     return ["--data", str(SHARED / "datasets" / f"fineweb10B_sp{vocab}_sample"),
             "--tokenizer", str(SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model")]
@@ -48,7 +73,7 @@ def data_args(recipe: str) -> list[str]:
 
 def run_one(recipe: str, seed: int, out: Path, steps: int | None, overrides: list[str]) -> dict:
     """One CLI run in a fresh process; returns its result.json plus the process's wall time and exit status."""
-    cmd = [sys.executable, "-m", "pgolf", "train", "--recipe", recipe, "--scale", "tiny", *data_args(recipe),
+    cmd = [sys.executable, "-m", "pgolf", "train", "--recipe", recipe, "--scale", "tiny", *data_args(recipe, out.parent),
            "--seed", str(seed), "--out", str(out), "--quiet", "--device", "cpu"]
     if steps is not None:
         cmd += ["--set", f"train.steps={steps}"]
@@ -121,6 +146,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merged(old: dict, new: dict) -> dict:
+    """`new`'s rows and runs replace `old`'s for the recipes `new` ran; the others stay, in RECIPES order. The
+    top-level fields (date, machine, note) become lists with one entry per invocation."""
+    ran = {row["recipe"] for row in new["summary"]}
+    rows = {row["recipe"]: row for row in old["summary"] if row["recipe"] not in ran} | {r["recipe"]: r for r in new["summary"]}
+    order = sorted(rows, key=lambda r: RECIPES.index(r) if r in RECIPES else len(RECIPES))
+    out = dict(old)
+    out["summary"] = [rows[r] for r in order]
+    out["runs"] = {r: (new["runs"] if r in ran else old["runs"])[r] for r in order if r in new["runs"] or r in old["runs"]}
+    out["markdown"] = table(out["summary"])
+    out["merged_invocations"] = old.get("merged_invocations", []) + [
+        {k: new[k] for k in ("seeds", "steps", "overrides", "device", "cpus", "torch_threads", "torch", "date",
+                             "load_average_at_end", "note")} | {"recipes": sorted(ran)}]
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES))
@@ -129,6 +170,8 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra --set for every run (e.g. data.val_tokens_limit=65537)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "recipes_cpu.json"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other recipes' rows and runs from the existing --out JSON")
     parser.add_argument("--note", default="", help="free text stored in the JSON (how the machine was shared, ...)")
     parser.add_argument("--runs-root", help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true",
@@ -180,6 +223,8 @@ def main() -> int:
         "summary": rows, "runs": {k: [{f: r[f] for f in keep if f in r} for r in v] for k, v in per_recipe.items()},
         "markdown": markdown,
     }
+    if args.merge and Path(args.out).is_file():
+        report = merged(json.loads(Path(args.out).read_text()), report)
     for row in report["summary"]:
         row["failed"] = [{k: r[k] for k in ("seed", "returncode", "error") if k in r} for r in row["failed"]]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

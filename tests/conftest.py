@@ -6,7 +6,10 @@ file is missing it is skipped with the reason, except under CI (CI=true), where 
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,9 @@ SP1024_MODEL = SHARED / "tokenizers" / "fineweb_1024_bpe.model"
 VAL_SHARD = SP1024_DIR / "fineweb_val_000000.bin"
 VAL_DOCS_JSONL = SHARED / "fineweb" / "val_prefix_docs_sp1024_decoded.jsonl"
 VAL_DOCS_BYTES = 1_634_550  # UTF-8 bytes of those 600 documents (shared/data/README.md)
+RAW_DOCS_JSONL = SHARED / "fineweb" / "docs_sample_200.jsonl"
+# #1855's CaseOps sp8192 (the record folder's tokenizers/…_caseops_v1_reserved.model; operators at ids 4-7).
+CASEOPS_8192_MODEL = SHARED / "tokenizers" / "alt" / "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
 # The challenge exporter's byte260 tokenizer file (its PureByteTokenizer.save_json output), byte for byte.
 BYTE260_JSON = ('{\n  "config": {\n    "bos_id": 1,\n    "byte_count": 256,\n    "byte_offset": 4,\n    "eos_id": 2,\n'
                 '    "pad_id": 0,\n    "unk_id": 3\n  },\n  "tokenizer_type": "pure_byte",\n  "vocab_size": 260\n}\n')
@@ -94,12 +100,39 @@ MICRO_RECIPE = {
 }
 
 
+@functools.lru_cache(maxsize=1)
+def caseops_sample() -> Path:
+    """CaseOps shards (and byte sidecar) of the shared FineWeb documents with the record's CaseOps sp8192: the
+    600 validation documents, then the 200 training ones; made once per test process in a temporary folder."""
+    from pgolf.data.prepare import prepare_documents
+
+    need_shared_data(VAL_DOCS_JSONL, RAW_DOCS_JSONL, CASEOPS_8192_MODEL)
+    val = [json.loads(line)["text"] for line in VAL_DOCS_JSONL.read_text().splitlines()]
+    train = [json.loads(line)["text"] for line in RAW_DOCS_JSONL.read_text().splitlines()]
+    folder = Path(tempfile.mkdtemp(prefix="pgolf-caseops-")) / "caseops_sample"
+    prepare_documents(val + train, folder, tokenizer=CASEOPS_8192_MODEL, val_docs=len(val), progress=False,
+                      transform="caseops")
+    return folder
+
+
+def recipe_data(recipe: str) -> tuple[Path, Path]:
+    """(data folder, tokenizer) a shipped recipe trains on at tiny scale: the FineWeb sample of its vocabulary,
+    or for a CaseOps recipe (pr1855) caseops_sample()."""
+    cfg = pgolf.load_recipe(recipe, scale="tiny")
+    if cfg.data.text_transform == "caseops":
+        folder = caseops_sample()
+        return folder, folder / "tokenizer.model"
+    vocab = cfg.model.vocab_size
+    return (SHARED / "datasets" / f"fineweb10B_sp{vocab}_sample",
+            SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model")
+
+
 def micro_recipe(recipe: str, **overrides) -> pgolf.Config:
-    """A shipped recipe shrunk by MICRO_RECIPE, on the FineWeb sample and tokenizer of its own vocabulary."""
-    vocab = pgolf.load_recipe(recipe, scale="tiny").model.vocab_size
+    """A shipped recipe shrunk by MICRO_RECIPE, on the FineWeb sample and tokenizer of its own vocabulary
+    (CaseOps shards of it for a CaseOps recipe)."""
+    data, tokenizer = recipe_data(recipe)
     over = dict(MICRO_RECIPE)
-    over.update({"data.path": str(SHARED / "datasets" / f"fineweb10B_sp{vocab}_sample"),
-                 "data.tokenizer": str(SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model")})
+    over.update({"data.path": str(data), "data.tokenizer": str(tokenizer)})
     over.update({k.replace("__", "."): v for k, v in overrides.items()})
     return pgolf.load_recipe(recipe, scale="tiny", overrides=over)
 

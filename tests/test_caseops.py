@@ -33,9 +33,8 @@ from pgolf.data.tokenizer import (TokenizerError, byte_tables, encode_documents,
 from pgolf.eval.bpb import evaluate
 from pgolf.model.gpt import build_model
 
-from conftest import MICRO, SHARED, SP1024_MODEL, VAL_DOCS_JSONL
+from conftest import MICRO, RAW_DOCS_JSONL, SP1024_MODEL, VAL_DOCS_JSONL
 
-RAW_DOCS_JSONL = SHARED / "fineweb" / "docs_sample_200.jsonl"
 T, A, C, E = TITLE, ALLCAPS, CAPNEXT, ESC
 
 

@@ -203,7 +203,7 @@ def test_whole_model_backends_agree(backend):
 
 
 PUBLISHED_PARAMS = {"baseline": 17_059_912, "pr103": 20_704_602, "pr206": 21_779_016, "pr595": 24_730_705,
-                    "pr1573": 29_406_940, "pr1536": 35_944_537}
+                    "pr1573": 29_406_940, "pr1536": 35_944_537, "pr1855": 35_945_671}  # pr1855: its logs model_params
 
 
 @pytest.mark.parametrize("name, published", PUBLISHED_PARAMS.items())

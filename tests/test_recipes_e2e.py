@@ -1,7 +1,9 @@
 """Every shipped recipe runs end to end from the command line at --scale tiny on the FineWeb sample:
 train -> pack -> evaluate the artifact -> result.json, with code_bytes = the size of its bundled train_gpt.py.
 
-A few steps and a 2,048-target validation prefix keep each run short.
+A few steps and a 2,048-target validation prefix keep each run short. pr1855 trains on CaseOps shards of the same
+documents (conftest.caseops_sample: the record's CaseOps tokenizer, the byte sidecar) and is scored by the sidecar's
+original bytes.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pgolf.cli import main
 from pgolf.config import load_config, recipe_names
 from pgolf.training.runs import RESULT_KEYS
 
-from conftest import SHARED, need_shared_data
+from conftest import need_shared_data, recipe_data
 
-RECIPES = ("tiny", "baseline", "pr103", "pr206", "pr595", "pr1573", "pr1536")
+RECIPES = ("tiny", "baseline", "pr103", "pr206", "pr595", "pr1573", "pr1536", "pr1855")
 
 
 def test_every_shipped_recipe_is_covered():
@@ -28,9 +30,7 @@ def test_every_shipped_recipe_is_covered():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
     cfg = pgolf.load_recipe(recipe, scale="tiny")
-    vocab = cfg.model.vocab_size
-    data = SHARED / "datasets" / f"fineweb10B_sp{vocab}_sample"
-    tokenizer = SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model"
+    data, tokenizer = recipe_data(recipe)
     need_shared_data(data, tokenizer)
     out = tmp_path / "run"
     code = main(["train", "--recipe", recipe, "--scale", "tiny", "--data", str(data), "--tokenizer", str(tokenizer),
@@ -46,6 +46,9 @@ def test_recipe_runs_end_to_end_from_the_cli(recipe, tmp_path, capsys):
     assert result["code_bytes"] == code_bytes(load_config(out / "config.toml"))
     assert (result["eval_mode"] == "plain") == (cfg.eval.sliding_stride == 0 and cfg.eval.ttt == "none")
     assert result["legal"] is (cfg.eval.ttt != "pre")  # #595's pre-scoring TTT trains on validation tokens
-    assert result["document_independent"] is (recipe == "pr1536")  # its per-document LoRA TTT; windows cross documents
+    # pr1536's per-document LoRA TTT is; windows cross documents, and pr1855's warm start and phases carry state
+    assert result["document_independent"] is (recipe == "pr1536")
+    caseops = cfg.data.text_transform == "caseops"
+    assert (result["text_transform"], result["byte_source"]) == (("caseops", "sidecar") if caseops else ("none", "tokens"))
     for name in ("config.toml", "env.json", "log.jsonl", "loss.png"):
         assert (out / name).is_file(), name

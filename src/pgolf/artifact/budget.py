@@ -8,7 +8,8 @@ same plan the packer uses): b-bit codes at about (b - 0.7) bits per value after 
 row-max/percentile scales (measured: int8 7.3, int6 5.25, int5 4.2 bits; TECHNIQUES.md Appendix A), one bit
 less with a clip search, and for k-sigma scales (SDClip, GPTQ) the entropy of a Gaussian quantized with step
 k*sigma/clip_max: log2(clip_max / k) + 2.05 bits; plus fp16 row scales, and passthrough floats at the bits a
-float takes under the config's compressor (FLOAT_BITS, measured on Gaussian noise).
+float takes under the config's compressor (FLOAT_BITS, measured on Gaussian noise). With quant.compressor =
+pergroup and the lrzip codec the codes cost PERGROUP_LRZIP_CODE_FACTOR of that (#1855's reported gain over brotli).
 A guide for planning, not a measurement: the real size is measured on the bytes written.
 """
 
@@ -55,6 +56,21 @@ def float_bits(dtype: str, cfg: Config) -> float:
     return min(b for b in bits if b is not None)
 
 
+# quant.compressor = pergroup with quant.pergroup_codec = lrzip: the codes' share of the brotli-rate estimate. The one
+# full-size figure is #1855's README: per-group lrzip made its artifact "~280 KB smaller than COMPRESSOR=brotli",
+# its seed-42 blob being 15,865,260 bytes, so lrzip = 15,865,260 / (15,865,260 + 280,000) of brotli (-1.7 %).
+# pgolf's tiny measurement (benchmarks/results/quant_cpu_1855.md, #1855's policy) saves more, 3.2 % (922,543 vs
+# 953,519 bytes); the smaller full-size figure is kept. 'auto' and the brotli codec are priced at the brotli rate
+# (the estimate does not depend on whether this machine has lrzip).
+PERGROUP_LRZIP_CODE_FACTOR = 15_865_260 / (15_865_260 + 280_000)
+
+
+def code_factor(cfg: Config) -> float:
+    """Multiplier on the estimated compressed bits of integer codes for the config's compressor."""
+    q = cfg.quant
+    return PERGROUP_LRZIP_CODE_FACTOR if q.compressor == "pergroup" and q.pergroup_codec == "lrzip" else 1.0
+
+
 LQER_CODE_BITS = {"lqer_a_codes": 2, "lqer_b_codes": 4}  # asym packing; the symmetric one counted the same way
 
 
@@ -63,11 +79,12 @@ def estimate_payload_bytes(cfg: Config) -> int:
     counted on the first quant.lqer_top_k integer-coded tensors (the real picks depend on the weights)."""
     total = 0.0
     lqer_left = cfg.quant.lqer_top_k if cfg.quant.lqer_rank else 0
+    factor = code_factor(cfg)
     for t in artifact_layout(cfg):
         numel = math.prod(t.shape)
         if t.plan.encoding == "int":
             rows = t.parts[1].shape[0]
-            total += numel * bits_per_code(t.plan.bits, t.qclass, cfg) / 8 + 2 * rows
+            total += numel * bits_per_code(t.plan.bits, t.qclass, cfg) * factor / 8 + 2 * rows
             if lqer_left:
                 lqer_left -= 1
                 r = min(cfg.quant.lqer_rank, rows, numel // rows)

@@ -11,17 +11,19 @@ from ..model.gpt import count_parameters
 
 # Keys that describe techniques (not sizes or rates); shown when a recipe moves them off the default.
 TECHNIQUE_KEYS = {
+    "data": ("text_transform", "byte_source", "loader"),
     "model": ("mlp", "rope_dims", "rope_ntk_train_len", "init", "layer_schedule", "recurrence_start_frac",
               "bridge_layers", "bridge_modulation", "skip_gates", "ln_scale", "layer_scales", "parallel_residual",
-              "lora_rank", "attn_gate", "value_residual", "xsa_last_n", "doc_attention", "bigram_buckets", "smear",
-              "value_embed_layers", "tie_embeddings", "unet_skips", "resid_mix"),
+              "lora_rank", "attn_gate", "sparse_attn_gate", "value_residual", "xsa_last_n", "doc_attention",
+              "bigram_buckets", "smear", "value_embed_layers", "tie_embeddings", "unet_skips", "resid_mix"),
     "optim": ("matrix_optimizer", "muon_momentum_style", "muon_ns_coeffs", "muon_row_normalize",
-              "muon_normuon_beta2", "muon_weight_decay", "embed_weight_decay", "scalar_weight_decay", "proj_muon",
-              "grad_clip_norm"),
-    "train": ("averaging", "warmdown"),
-    "quant": ("method", "matrix_bits", "attn_bits", "mlp_bits", "embed_bits", "qat", "bit_pack", "byte_shuffle",
-              "compressor", "fit"),
-    "eval": ("sliding_stride", "doc_boundaries", "ttt"),
+              "muon_normuon_beta2", "muon_weight_decay", "muon_wd_taper_start", "embed_weight_decay",
+              "scalar_weight_decay", "proj_muon", "grad_clip_norm"),
+    "train": ("averaging", "warmdown", "fused_mlp", "fused_ce"),
+    "quant": ("method", "matrix_bits", "attn_bits", "mlp_bits", "embed_bits", "hessian_clip_lambda", "gate_bits",
+              "lqer_rank", "gptq_calib_source", "qat", "bit_pack", "byte_shuffle", "compressor", "fit"),
+    "eval": ("sliding_stride", "doc_boundaries", "ttt", "ttt_lora_warm_start_a", "ttt_doc_order",
+             "ttt_global_phase_docs"),
 }
 
 
