@@ -294,7 +294,7 @@ def run_script_in_process(script: Path, environ: dict[str, str]) -> tuple[int, s
 
 SWITCH_VALUES = {  # a valid value for each non-choice key a registry entry reads (choices are all tried)
     "eval.sliding_stride": 32, "eval.max_seconds": 600.0, "eval.doc_boundaries": True, "train.check_fast_paths": True,
-    "quant.lqer_rank": 2,
+    "quant.lqer_rank": 2, "quant.fit": True,
 }
 COMPANIONS = {  # settings a switch value needs to be a valid config at micro size
     ("eval.ttt", "pre"): {"eval.ttt_epochs": 1}, ("eval.ttt", "chunk"): {"eval.ttt_epochs": 1, "eval.ttt_chunk_tokens": 512},

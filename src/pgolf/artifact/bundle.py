@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import ast
 import base64
+import bz2
 import copy
 import dataclasses
 import functools
 import hashlib
-import lzma
 import re
 import sys
 from importlib import metadata
@@ -50,7 +50,6 @@ from .linemap import make_linemap, write_linemap
 from .minify import LineMap, minify_tree
 from .shipping import carried_trees
 
-LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "pb": 0}]  # pb=0: text, ~0.3% smaller
 ENCODINGS = ("raw", "base85")
 DEFAULT_ENCODING = "raw"
 RAW_ESCAPES = {0x00: b"0", 0x0A: b"n", 0x0D: b"r", 0x27: b"q", 0x5C: b"\\"}  # byte -> letter after a backslash
@@ -95,12 +94,16 @@ def module_sources(cfg: Config) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=32)
 def _compressed(optional: tuple[str, ...]) -> bytes:
-    joined = "".join(f"\0{m.path}\0{m.source}" for m in carried_modules(optional))
-    return lzma.compress(joined.encode("utf-8"), format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    return bz2.compress(joined_sources(carried_modules(optional)).encode("utf-8"), 9)
+
+
+def joined_sources(modules: tuple[Carried, ...]) -> str:
+    """What the payload compresses: the bootstrap's importer, then NUL, path, NUL, source for every module."""
+    return BOOT + "".join(f"\0{m.path}\0{m.source}" for m in modules)
 
 
 def compressed_sources(cfg: Config) -> bytes:
-    """lzma (raw LZMA2) of the joined carried sources."""
+    """bz2 of the joined carried sources (BOOT first)."""
     return _compressed(tuple(needed_optional_modules(script_config(cfg))))
 
 
@@ -147,16 +150,20 @@ def _config_literal(cfg: Config) -> str:
 # ----------------------------------------------------------------------------- the script
 
 _HEADER = """\
-# train_gpt.py: {title}, written by pgolf {version} (pgolf submit).
-# Code: the pgolf modules this config uses, minified, lzma-packed in the last line ({encoding}); tracebacks: pgolf
-# traceback train_gpt.linemap.json < error.txt. Run: torchrun --standalone --nproc_per_node=8 train_gpt.py (or
-# python train_gpt.py); environment: DATA_PATH, TOKENIZER_PATH, SEED, RUN_DIR, PGOLF_SET (any key), PGOLF_DEVICE.
-import {imports},importlib.abc as A,importlib.util as U,linecache,lzma,sys
+# train_gpt.py: {title}, by pgolf {version} (pgolf submit).
+# The pgolf modules this config uses, minified, bz2-packed in the last line ({encoding}); tracebacks: pgolf
+# traceback train_gpt.linemap.json < error.txt. Run: torchrun --standalone --nproc_per_node=8 train_gpt.py
+# (environment: DATA_PATH, TOKENIZER_PATH, SEED, RUN_DIR, PGOLF_SET, PGOLF_DEVICE).
+import bz2,{imports}
 CONFIG={config}
-d=open(__file__,"rb").read();d={decode}
-d=lzma.decompress(d,lzma.FORMAT_RAW,filters=[{{"id":lzma.FILTER_LZMA2}}]).decode().split("\\0")
-SOURCES=dict(zip(d[1::2],d[2::2]))
-class Importer(A.MetaPathFinder,A.Loader):  # pgolf.* from SOURCES only: never an installed pgolf
+d=open(__file__,"rb").read();d=bz2.decompress({decode}).decode().split("\\0")
+SOURCES=dict(zip(d[1::2],d[2::2]));exec(d[0])
+"""
+# The bootstrap's importer, carried compressed ahead of the modules (the first segment of the payload) and run
+# by the script's exec(d[0]) in its own namespace.
+BOOT = """\
+import importlib.abc as A,importlib.util as U,linecache
+class Importer(A.MetaPathFinder,A.Loader):# pgolf.* from SOURCES only: never an installed pgolf
  def find_spec(s,n,p=None,t=None):
   if n.split(".")[0]!="pgolf":return
   q=n.replace(".","/");q=next((x for x in(q+"/__init__.py",q+".py")if x in SOURCES),"")
@@ -167,15 +174,15 @@ class Importer(A.MetaPathFinder,A.Loader):  # pgolf.* from SOURCES only: never a
   f=m.__file__=m.__spec__.origin;c=SOURCES[f[len(__file__)+1:]];linecache.cache[f]=(len(c),None,c.splitlines(1),f)
   exec(compile(c,f,"exec",dont_inherit=1),m.__dict__)
 sys.meta_path.insert(0,Importer())
-sys.excepthook=lambda*e:__import__("traceback").print_exception(*e)  # prints the carried lines (linecache)
+sys.excepthook=lambda*e:__import__("traceback").print_exception(*e)# prints the carried lines (linecache)
 if __name__=="__main__":
  from pgolf.training.bundle_entry import run_bundle;sys.exit(run_bundle(CONFIG,__file__,SOURCES))
 """
 _DECODE = {
     # between the last line's opening quote and the file's last quote (so a CRLF or trailing blank is harmless)
-    "raw": ("re", "re.sub(rb'\\\\(.)',lambda m:b\"\\0\\n\\r'\\\\\"[b'0nrq\\\\'.index(m[1]):][:1],"
-                  "d[d.rindex(b\"\\n_=r'\")+5:d.rindex(b\"'\")],flags=re.S)"),
-    "base85": ("base64", "base64.b85decode(d[d.rindex(b\"\\n_=b'\")+5:d.rindex(b\"'\")])"),
+    "raw": ("re,sys", "re.sub(rb'\\\\(.)',lambda m:b\"\\0\\n\\r'\\\\\"[b'0nrq\\\\'.index(m[1]):][:1],"
+                      "d[d.rindex(b\"\\n_=r'\")+5:d.rindex(b\"'\")],flags=re.S)"),
+    "base85": ("base64,sys", "base64.b85decode(d[d.rindex(b\"\\n_=b'\")+5:d.rindex(b\"'\")])"),
 }
 
 
