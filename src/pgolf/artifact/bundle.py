@@ -5,10 +5,12 @@ in every result.json is `len(bundle_bytes(cfg))`, the size of the script `pgolf 
 
 What goes in (pgolf.artifact.shipping): the modules the entry point imports and the optional technique modules
 the config switches on, pruned of the definitions nothing carried uses. Each module is minified with
-python-minifier (pgolf.artifact.minify); the sources are joined (NUL, path, NUL, source, ...), lzma-compressed
-and stored in the script's last line; a short bootstrap reads them back from the script file, imports them
-from memory (a meta-path importer that answers for every `pgolf.*` name: nothing is written to disk and an
-installed pgolf is never mixed in) and trains the embedded config. The config is embedded as readable TOML
+python-minifier (pgolf.artifact.minify), module-level constants that no other carried module reaches shortened too
+(`kept_globals`); the sources are joined behind the importer (BOOT, NUL, path, NUL, source, ...), bz2-compressed
+(smaller than raw LZMA2 on every recipe, measured in benchmarks/budget.py) and stored in the script's last line;
+a two-line bootstrap reads them back from the script file and runs the importer, which imports them from memory
+(a meta-path importer that answers for every `pgolf.*` name: nothing is written to disk and an installed pgolf
+is never mixed in) and trains the embedded config. The config is embedded as readable TOML
 holding only the fields that differ from pgolf's defaults.
 
 How the compressed bytes are stored (`ENCODINGS`; both measured in benchmarks/budget.py): "raw", the default,
@@ -48,7 +50,7 @@ from ..config.optional import needed_optional_modules, optional_module
 from ..data.dataset import default_tokenizer
 from .linemap import make_linemap, write_linemap
 from .minify import LineMap, minify_tree
-from .shipping import carried_trees
+from .shipping import ENTRY_USES, carried_trees, used_names
 
 ENCODINGS = ("raw", "base85")
 DEFAULT_ENCODING = "raw"
@@ -69,17 +71,40 @@ class Carried:
 def carried_modules(optional: tuple[str, ...]) -> tuple[Carried, ...]:
     """The minified modules a script carries for a config using the optional modules `optional`, by path."""
     pruned = carried_trees(optional)
-    return tuple(Carried(f"pgolf/{rel}", *_minified(pruned.trees[rel])) for rel in sorted(pruned.trees))
+    keep = kept_globals(pruned.trees)
+    return tuple(Carried(f"pgolf/{rel}", *_minified(pruned.trees[rel], keep[rel])) for rel in sorted(pruned.trees))
+
+
+def kept_globals(trees: dict[str, ast.Module]) -> dict[str, frozenset[str]]:
+    """Per module, the module-level names minification must keep: every name another carried module may use
+    (names, attributes, imported names, identifier strings: shipping.used_names), the module's own attributes
+    and identifier strings (getattr, __all__), the names of top-level functions and classes (tracebacks print
+    them; exception names are part of messages) and what the script's bootstrap calls. The rest (constants,
+    imported names) are private to their module and renamed."""
+    uses = {rel: used_names(tree) for rel, tree in trees.items()}
+    count: dict[str, int] = {}
+    for names in uses.values():
+        for name in names:
+            count[name] = count.get(name, 0) + 1
+    keep = {}
+    for rel, tree in trees.items():
+        own = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        own |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and n.value.isidentifier()}
+        own |= {s.name for s in tree.body if isinstance(s, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
+        others = {n for n in uses[rel] if count[n] > 1} | {n for n in count if n not in uses[rel]}
+        keep[rel] = frozenset(others | own | ENTRY_USES)
+    return keep
 
 
 _MINIFIED: dict[str, tuple[str, LineMap]] = {}
 
 
-def _minified(tree: ast.Module) -> tuple[str, LineMap]:
-    """minify_tree, cached by the tree (with line numbers: the line map depends on them)."""
-    key = hashlib.sha256(ast.dump(tree, include_attributes=True).encode("utf-8")).hexdigest()
+def _minified(tree: ast.Module, keep: frozenset[str]) -> tuple[str, LineMap]:
+    """minify_tree, cached by the tree (with line numbers: the line map depends on them) and the names kept."""
+    key = hashlib.sha256((ast.dump(tree, include_attributes=True) + repr(sorted(keep))).encode("utf-8")).hexdigest()
     if key not in _MINIFIED:
-        _MINIFIED[key] = minify_tree(tree)
+        _MINIFIED[key] = minify_tree(tree, keep)
     return _MINIFIED[key]
 
 

@@ -2,7 +2,7 @@
 
 The challenge counts the bytes of the submitted train_gpt.py. pgolf counts exactly that file: the
 self-contained script `pgolf submit` writes for the config (pgolf.artifact.bundle: the modules the config uses,
-minified and lzma-packed, plus the config), so result.json, `pgolf recipes` and the budget check all use one
+minified and bz2-packed, plus the config), so result.json, `pgolf recipes` and the budget check all use one
 number; a caller may pass the number it expects, and a different one is refused. Inside a generated
 train_gpt.py the number is the script's own size: the builder does not ship there. The model bytes are
 measured on the file written. With quant.fit the artifact's byte budget is the limit minus that code, and
