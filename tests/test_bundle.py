@@ -236,6 +236,42 @@ def test_bundle_is_deterministic_across_processes(tmp_path):
     assert here == outs[0]
 
 
+def _top_level_names(tree: ast.Module) -> set[str]:
+    out = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+            out.add(stmt.name)
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            out.update((a.asname or a.name).split(".")[0] for a in stmt.names)
+        else:
+            out.update(n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+    return out
+
+
+def test_module_private_names_are_shortened_and_the_shared_ones_kept():
+    """Minification renames a module-level name only when no other carried module can reach it: every name a
+    carried module imports from another carried module is still defined there, functions and classes keep their
+    names (tracebacks print them), and a constant only its own module reads (the container's _FIXED) is shortened."""
+    sources = bundle.module_sources(micro_config("baseline"))
+    trees = {path: ast.parse(text) for path, text in sources.items()}
+    assert "_FIXED" in (PACKAGE / "quant/container.py").read_text() and "_FIXED" not in sources["pgolf/quant/container.py"]
+    assert "class ConfigError(" in sources["pgolf/config/schema.py"] and "def _f(" in sources["pgolf/config/schema.py"]
+    checked = 0
+    for path, tree in trees.items():
+        package = path.split("/")[:-1]
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.ImportFrom) and node.level > 0):
+                continue
+            base = "/".join(package[: len(package) - (node.level - 1)] + (node.module.split(".") if node.module else []))
+            target = next((t for t in (base + ".py", base + "/__init__.py") if t in trees), None)
+            for alias in node.names:
+                if target is None or f"{base}/{alias.name}.py" in trees or f"{base}/{alias.name}/__init__.py" in trees:
+                    continue  # a submodule, not a name
+                assert alias.name in _top_level_names(trees[target]), f"{path} imports {alias.name}, gone from {target}"
+                checked += 1
+    assert checked > 100
+
+
 def test_raw_storage_is_smaller_than_base85_and_both_carry_the_same_code():
     cfg = micro_config("baseline")
     raw, b85 = bundle.bundle_bytes(cfg, "raw"), bundle.bundle_bytes(cfg, "base85")
@@ -294,7 +330,7 @@ def run_script_in_process(script: Path, environ: dict[str, str]) -> tuple[int, s
 
 SWITCH_VALUES = {  # a valid value for each non-choice key a registry entry reads (choices are all tried)
     "eval.sliding_stride": 32, "eval.max_seconds": 600.0, "eval.doc_boundaries": True, "train.check_fast_paths": True,
-    "quant.lqer_rank": 2,
+    "quant.lqer_rank": 2, "quant.fit": True,
 }
 COMPANIONS = {  # settings a switch value needs to be a valid config at micro size
     ("eval.ttt", "pre"): {"eval.ttt_epochs": 1}, ("eval.ttt", "chunk"): {"eval.ttt_epochs": 1, "eval.ttt_chunk_tokens": 512},

@@ -5,10 +5,12 @@ in every result.json is `len(bundle_bytes(cfg))`, the size of the script `pgolf 
 
 What goes in (pgolf.artifact.shipping): the modules the entry point imports and the optional technique modules
 the config switches on, pruned of the definitions nothing carried uses. Each module is minified with
-python-minifier (pgolf.artifact.minify); the sources are joined (NUL, path, NUL, source, ...), lzma-compressed
-and stored in the script's last line; a short bootstrap reads them back from the script file, imports them
-from memory (a meta-path importer that answers for every `pgolf.*` name: nothing is written to disk and an
-installed pgolf is never mixed in) and trains the embedded config. The config is embedded as readable TOML
+python-minifier (pgolf.artifact.minify), module-level constants that no other carried module reaches shortened too
+(`kept_globals`); the sources are joined behind the importer (BOOT, NUL, path, NUL, source, ...), bz2-compressed
+(smaller than raw LZMA2 on every recipe, measured in benchmarks/budget.py) and stored in the script's last line;
+a two-line bootstrap reads them back from the script file and runs the importer, which imports them from memory
+(a meta-path importer that answers for every `pgolf.*` name: nothing is written to disk and an installed pgolf
+is never mixed in) and trains the embedded config. The config is embedded as readable TOML
 holding only the fields that differ from pgolf's defaults.
 
 How the compressed bytes are stored (`ENCODINGS`; both measured in benchmarks/budget.py): "raw", the default,
@@ -29,11 +31,11 @@ from __future__ import annotations
 
 import ast
 import base64
+import bz2
 import copy
 import dataclasses
 import functools
 import hashlib
-import lzma
 import re
 import sys
 from importlib import metadata
@@ -48,9 +50,8 @@ from ..config.optional import needed_optional_modules, optional_module
 from ..data.dataset import default_tokenizer
 from .linemap import make_linemap, write_linemap
 from .minify import LineMap, minify_tree
-from .shipping import carried_trees
+from .shipping import ENTRY_USES, carried_trees, used_names
 
-LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME, "pb": 0}]  # pb=0: text, ~0.3% smaller
 ENCODINGS = ("raw", "base85")
 DEFAULT_ENCODING = "raw"
 RAW_ESCAPES = {0x00: b"0", 0x0A: b"n", 0x0D: b"r", 0x27: b"q", 0x5C: b"\\"}  # byte -> letter after a backslash
@@ -70,17 +71,40 @@ class Carried:
 def carried_modules(optional: tuple[str, ...]) -> tuple[Carried, ...]:
     """The minified modules a script carries for a config using the optional modules `optional`, by path."""
     pruned = carried_trees(optional)
-    return tuple(Carried(f"pgolf/{rel}", *_minified(pruned.trees[rel])) for rel in sorted(pruned.trees))
+    keep = kept_globals(pruned.trees)
+    return tuple(Carried(f"pgolf/{rel}", *_minified(pruned.trees[rel], keep[rel])) for rel in sorted(pruned.trees))
+
+
+def kept_globals(trees: dict[str, ast.Module]) -> dict[str, frozenset[str]]:
+    """Per module, the module-level names minification must keep: every name another carried module may use
+    (names, attributes, imported names, identifier strings: shipping.used_names), the module's own attributes
+    and identifier strings (getattr, __all__), the names of top-level functions and classes (tracebacks print
+    them; exception names are part of messages) and what the script's bootstrap calls. The rest (constants,
+    imported names) are private to their module and renamed."""
+    uses = {rel: used_names(tree) for rel, tree in trees.items()}
+    count: dict[str, int] = {}
+    for names in uses.values():
+        for name in names:
+            count[name] = count.get(name, 0) + 1
+    keep = {}
+    for rel, tree in trees.items():
+        own = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        own |= {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                and n.value.isidentifier()}
+        own |= {s.name for s in tree.body if isinstance(s, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))}
+        others = {n for n in uses[rel] if count[n] > 1} | {n for n in count if n not in uses[rel]}
+        keep[rel] = frozenset(others | own | ENTRY_USES)
+    return keep
 
 
 _MINIFIED: dict[str, tuple[str, LineMap]] = {}
 
 
-def _minified(tree: ast.Module) -> tuple[str, LineMap]:
-    """minify_tree, cached by the tree (with line numbers: the line map depends on them)."""
-    key = hashlib.sha256(ast.dump(tree, include_attributes=True).encode("utf-8")).hexdigest()
+def _minified(tree: ast.Module, keep: frozenset[str]) -> tuple[str, LineMap]:
+    """minify_tree, cached by the tree (with line numbers: the line map depends on them) and the names kept."""
+    key = hashlib.sha256((ast.dump(tree, include_attributes=True) + repr(sorted(keep))).encode("utf-8")).hexdigest()
     if key not in _MINIFIED:
-        _MINIFIED[key] = minify_tree(tree)
+        _MINIFIED[key] = minify_tree(tree, keep)
     return _MINIFIED[key]
 
 
@@ -95,12 +119,16 @@ def module_sources(cfg: Config) -> dict[str, str]:
 
 @functools.lru_cache(maxsize=32)
 def _compressed(optional: tuple[str, ...]) -> bytes:
-    joined = "".join(f"\0{m.path}\0{m.source}" for m in carried_modules(optional))
-    return lzma.compress(joined.encode("utf-8"), format=lzma.FORMAT_RAW, filters=LZMA_FILTERS)
+    return bz2.compress(joined_sources(carried_modules(optional)).encode("utf-8"), 9)
+
+
+def joined_sources(modules: tuple[Carried, ...]) -> str:
+    """What the payload compresses: the bootstrap's importer, then NUL, path, NUL, source for every module."""
+    return BOOT + "".join(f"\0{m.path}\0{m.source}" for m in modules)
 
 
 def compressed_sources(cfg: Config) -> bytes:
-    """lzma (raw LZMA2) of the joined carried sources."""
+    """bz2 of the joined carried sources (BOOT first)."""
     return _compressed(tuple(needed_optional_modules(script_config(cfg))))
 
 
@@ -147,16 +175,20 @@ def _config_literal(cfg: Config) -> str:
 # ----------------------------------------------------------------------------- the script
 
 _HEADER = """\
-# train_gpt.py: {title}, written by pgolf {version} (pgolf submit).
-# Code: the pgolf modules this config uses, minified, lzma-packed in the last line ({encoding}); tracebacks: pgolf
-# traceback train_gpt.linemap.json < error.txt. Run: torchrun --standalone --nproc_per_node=8 train_gpt.py (or
-# python train_gpt.py); environment: DATA_PATH, TOKENIZER_PATH, SEED, RUN_DIR, PGOLF_SET (any key), PGOLF_DEVICE.
-import {imports},importlib.abc as A,importlib.util as U,linecache,lzma,sys
+# train_gpt.py: {title}, by pgolf {version} (pgolf submit).
+# The pgolf modules this config uses, minified, bz2-packed in the last line ({encoding}); tracebacks: pgolf
+# traceback train_gpt.linemap.json < error.txt. Run: torchrun --standalone --nproc_per_node=8 train_gpt.py
+# (environment: DATA_PATH, TOKENIZER_PATH, SEED, RUN_DIR, PGOLF_SET, PGOLF_DEVICE).
+import bz2,{imports}
 CONFIG={config}
-d=open(__file__,"rb").read();d={decode}
-d=lzma.decompress(d,lzma.FORMAT_RAW,filters=[{{"id":lzma.FILTER_LZMA2}}]).decode().split("\\0")
-SOURCES=dict(zip(d[1::2],d[2::2]))
-class Importer(A.MetaPathFinder,A.Loader):  # pgolf.* from SOURCES only: never an installed pgolf
+d=open(__file__,"rb").read();d=bz2.decompress({decode}).decode().split("\\0")
+SOURCES=dict(zip(d[1::2],d[2::2]));exec(d[0])
+"""
+# The bootstrap's importer, carried compressed ahead of the modules (the first segment of the payload) and run
+# by the script's exec(d[0]) in its own namespace.
+BOOT = """\
+import importlib.abc as A,importlib.util as U,linecache
+class Importer(A.MetaPathFinder,A.Loader):# pgolf.* from SOURCES only: never an installed pgolf
  def find_spec(s,n,p=None,t=None):
   if n.split(".")[0]!="pgolf":return
   q=n.replace(".","/");q=next((x for x in(q+"/__init__.py",q+".py")if x in SOURCES),"")
@@ -167,15 +199,15 @@ class Importer(A.MetaPathFinder,A.Loader):  # pgolf.* from SOURCES only: never a
   f=m.__file__=m.__spec__.origin;c=SOURCES[f[len(__file__)+1:]];linecache.cache[f]=(len(c),None,c.splitlines(1),f)
   exec(compile(c,f,"exec",dont_inherit=1),m.__dict__)
 sys.meta_path.insert(0,Importer())
-sys.excepthook=lambda*e:__import__("traceback").print_exception(*e)  # prints the carried lines (linecache)
+sys.excepthook=lambda*e:__import__("traceback").print_exception(*e)# prints the carried lines (linecache)
 if __name__=="__main__":
  from pgolf.training.bundle_entry import run_bundle;sys.exit(run_bundle(CONFIG,__file__,SOURCES))
 """
 _DECODE = {
     # between the last line's opening quote and the file's last quote (so a CRLF or trailing blank is harmless)
-    "raw": ("re", "re.sub(rb'\\\\(.)',lambda m:b\"\\0\\n\\r'\\\\\"[b'0nrq\\\\'.index(m[1]):][:1],"
-                  "d[d.rindex(b\"\\n_=r'\")+5:d.rindex(b\"'\")],flags=re.S)"),
-    "base85": ("base64", "base64.b85decode(d[d.rindex(b\"\\n_=b'\")+5:d.rindex(b\"'\")])"),
+    "raw": ("re,sys", "re.sub(rb'\\\\(.)',lambda m:b\"\\0\\n\\r'\\\\\"[b'0nrq\\\\'.index(m[1]):][:1],"
+                      "d[d.rindex(b\"\\n_=r'\")+5:d.rindex(b\"'\")],flags=re.S)"),
+    "base85": ("base64,sys", "base64.b85decode(d[d.rindex(b\"\\n_=b'\")+5:d.rindex(b\"'\")])"),
 }
 
 

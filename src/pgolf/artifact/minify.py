@@ -12,7 +12,9 @@ train_gpt.py names the minified line (and the column under its ^ markers); pgolf
 
 Built for the python-minifier release pinned in pyproject.toml: the pipeline below is `python_minifier.minify`
 step by step (that function only takes source text, and the line map needs the transformed tree), with
-literal hoisting off (it makes lzma's output larger, measured) and global names kept (other modules import them).
+literal hoisting off (it makes the compressed output larger, measured) and module-level names renamed only when
+the caller lists the ones to keep (pgolf.artifact.bundle keeps every name another carried module, an attribute, a
+string reaches, and every top-level function and class name).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from python_minifier.transforms.remove_posargs import remove_posargs
 LineMap = list[list[tuple[int, int]]]  # per minified line: [(column, original line), ...]
 
 
-def _transform(module: ast.Module) -> ast.Module:
-    """python_minifier.minify's transformations (its defaults, plus docstring removal, minus literal hoisting)."""
+def _transform(module: ast.Module, preserve_globals: frozenset[str] | None) -> ast.Module:
+    """python_minifier.minify's transformations (its defaults, plus docstring removal, minus literal hoisting);
+    module-level names are renamed too unless `preserve_globals` is None, except those it lists."""
     add_parent(module)
     add_namespace(module)
     module = RemoveLiteralStatements()(module)
@@ -57,8 +60,9 @@ def _transform(module: ast.Module) -> ast.Module:
         remove_no_arg_exception_call(module)
     rename_locals = not module.tainted
     allow_rename_locals(module, rename_locals, list(module.preserved))
-    allow_rename_globals(module, False, list(module.preserved))
-    rename(module, prefix_globals=True, preserved_globals=list(module.preserved))
+    kept = list(module.preserved) + sorted(preserve_globals or ())
+    allow_rename_globals(module, preserve_globals is not None and rename_locals, kept)
+    rename(module, prefix_globals=preserve_globals is None, preserved_globals=kept)
     return remove_posargs(module)
 
 
@@ -66,9 +70,11 @@ def _statements(tree: ast.AST) -> list[ast.stmt]:
     return [node for node in ast.walk(tree) if isinstance(node, ast.stmt)]
 
 
-def minify_tree(tree: ast.Module) -> tuple[str, LineMap]:
-    """(minified code, line map) of a parsed module; the tree is consumed (transformed in place)."""
-    transformed = _transform(tree)
+def minify_tree(tree: ast.Module, preserve_globals: frozenset[str] | None = None) -> tuple[str, LineMap]:
+    """(minified code, line map) of a parsed module; the tree is consumed (transformed in place). With
+    `preserve_globals` (the module-level names other code reaches: imports, attributes, strings), every other
+    module-level name is shortened as well; without it, none is."""
+    transformed = _transform(tree, preserve_globals)
     code = python_minifier.unparse(transformed)  # raises UnstableMinification if the code would not round-trip
     printed = ast.parse(code)
     before, after = _statements(transformed), _statements(printed)

@@ -2,7 +2,7 @@
 
 The challenge counts the bytes of the submitted train_gpt.py. pgolf counts exactly that file: the
 self-contained script `pgolf submit` writes for the config (pgolf.artifact.bundle: the modules the config uses,
-minified and lzma-packed, plus the config), so result.json, `pgolf recipes` and the budget check all use one
+minified and bz2-packed, plus the config), so result.json, `pgolf recipes` and the budget check all use one
 number; a caller may pass the number it expects, and a different one is refused. Inside a generated
 train_gpt.py the number is the script's own size: the builder does not ship there. The model bytes are
 measured on the file written. With quant.fit the artifact's byte budget is the limit minus that code, and
@@ -18,7 +18,6 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from ..config import Config
-from ..quant.fit import FitReport
 from ..quant.pack import write_artifact
 from .bundle import code_bytes as bundle_code_bytes  # the builder: a script carries none of it (shipping.BUILD_ONLY)
 
@@ -40,8 +39,9 @@ def runtime_code_bytes(cfg: Config | None = None) -> int:
 
 
 def pack_artifact(model: nn.Module, cfg: Config, path: str | Path, hessians: dict[str, Tensor] | None = None,
-                  code_bytes: int | None = None, fit_seconds: float | None = None) -> tuple[dict[str, Any], FitReport | None]:
-    """(byte counts, the fit's report when quant.fit is on) of the artifact written to `path`."""
+                  code_bytes: int | None = None, fit_seconds: float | None = None) -> tuple[dict[str, Any], Any]:
+    """(byte counts, the fit's report when quant.fit is on: a pgolf.quant.fit.FitReport, an optional module) of
+    the artifact written to `path`."""
     code = runtime_code_bytes(cfg)
     if code_bytes is not None and code_bytes != code:
         raise ValueError(f"pack: code_bytes={code_bytes:,} is not the size of this config's train_gpt.py "
@@ -65,7 +65,7 @@ def pack(model: nn.Module, cfg: Config, path: str | Path, hessians: dict[str, Te
     return pack_artifact(model, cfg, path, hessians, code_bytes)[0]
 
 
-def fit_cost(scored: nn.Module, report: FitReport, score: Callable[[nn.Module], float], scored_bpb: float) -> dict[str, float]:
+def fit_cost(scored: nn.Module, report: Any, score: Callable[[nn.Module], float], scored_bpb: float) -> dict[str, float]:
     """What the fit cost, after the round trip: `score` (val_bpb) of the loaded model with its pruned codes put
     back, against `scored_bpb`, the score of the fitted artifact as loaded."""
     unfitted = score(report.restore(copy.deepcopy(scored)))

@@ -44,6 +44,7 @@ OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
     OptionalModule("pgolf.eval.ttt_pre", "eval", lambda e: e.ttt == "pre", "eval.ttt = 'pre'"),
     OptionalModule("pgolf.quant.gptq", "quant", lambda q: "gptq" in (q.method, q.embed_method),
                    "quant.method or quant.embed_method = 'gptq'"),
+    OptionalModule("pgolf.quant.fit", "quant", lambda q: q.fit, "quant.fit = true"),
     OptionalModule("pgolf.quant.lqer", "quant", lambda q: q.lqer_rank > 0, "quant.lqer_rank > 0"),
     OptionalModule("pgolf.quant.pergroup", "quant", lambda q: q.compressor == "pergroup", "quant.compressor = 'pergroup'"),
     OptionalModule("pgolf.quant.qat", "quant", lambda q: q.qat != "none", "quant.qat = 'always' or 'late'"),

@@ -27,7 +27,6 @@ from ..config import Config, ConfigError, config_delta, config_from_dict, config
 from ..model.gpt import GPT, build_model
 from ..config.optional import require_module
 from .container import FRAMING_BYTES, HeaderProblem, PartSpec, header_size, read_container, write_container
-from .fit import fit_to_budget
 from .layout import (TensorLayout, artifact_layout, check_lqer_request, check_model_request, check_param_count,
                      dequantized_state, encode_tensors, layout_parts, lqer_picks, quantize_model, serialize)
 
@@ -82,7 +81,8 @@ def write_artifact(model: nn.Module, cfg: Config, path: str | Path, hessians: di
     report = None
     if cfg.quant.fit and max_model_bytes is not None:
         limit = cfg.quant.fit_reserve_s if fit_seconds is None else fit_seconds
-        tensors, payload, report = fit_to_budget(tensors, dict(model.named_parameters()), payload, used, cfg,
+        fit = require_module("pgolf.quant.fit", cfg.quant)
+        tensors, payload, report = fit.fit_to_budget(tensors, dict(model.named_parameters()), payload, used, cfg,
                                                  max_model_bytes - overhead, time.perf_counter() + limit)
         parts = serialize(tensors)
     written = write_container(path, header, parts, payload, used, cfg.quant.byte_shuffle)
