@@ -132,7 +132,7 @@ class OptimConfig:
     adam_eps: float = _f(1e-8, "Adam eps")
     embed_weight_decay: float = _f(0.0, "AdamW decoupled weight decay on embedding tables")
     scalar_weight_decay: float = _f(0.0, "AdamW decoupled weight decay on scalars/gates")
-    grad_clip_norm: float = _f(0.0, "global grad-norm clip on the averaged gradient (0 = off)")
+    grad_clip_norm: float = _f(0.0, "global grad-norm clip (0 = off); of the averaged gradient or of each rank's own, train.clip_scope")
 
 
 @dataclass
@@ -154,6 +154,7 @@ class TrainConfig:
     swa_start_lr: float = _f(0.5, "collect SWA snapshots while the LR multiplier is below this (LR warm-up steps never count)")
     compile: str = _f("auto", "torch.compile the model (auto = on CUDA only)", ("auto", "on", "off"))
     compile_priming_steps: int = _f(0, "steps run then undone before training, to compile off the clock")
+    clip_scope: str = _f("global", "what optim.grad_clip_norm clips on several ranks: the averaged gradient (global), or each rank's own gradient before the ranks average them (local: #1536's and #1573's order, their clip_grad_norm_ before their all-reduce; then their average, in each gradient's own dtype); one rank: the same", ("global", "local"))
     ddp_grad_dtype: str = _f("auto", "dtype of DDP's gradient all-reduce (auto = bf16 on CUDA as the records, via DDP's bf16_compress_hook; fp32 elsewhere)", ("auto", "bfloat16", "float32"))
     fused_mlp: str = _f("off", "training-only fused MLP kernel on CUDA: own Triton up-projection + LeakyReLU(slope)^2 (relu2 = slope 0) forward and backward; eval, GPTQ and TTT use the PyTorch MLP, the same function", ("off", "triton"))
     fused_ce: str = _f("chunked", "training loss kernel on CUDA: pgolf's chunked PyTorch soft-capped CE, or liger-kernel's fused linear CE with softcap (Triton; the same function)", ("chunked", "liger"))
@@ -217,6 +218,7 @@ class EvalConfig:
     sliding_stride: int = _f(0, "sliding-window stride (0 = plain non-overlapping windows)")
     batch_seqs: int = _f(32, "windows per forward pass")
     doc_boundaries: bool = _f(False, "clip each window's context at the start of its document")
+    plain_windows: str = _f("fixed", "plain scoring's windows (eval.sliding_stride = 0, val_bpb_plain): fixed windows of eval.context_len over the stream, or #1536's eval_val pieces: each document from its BOS in pieces of <= eval.context_len tokens (a piece starts at every BOS and every context_len tokens after it)", ("fixed", "doc_pieces"))
     ttt: str = _f("none", "test-time training: score-first chunks, per-document LoRA, or #595's pre-scoring epochs (not legal)", ("none", "chunk", "lora", "pre"))
     ttt_lr: float = _f(0.002, "chunk TTT SGD lr (cosine over chunks) / pre TTT AdamW lr")
     ttt_epochs: int = _f(3, "TTT epochs per chunk (chunk) or over the whole split (pre)")
