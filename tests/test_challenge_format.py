@@ -23,7 +23,7 @@ from pgolf.cli.challenge_format import (ChallengeFormatError, challenge_config, 
                                         load_challenge_model, read_challenge_object)
 from pgolf.cli.evaluate_artifact import evaluate_artifact
 from pgolf.config import ConfigError
-from pgolf.quant.container import MAGIC
+from pgolf.quant.container import MAGIC, ArtifactError
 
 from conftest import SP1024_DIR, need_shared_data
 
@@ -95,6 +95,7 @@ class Payload:
 
 @pytest.mark.parametrize("case, match", [
     ("not_zlib", "not zlib data"),
+    ("missing", "challenge artifact not found"),
     ("truncated", "truncated"),
     ("trailing", "follow the zlib stream"),
     ("bomb", "decompresses to more than"),
@@ -113,6 +114,8 @@ def test_malformed_or_hostile_files_are_refused_by_name(tmp_path, case, match):
     limit = 1 << 30
     if case == "not_zlib":
         blob = b"PK\x03\x04" + blob
+    elif case == "missing":
+        blob = None
     elif case == "truncated":
         blob = blob[:-7]
     elif case == "trailing":
@@ -135,7 +138,8 @@ def test_malformed_or_hostile_files_are_refused_by_name(tmp_path, case, match):
             bad["scales"] = {}
         blob = zlib.compress(saved(bad))
     path = tmp_path / "final_model.int8.ptz"
-    path.write_bytes(blob)
+    if blob is not None:
+        path.write_bytes(blob)
     with pytest.raises(ChallengeFormatError, match=match) as err:
         dequantize_challenge(read_challenge_object(path, limit), path)
     assert str(path) in str(err.value)
@@ -149,6 +153,8 @@ def test_the_cli_tells_the_two_formats_apart(tmp_path, capsys):
     assert f"{bad}: not zlib data" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="scored with --recipe baseline"):
         evaluate_artifact(FIXTURE)                      # a challenge file without --recipe
+    with pytest.raises(ArtifactError, match="bad magic"):
+        evaluate_artifact(bad)                          # neither: pgolf's own loader names what is wrong
     with pytest.raises(ConfigError, match="give --data"):
         evaluate_artifact(FIXTURE, recipe="baseline")   # it names no data folder
     artifact = tmp_path / "run.pgolf"

@@ -41,14 +41,24 @@ class ChallengeFormatError(ValueError):
     """A file is not a well-formed challenge artifact; the message names the file and the entry."""
 
 
-def is_pgolf_artifact(path: str | Path) -> bool:
+def file_kind(path: str | Path) -> str:
+    """'pgolf' (pgolf's magic, any container version), 'zlib' (a zlib stream: the challenge's .ptz), else 'other'
+    (missing files included: the loaders' own errors name them)."""
+    path = Path(path)
+    if not path.is_file():
+        return "other"
     with open(path, "rb") as f:
-        return f.read(len(MAGIC) - 1) == MAGIC[:-1]
+        head = f.read(len(MAGIC) - 1)
+    if head == MAGIC[:-1]:
+        return "pgolf"
+    return "zlib" if len(head) >= 2 and head[0] & 0x0F == 8 and (head[0] << 8 | head[1]) % 31 == 0 else "other"
 
 
 def read_challenge_object(path: str | Path, max_bytes: int = MAX_DECOMPRESSED_BYTES) -> dict[str, Any]:
     """The dict inside a challenge artifact: zlib-decompressed (at most max_bytes), then torch.load(weights_only)."""
     path = Path(path)
+    if not path.is_file():
+        raise ChallengeFormatError(f"{path}: challenge artifact not found")
     blob = path.read_bytes()
     inflate = zlib.decompressobj()
     try:

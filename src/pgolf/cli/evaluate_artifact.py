@@ -23,7 +23,7 @@ from ..eval.bpb import evaluate
 from ..quant.pack import unpack
 from ..training.loop import choose_attention_backend
 from ..training.runtime import init_runtime
-from .challenge_format import is_pgolf_artifact, load_challenge_model
+from .challenge_format import file_kind, load_challenge_model
 
 PREFIX_KEY = "data.val_tokens_limit"
 
@@ -44,10 +44,10 @@ def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: 
                               f"overrides; '{key}' would change the model")
     if val_tokens is not None:
         overrides[PREFIX_KEY] = val_tokens
-    pgolf_file = is_pgolf_artifact(artifact)
-    if recipe is not None and pgolf_file:
+    kind = file_kind(artifact)
+    if recipe is not None and kind == "pgolf":
         raise ConfigError(f"{artifact} is a pgolf artifact: it carries its own config; drop --recipe")
-    if recipe is None and not pgolf_file:
+    if recipe is None and kind == "zlib":
         raise ConfigError(f"{artifact} is not a pgolf artifact; a challenge-format file (the baseline train_gpt.py's "
                           "final_model.int8.ptz) is scored with --recipe baseline --data DIR")
     if recipe is not None and not data:
