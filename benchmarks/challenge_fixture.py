@@ -99,6 +99,33 @@ def write_val_shard(tokens: np.ndarray, folder: Path) -> Path:
     return path
 
 
+def export(ref, model: torch.nn.Module, path: Path) -> tuple[dict, dict]:
+    """Its export as its main() runs it: quantize_state_dict_int8, torch.save, zlib level 9, to `path`."""
+    obj, stats = ref.quantize_state_dict_int8(model.state_dict())
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.write_bytes(zlib.compress(buf.getvalue(), level=9))
+    return obj, stats
+
+
+def roundtrip_eval(ref, path: Path, eval_model: torch.nn.Module, data: Path, tokenizer: Path, n_tokens: int,
+                   seq_len: int) -> tuple[float, float, int]:
+    """Its round trip (decompress, torch.load, dequantize_state_dict_int8, load_state_dict, eval_val) on the first
+    n_tokens of the folder's validation shard, cut by its load_validation_tokens: (val_loss, val_bpb, targets).
+    The model is held in fp32 (shim: CUDA autocast is off on a CPU)."""
+    loaded = torch.load(io.BytesIO(zlib.decompress(path.read_bytes())), map_location="cpu")
+    eval_model.load_state_dict(ref.dequantize_state_dict_int8(loaded), strict=True)
+    eval_model.float()
+    val = np.fromfile(data / "fineweb_val_000000.bin", dtype="<u2", offset=256 * 4, count=n_tokens)
+    with tempfile.TemporaryDirectory() as tmp:
+        val_tokens = ref.load_validation_tokens(str(write_val_shard(val, Path(tmp))), seq_len)
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    luts = ref.build_sentencepiece_luts(sp, eval_model.tok_emb.num_embeddings, torch.device("cpu"))
+    hp = SimpleNamespace(val_batch_size=32 * seq_len, train_seq_len=seq_len)
+    val_loss, val_bpb = ref.eval_val(hp, eval_model, 0, 1, torch.device("cpu"), 1, val_tokens, *luts)
+    return val_loss, val_bpb, int(val_tokens.numel() - 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-gpt", required=True, help="path to the challenge's baseline train_gpt.py")
@@ -117,27 +144,12 @@ def main() -> int:
     model = build(ref)
     losses = train(ref, model, data)
 
-    obj, stats = ref.quantize_state_dict_int8(model.state_dict())  # its export, as its main() calls it
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    blob = zlib.compress(buf.getvalue(), level=9)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(blob)
-
-    # its round trip: decompress, load, dequantize, a fresh model, eval_val
-    loaded = torch.load(io.BytesIO(zlib.decompress(out.read_bytes())), map_location="cpu")
+    obj, stats = export(ref, model, out)
     eval_model = build(ref)
-    eval_model.load_state_dict(ref.dequantize_state_dict_int8(loaded), strict=True)
-    eval_model.float()  # shim: fp32 forward on the CPU (see the docstring)
-    val = np.fromfile(data / "fineweb_val_000000.bin", dtype="<u2", offset=256 * 4, count=VAL_TOKENS)
-    with tempfile.TemporaryDirectory() as tmp:
-        pattern = str(write_val_shard(val, Path(tmp)))
-        val_tokens = ref.load_validation_tokens(pattern, SEQ_LEN)
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
-    luts = ref.build_sentencepiece_luts(sp, DIMS["vocab_size"], torch.device("cpu"))
-    hp = SimpleNamespace(val_batch_size=32 * SEQ_LEN, train_seq_len=SEQ_LEN)
-    val_loss, val_bpb = ref.eval_val(hp, eval_model, 0, 1, torch.device("cpu"), 1, val_tokens, *luts)
+    val_loss, val_bpb, scored = roundtrip_eval(ref, out, eval_model, data, tokenizer, VAL_TOKENS, SEQ_LEN)
+    blob = out.read_bytes()
 
     source = Path(args.train_gpt).read_bytes()
     report = {
@@ -149,7 +161,7 @@ def main() -> int:
         "passthrough": sorted(obj["passthrough"]), "dtypes": obj["dtypes"],
         "dims": DIMS, "seq_len": SEQ_LEN, "train_steps": STEPS, "tokens_per_step": TOKENS_PER_STEP, "seed": SEED,
         "train_loss_first_last": [losses[0], losses[-1]], "param_count": stats["param_count"],
-        "val_tokens": VAL_TOKENS, "val_targets_scored": int(val_tokens.numel() - 1),
+        "val_tokens": VAL_TOKENS, "val_targets_scored": scored,
         "val_source": "the first val_tokens tokens of datasets/fineweb10B_sp1024_sample/fineweb_val_000000.bin",
         "val_loss": val_loss, "val_bpb": val_bpb,
         "shims": [f"INT8_KEEP_FLOAT_MAX_NUMEL {KEEP_FLOAT_MAX_NUMEL} (challenge: 65,536)",

@@ -115,6 +115,7 @@ class OptimConfig:
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations")
     muon_ns_coeffs: str = _f("quintic", "Newton-Schulz coefficients: the fixed quintic (3.4445, -4.775, 2.0315), or Polar Express's 5 per-iteration tuples (PR #1344; at most 5 iterations)", ("quintic", "polar_express"))
     muon_ns_safety: float = _f(0.0, "Newton-Schulz input X = G / ((1 + s)|G|_F + 1e-7): 0 as every record (#1344, #1787, #1855 divide by |G|_F + eps); 0.02 = the Polar Express paper's cushion against bf16 rounding")
+    muon_ns_grouping: str = _f("c_AA", "Newton-Schulz's cubic term: c*(A@A) as #1536/#1573 write it, or (c*A)@A as the baseline's `c * A @ A` evaluates (#103, #206, #595 copy it); the same polynomial, rounded elsewhere: with it a bf16 step equals the challenge's bit for bit", ("c_AA", "cA_A"))
     muon_ns_dtype: str = _f("auto", "dtype of the Newton-Schulz iteration (auto = bf16 on CUDA as the records; fp32 on CPU, where bf16 matmuls are ~20x slower)", ("auto", "bfloat16", "float32"))
     muon_row_normalize: bool = _f(False, "MuonEq-R: divide each row of the momentum update by its L2 norm BEFORE Newton-Schulz (#1217..#1536; what PR #103's code calls 'NorMuon'); not #206's NorMuon")
     muon_normuon_beta2: float = _f(0.0, "#206's NorMuon: per-row second moment of the orthogonalised update (AFTER Newton-Schulz) with this beta2, update rescaled to its Frobenius norm; 0 = off; not MuonEq-R")
