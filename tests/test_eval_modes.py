@@ -20,7 +20,7 @@ from pgolf.data.tokenizer import byte_tables, load_tokenizer
 from pgolf.eval import deadline as deadline_module
 from pgolf.eval.deadline import EvalTimeExceeded
 from pgolf.eval.lora_adapters import BatchedLoRA
-from pgolf.eval.windows import clip_to_documents, document_starts, sliding_windows
+from pgolf.eval.windows import clip_to_documents, document_pieces, document_starts, sliding_windows
 
 from byte_rule import RuleTokenizer
 from conftest import REPO, SP1024_MODEL, VAL_SHARD
@@ -32,6 +32,7 @@ MODES = {
     "plain": {},
     "sliding": {"sliding_stride": 16},
     "sliding_docs": {"sliding_stride": 16, "doc_boundaries": True},
+    "doc_pieces": {"plain_windows": "doc_pieces"},  # #1536's plain eval_val: pieces of <= CTX from each BOS
     "chunk": {"ttt": "chunk", "sliding_stride": 32, "ttt_chunk_tokens": 512, "ttt_epochs": 1, "ttt_batch_seqs": 4,
               "ttt_lr": 0.05},
     "lora": {"ttt": "lora", "ttt_lora_rank": 4, "ttt_lora_chunk": 32, "ttt_batch_docs": 3, "ttt_lora_lr": 0.01},
@@ -112,6 +113,35 @@ def test_document_cut_windows_never_reach_before_the_targets_document(stream):
         assert ws == max(doc[0], original)                 # the window's context, cut at the document start
 
 
+def test_document_pieces_start_at_every_bos_and_every_piece_length_after_it():
+    #                0  1  2  3  4  5  6  7  8  9 10 11 12 13 14 15 16
+    tokens = np.array([5, 6, 1, 7, 8, 9, 3, 4, 2, 1, 5, 1, 6, 7, 8, 9, 4])  # BOS at 2, 9, 11; 16 targets
+    w = document_pieces(tokens, 3, BOS)
+    assert w.start.tolist() == [0, 2, 5, 8, 9, 11, 14]   # doc [0,2); doc [2,9) in 3s; [9,11); [11,16) in 3s
+    assert w.end.tolist() == [2, 5, 8, 9, 11, 14, 16]
+    assert np.array_equal(w.score, w.start)             # a piece is scored whole, with no context before it
+    fixed = clip_to_documents(sliding_windows(16, 3, 3), tokens, BOS)  # fixed windows cut at documents differ
+    assert fixed.start.tolist() != w.start.tolist()
+
+
+def test_document_pieces_score_each_piece_as_a_forward_from_its_documents_bos(model, stream, tables):
+    tokens = stream[:700]
+    ev = run(model, tokens, tables, plain_windows="doc_pieces")
+    fixed = run(model, tokens, tables, doc_boundaries=True)
+    starts = document_starts(tokens, BOS)
+    assert starts.size > 1 and np.any(starts[1:] % CTX)          # a document starts off the fixed grid
+    for t in range(tokens.size - 1):                               # target t is tokens[t + 1]
+        doc = int(starts[np.searchsorted(starts, t, "right") - 1])
+        if (t - doc) % CTX not in (0, 5, CTX - 1) and t != tokens.size - 2:
+            continue
+        piece = doc + (t - doc) // CTX * CTX
+        x = torch.from_numpy(tokens[piece : t + 1])[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x)[0, -1].double(), -1)
+        assert ev.token_nll[t] == pytest.approx(-logp[tokens[t + 1]].item(), abs=1e-4), t
+    assert not np.allclose(ev.token_nll, fixed.token_nll, atol=1e-4)  # not the fixed grid cut at documents
+
+
 # ----------------------------------------------------------------------------- exactly once, exact bytes
 
 
@@ -124,7 +154,7 @@ def test_every_target_is_scored_once_with_the_byte_rule(model, stream, tables, m
     assert ev.bytes == int(rule.sum())
     assert ev.val_bpb == pytest.approx(ev.token_nll.sum() / np.log(2) / rule.sum(), rel=1e-12)
     assert ev.legal
-    assert ev.mode == {"sliding_docs": "sliding", "chunk": "ttt_chunk", "lora": "ttt_lora", "lora_warm": "ttt_lora+warm_a",
+    assert ev.mode == {"sliding_docs": "sliding", "doc_pieces": "plain", "chunk": "ttt_chunk", "lora": "ttt_lora", "lora_warm": "ttt_lora+warm_a",
                        "phased": "ttt_lora+phased"}.get(mode, mode)
     assert ev.document_independent is (mode == "lora")  # windows cross documents; the other TTTs carry state
 
@@ -329,6 +359,7 @@ def test_recipes_evaluate_as_their_submissions_did(recipe, stride, ttt, context,
     """pr1536 runs under the challenge's 600 s evaluation limit, as its record did (TTT 252 s, eval <= 560 s)."""
     e = pgolf.load_recipe(recipe).eval
     assert (e.sliding_stride, e.ttt, e.context_len, e.max_seconds) == (stride, ttt, context, cap)
+    assert e.plain_windows == ("doc_pieces" if recipe == "pr1536" else "fixed")  # #1536's plain eval_val
     assert pgolf.load_recipe(recipe, scale="tiny").eval.max_seconds == 0  # no cap on a CPU
 
 

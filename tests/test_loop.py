@@ -215,6 +215,69 @@ def test_rank0_phases_longer_than_the_collective_timeout_do_not_abort_the_others
     assert result["world_size"] == 2 and result["steps"] == 4
 
 
+def _clip_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One gloo rank of test_local_clip_...: rank-specific gradients of very different norms, clipped locally."""
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    params = [torch.nn.Parameter(torch.zeros(3, 4)), torch.nn.Parameter(torch.zeros(5)),
+              torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))]
+    gen = torch.Generator().manual_seed(100 + rank)
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype) * (10.0 if rank == 0 else 0.1)
+    loop.clip_local_then_average(params, 1.0)
+    torch.save([p.grad for p in params], Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_local_clip_scope_clips_each_rank_then_averages(tmp_path):
+    """#1536/#1573's order: clip_grad_norm_ on the rank's own gradient, then the all-reduce average."""
+    torch.multiprocessing.spawn(_clip_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    local, raw = [], []
+    for rank in range(2):
+        gen = torch.Generator().manual_seed(100 + rank)
+        shapes = [((3, 4), torch.float32), ((5,), torch.float32), ((2,), torch.float64)]
+        grads = [torch.randn(s, generator=gen, dtype=d) * (10.0 if rank == 0 else 0.1) for s, d in shapes]
+        raw.append(grads)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads]))
+        local.append([g * min(1.0, 1.0 / (float(norm) + 1e-6)) for g in grads])
+    expected = [(a + b) / 2 for a, b in zip(*local)]
+    for rank in range(2):
+        for g, e in zip(got[rank], expected):
+            assert g.dtype == e.dtype
+            torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-7)
+    # the global order (average, then clip) gives another gradient: there rank 1's small gradient barely counts
+    mean = [(a + b) / 2 for a, b in zip(*raw)]
+    mean_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in mean])))
+    assert not torch.allclose(got[0][0], mean[0] * min(1.0, 1.0 / mean_norm), rtol=1e-3)
+
+
+@pytest.mark.parametrize("recipe, norm, scope", [("baseline", 0.0, "global"), ("pr103", 1.0, "global"),
+                                                  ("pr206", 0.0, "global"), ("pr595", 0.3, "global"),
+                                                  ("pr1573", 0.3, "local"), ("pr1536", 0.3, "local")])
+def test_recipes_clip_where_their_code_clips(recipe, norm, scope):
+    """#103 and #595 clip after DDP has averaged; #1573 and #1536 clip before their own all-reduce."""
+    cfg = pgolf.load_recipe(recipe)
+    assert (cfg.optim.grad_clip_norm, cfg.train.clip_scope) == (norm, scope)
+
+
+@pytest.mark.slow
+def test_local_clip_scope_in_the_loop_leaves_the_average_under_the_norm(tmp_path, shared_data):
+    """Two gloo ranks, clip 1e-3: the global scope clips the averaged gradient to exactly 1e-3; the local scope
+    averages two gradients each of norm 1e-3 (different, so their mean is shorter) with its own all-reduce."""
+    norms = {}
+    for scope in ("global", "local"):
+        (tmp_path / scope).mkdir()
+        probes, out = _probe_run(tmp_path / scope, scope, 0.0, optim__grad_clip_norm=1e-3, train__clip_scope=scope,
+                                 train__ddp_grad_dtype="float32")
+        grads = load_file(out / "grads_step1.safetensors")
+        norms[scope] = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()])))
+        extra = [len(p["steps"]["2"]["control"]) for p in probes]
+        assert extra == ([1, 1] if scope == "global" else [2, 2]), (scope, extra)  # + one flat fp32 all-reduce
+    assert norms["global"] == pytest.approx(1e-3, rel=1e-4)
+    assert norms["local"] < 0.999e-3
+
+
 # ============================================================================ attention chooser, dtypes (item 10)
 
 

@@ -206,12 +206,16 @@ PUBLISHED_PARAMS = {"baseline": 17_059_912, "pr103": 20_704_602, "pr206": 21_779
                     "pr1573": 29_406_940, "pr1536": 35_944_537, "pr1855": 35_945_671}  # pr1855: its logs model_params
 
 
+# Parameters a record's model holds and pgolf's does not (each recipe's header says why): #1573 gives block 0 a
+# value-residual lambda (2 floats) that it never uses, as block 0 has no first-layer V to blend in.
+UNUSED_IN_RECORD = {"pr1573": 2}
+
+
 @pytest.mark.parametrize("name, published", PUBLISHED_PARAMS.items())
 def test_full_scale_parameter_counts_match_the_published_models(name, published):
+    """Exactly each record's logged model_params, less the parameters its model holds but never uses."""
     count = pgolf.count_parameters(pgolf.load_recipe(name).model)
-    assert abs(count - published) <= 0.02 * published
-    if name == "baseline":
-        assert count == published
+    assert count == published - UNUSED_IN_RECORD.get(name, 0)
 
 
 def test_every_parameter_declares_its_role():

@@ -67,6 +67,38 @@ def test_newton_schulz_acts_on_singular_values_only(shape):
         torch.testing.assert_close(o, u @ torch.diag(expected) @ v.T, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(32, 64), (64, 32)])
+def test_newton_schulz_grouping_rounds_as_each_record_writes_it(shape):
+    """bf16: "cA_A" is the baseline's `B = b * A + c * A @ A; X = a * X + B @ X` bit for bit, "c_AA" #1536's
+    `c * (A @ A)`; the two differ in bf16 only by rounding (float64: the same polynomial)."""
+    g = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+
+    def record(x: torch.Tensor, scale_first: bool) -> torch.Tensor:
+        a, b, c = QUINTIC[0]
+        x = x.bfloat16()
+        x = x / (x.norm() + 1e-7)
+        t = x.size(0) > x.size(1)
+        x = x.T if t else x
+        for _ in range(5):
+            A = x @ x.T
+            B = b * A + c * A @ A if scale_first else b * A + c * (A @ A)
+            x = a * x + B @ x
+        return x.T if t else x
+
+    base = newton_schulz(g, 5, QUINTIC, torch.bfloat16, grouping="cA_A")
+    late = newton_schulz(g, 5, QUINTIC, torch.bfloat16, grouping="c_AA")
+    assert torch.equal(base, record(g, True)) and torch.equal(late, record(g, False))
+    assert not torch.equal(base, late)
+    exact = [newton_schulz(g.double(), 5, QUINTIC, torch.float64, grouping=k) for k in ("cA_A", "c_AA")]
+    torch.testing.assert_close(exact[0], exact[1], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("recipe, grouping", [("baseline", "cA_A"), ("pr103", "cA_A"), ("pr206", "cA_A"),
+                                              ("pr595", "cA_A"), ("pr1573", "c_AA"), ("pr1536", "c_AA")])
+def test_recipes_group_newton_schulz_as_their_code(recipe, grouping):
+    assert pgolf.load_recipe(recipe).optim.muon_ns_grouping == grouping
+
+
 def _band(coeffs, safety, dtype, shape=(64, 128), seed=0) -> tuple[float, float]:
     k = min(shape)
     # well-conditioned: singular values spread over [0.1, 1] x 7 (any scale: NS normalises first)
@@ -202,8 +234,8 @@ def test_polar_express_divides_by_the_frobenius_norm_plus_eps_as_the_records():
         tag(model.weight, "matrix", "other")
         opt = build_optimizers(model, cfg)["matrix"]
         assert opt.param_groups[0]["ns_safety"] == safety
-        opt._newton_schulz = lambda u, steps, coeffs, dtype, safety: newton_schulz(  # float64 for an exact check
-            u, steps, coeffs, torch.float64, safety=safety)
+        opt._newton_schulz = lambda u, steps, coeffs, dtype, safety, grouping: newton_schulz(  # float64: exact check
+            u, steps, coeffs, torch.float64, safety=safety, grouping=grouping)
         model.weight.grad = g.clone()
         opt.step()
         matches = torch.allclose(model.weight.detach(), -0.1 * x, rtol=0, atol=1e-7)  # fp32 update buffer

@@ -33,6 +33,7 @@ from ..training.loop import TrainingDiverged, TrainingInterrupted, train
 from ..training.plan import format_plan, plan
 from ..training.runtime import collective_failure
 from ..sweep import SlotError, SpecError, StudyMismatch, load_spec, run_sweep, write_report
+from .challenge_format import ChallengeFormatError
 from .evaluate_artifact import describe_targets, evaluate_artifact
 from .recipes_info import recipe_table
 from .repack import repack_run
@@ -229,7 +230,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.tail is not None:
         overrides["eval.tail"] = args.tail
     result = evaluate_artifact(args.artifact, args.data, args.tokenizer, overrides, device=args.device,
-                               val_tokens=args.val_tokens)
+                               val_tokens=args.val_tokens, recipe=args.recipe)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return 0  # under torchrun every rank has the same result: rank 0 prints it
     if args.json:
@@ -448,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", choices=("score", "drop"),
                    help="= --set eval.tail=...: drop = score exactly the challenge's targets (its train_gpt.py drops "
                         "the tail past the last multiple of the sequence length)")
+    p.add_argument("--recipe", choices=("baseline",),
+                   help="ARTIFACT is the challenge's own format (the baseline train_gpt.py's final_model.int8.ptz): "
+                        "score it on this recipe's model, widths read from its tensors (needs --data; default "
+                        "--tail drop; set eval.context_len to the run's TRAIN_SEQ_LEN if not 1024)")
     p.add_argument("--device")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -528,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ShardError, TokenizerError, DataMismatchError, InputError, ArtifactError,
-            DownloadError, DocsError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
+            ChallengeFormatError, DownloadError, DocsError, CheckpointError, FileNotFoundError, FileExistsError) as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:  # a failed write (full disk, read-only folder): the message names the file

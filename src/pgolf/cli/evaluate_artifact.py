@@ -1,5 +1,9 @@
 """`pgolf eval`: score any artifact on a validation split, with the eval settings it carries or overrides.
 
+A challenge-format file (the baseline train_gpt.py's final_model.int8.ptz) is scored with `recipe` (= --recipe
+baseline) on that recipe's model (cli/challenge_format.py), by default over exactly the challenge's targets
+(eval.tail = "drop"); `data` is then required.
+
 It scores the whole split unless asked for a prefix (`val_tokens`, = --val-tokens / --set data.val_tokens_limit):
 the prefix a run was trained with (its data.val_tokens_limit) is not inherited, and the result says how many
 targets it scored out of how many the split has.
@@ -19,6 +23,7 @@ from ..eval.bpb import evaluate
 from ..quant.pack import unpack
 from ..training.loop import choose_attention_backend
 from ..training.runtime import init_runtime
+from .challenge_format import file_kind, load_challenge_model
 
 PREFIX_KEY = "data.val_tokens_limit"
 
@@ -29,8 +34,9 @@ SCORING_DATA_KEYS = ("data.byte_source",)
 
 def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: str | None = None,
                       overrides: dict[str, Any] | None = None, device: str | None = None,
-                      val_tokens: int | None = None) -> dict[str, Any]:
-    """Score `artifact`; `val_tokens` = N scores the first N validation tokens (N - 1 targets), None or 0 all."""
+                      val_tokens: int | None = None, recipe: str | None = None) -> dict[str, Any]:
+    """Score `artifact`; `val_tokens` = N scores the first N validation tokens (N - 1 targets), None or 0 all;
+    `recipe`: the artifact is the challenge's own format, mapped onto that recipe's model."""
     overrides = dict(overrides or {})
     for key in overrides:
         if not key.startswith("eval.") and key != PREFIX_KEY and key not in SCORING_DATA_KEYS:
@@ -38,8 +44,20 @@ def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: 
                               f"overrides; '{key}' would change the model")
     if val_tokens is not None:
         overrides[PREFIX_KEY] = val_tokens
+    kind = file_kind(artifact)
+    if recipe is not None and kind == "pgolf":
+        raise ConfigError(f"{artifact} is a pgolf artifact: it carries its own config; drop --recipe")
+    if recipe is None and kind == "zlib":
+        raise ConfigError(f"{artifact} is not a pgolf artifact; a challenge-format file (the baseline train_gpt.py's "
+                          "final_model.int8.ptz) is scored with --recipe baseline --data DIR")
+    if recipe is not None and not data:
+        raise ConfigError(f"{artifact}: a challenge-format file names no data folder; give --data DIR")
     rt = init_runtime(device)
-    model, cfg = unpack(artifact, rt.device)
+    if recipe is None:
+        model, cfg = unpack(artifact, rt.device)
+    else:
+        model, cfg = load_challenge_model(artifact, recipe, rt.device)
+        cfg.eval.tail = "drop"  # the challenge's targets: its eval drops the tail past the last full sequence
     trained_limit = cfg.data.val_tokens_limit
     cfg.data.val_tokens_limit = 0  # the whole split unless this call asks for a prefix
     finalize(apply_overrides(cfg, overrides))
@@ -58,7 +76,8 @@ def evaluate_artifact(artifact: str | Path, data: str | None = None, tokenizer: 
     model.attention_backend = choose_attention_backend(cfg.model.attention_backend, rt.device, cfg.model.doc_attention)
     token_bytes = validation_bytes(dataset, cfg.data, tokens, cfg.model.vocab_size)
     ev = evaluate(model, tokens, None, cfg.eval, token_bytes=token_bytes)
-    return {"artifact": str(artifact), "val_loss": ev.val_loss, "val_bpb": ev.val_bpb, "val_targets": ev.targets,
+    return {"artifact": str(artifact), "format": "pgolf" if recipe is None else "challenge", "recipe": recipe,
+            "val_loss": ev.val_loss, "val_bpb": ev.val_bpb, "val_targets": ev.targets,
             "val_bytes": ev.bytes, "byte_source": cfg.data.byte_source, "text_transform": cfg.data.text_transform,
             "val_split_targets": split_targets, "val_prefix": tokens.size - 1 < split_targets,
             "val_tokens_limit": limit, "trained_val_tokens_limit": trained_limit, "eval_tail": ev.tail,

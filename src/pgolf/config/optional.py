@@ -35,8 +35,9 @@ OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
     OptionalModule("pgolf.data.caseops", "data", lambda d: d.text_transform == "caseops", "data.text_transform = 'caseops'"),
     OptionalModule("pgolf.data.coprime", "data", lambda d: d.loader == "coprime", "data.loader = 'coprime'"),
     OptionalModule("pgolf.eval.modes", "eval",
-                   lambda e: e.ttt != "none" or e.sliding_stride > 0 or e.doc_boundaries or e.max_seconds > 0,
-                   "eval.ttt, eval.sliding_stride, eval.doc_boundaries or eval.max_seconds"),
+                   lambda e: (e.ttt != "none" or e.sliding_stride > 0 or e.doc_boundaries or e.max_seconds > 0
+                              or e.plain_windows != "fixed"),
+                   "eval.ttt, eval.sliding_stride, eval.doc_boundaries, eval.plain_windows or eval.max_seconds"),
     OptionalModule("pgolf.eval.ttt_chunk", "eval", lambda e: e.ttt == "chunk", "eval.ttt = 'chunk'"),
     OptionalModule("pgolf.eval.ttt_lora", "eval", lambda e: e.ttt == "lora", "eval.ttt = 'lora'"),
     OptionalModule("pgolf.eval.ttt_phased", "eval", lambda e: e.ttt == "lora" and bool(e.ttt_global_phase_docs),

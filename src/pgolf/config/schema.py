@@ -115,6 +115,7 @@ class OptimConfig:
     muon_ns_steps: int = _f(5, "Newton-Schulz iterations")
     muon_ns_coeffs: str = _f("quintic", "Newton-Schulz coefficients: the fixed quintic (3.4445, -4.775, 2.0315), or Polar Express's 5 per-iteration tuples (PR #1344; at most 5 iterations)", ("quintic", "polar_express"))
     muon_ns_safety: float = _f(0.0, "Newton-Schulz input X = G / ((1 + s)|G|_F + 1e-7): 0 as every record (#1344, #1787, #1855 divide by |G|_F + eps); 0.02 = the Polar Express paper's cushion against bf16 rounding")
+    muon_ns_grouping: str = _f("c_AA", "Newton-Schulz's cubic term: c*(A@A) as #1536/#1573 write it, or (c*A)@A as the baseline's `c * A @ A` evaluates (#103, #206, #595 copy it); the same polynomial, rounded elsewhere: with it a bf16 step equals the challenge's bit for bit", ("c_AA", "cA_A"))
     muon_ns_dtype: str = _f("auto", "dtype of the Newton-Schulz iteration (auto = bf16 on CUDA as the records; fp32 on CPU, where bf16 matmuls are ~20x slower)", ("auto", "bfloat16", "float32"))
     muon_row_normalize: bool = _f(False, "MuonEq-R: divide each row of the momentum update by its L2 norm BEFORE Newton-Schulz (#1217..#1536; what PR #103's code calls 'NorMuon'); not #206's NorMuon")
     muon_normuon_beta2: float = _f(0.0, "#206's NorMuon: per-row second moment of the orthogonalised update (AFTER Newton-Schulz) with this beta2, update rescaled to its Frobenius norm; 0 = off; not MuonEq-R")
@@ -132,7 +133,7 @@ class OptimConfig:
     adam_eps: float = _f(1e-8, "Adam eps")
     embed_weight_decay: float = _f(0.0, "AdamW decoupled weight decay on embedding tables")
     scalar_weight_decay: float = _f(0.0, "AdamW decoupled weight decay on scalars/gates")
-    grad_clip_norm: float = _f(0.0, "global grad-norm clip on the averaged gradient (0 = off)")
+    grad_clip_norm: float = _f(0.0, "global grad-norm clip (0 = off); of the averaged gradient or of each rank's own, train.clip_scope")
 
 
 @dataclass
@@ -154,6 +155,7 @@ class TrainConfig:
     swa_start_lr: float = _f(0.5, "collect SWA snapshots while the LR multiplier is below this (LR warm-up steps never count)")
     compile: str = _f("auto", "torch.compile the model (auto = on CUDA only)", ("auto", "on", "off"))
     compile_priming_steps: int = _f(0, "steps run then undone before training, to compile off the clock")
+    clip_scope: str = _f("global", "what optim.grad_clip_norm clips on several ranks: the averaged gradient (global), or each rank's own gradient before the ranks average them (local: #1536's and #1573's order, their clip_grad_norm_ before their all-reduce; then their average, in each gradient's own dtype); one rank: the same", ("global", "local"))
     ddp_grad_dtype: str = _f("auto", "dtype of DDP's gradient all-reduce (auto = bf16 on CUDA as the records, via DDP's bf16_compress_hook; fp32 elsewhere)", ("auto", "bfloat16", "float32"))
     fused_mlp: str = _f("off", "training-only fused MLP kernel on CUDA: own Triton up-projection + LeakyReLU(slope)^2 (relu2 = slope 0) forward and backward; eval, GPTQ and TTT use the PyTorch MLP, the same function", ("off", "triton"))
     fused_ce: str = _f("chunked", "training loss kernel on CUDA: pgolf's chunked PyTorch soft-capped CE, or liger-kernel's fused linear CE with softcap (Triton; the same function)", ("chunked", "liger"))
@@ -217,6 +219,7 @@ class EvalConfig:
     sliding_stride: int = _f(0, "sliding-window stride (0 = plain non-overlapping windows)")
     batch_seqs: int = _f(32, "windows per forward pass")
     doc_boundaries: bool = _f(False, "clip each window's context at the start of its document")
+    plain_windows: str = _f("fixed", "plain scoring's windows (eval.sliding_stride = 0, val_bpb_plain): fixed windows of eval.context_len over the stream, or #1536's eval_val pieces: each document from its BOS in pieces of <= eval.context_len tokens (a piece starts at every BOS and every context_len tokens after it)", ("fixed", "doc_pieces"))
     ttt: str = _f("none", "test-time training: score-first chunks, per-document LoRA, or #595's pre-scoring epochs (not legal)", ("none", "chunk", "lora", "pre"))
     ttt_lr: float = _f(0.002, "chunk TTT SGD lr (cosine over chunks) / pre TTT AdamW lr")
     ttt_epochs: int = _f(3, "TTT epochs per chunk (chunk) or over the whole split (pre)")

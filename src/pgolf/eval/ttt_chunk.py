@@ -27,7 +27,7 @@ def chunk_ttt_nll(model: nn.Module, tokens: np.ndarray, cfg: EvalConfig, deadlin
     if cfg.ttt_chunk_tokens <= 0:
         raise ValueError(f"eval.ttt_chunk_tokens must be positive, got {cfg.ttt_chunk_tokens}")
     n_targets = tokens.size - 1
-    windows = eval_windows(tokens, cfg.context_len, cfg.sliding_stride, cfg.doc_boundaries, bos_id)
+    windows = eval_windows(tokens, cfg.context_len, cfg.sliding_stride, cfg.doc_boundaries, bos_id, cfg.plain_windows)
     chunk_of = windows.score // cfg.ttt_chunk_tokens
     total = n_chunks(n_targets, cfg.ttt_chunk_tokens)
     stream = torch.from_numpy(np.asarray(tokens, dtype=np.int64))

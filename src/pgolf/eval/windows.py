@@ -83,8 +83,29 @@ def clip_to_documents(windows: Windows, tokens: np.ndarray, bos_id: int) -> Wind
     return Windows(as_array(out_start), as_array(out_end), as_array(out_score))
 
 
-def eval_windows(tokens: np.ndarray, context_len: int, stride: int, doc_boundaries: bool, bos_id: int) -> Windows:
-    """The windows `eval.*` asks for: sliding (stride > 0) or plain (stride 0), optionally cut at documents."""
+def document_pieces(tokens: np.ndarray, piece_len: int, bos_id: int) -> Windows:
+    """#1536's plain eval_val tiling: every document from its BOS in consecutive pieces of at most piece_len
+    inputs (a piece starts at each document start and every piece_len positions after it, and ends at the next
+    start), each scored whole with no context before it."""
+    if piece_len <= 0:
+        raise ValueError(f"eval.context_len must be > 0 for document pieces, got {piece_len}")
+    n_targets = tokens.size - 1
+    doc_starts = document_starts(tokens, bos_id)
+    doc_ends = np.append(doc_starts[1:], n_targets)
+    counts = -(-(doc_ends - doc_starts) // piece_len)  # ceil: pieces per document
+    start = np.repeat(doc_starts, counts) + piece_len * (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts))
+    end = np.minimum(start + piece_len, np.repeat(doc_ends, counts))
+    return Windows(start.astype(np.int64), end.astype(np.int64), start.astype(np.int64))
+
+
+def eval_windows(tokens: np.ndarray, context_len: int, stride: int, doc_boundaries: bool, bos_id: int,
+                 plain_windows: str = "fixed") -> Windows:
+    """The windows `eval.*` asks for: sliding (stride > 0) or plain (stride 0), optionally cut at documents;
+    plain with eval.plain_windows = "doc_pieces": #1536's pieces of each document (already cut at documents)."""
+    if stride <= 0 and plain_windows == "doc_pieces":
+        return document_pieces(tokens, context_len, bos_id)
+    if plain_windows not in ("fixed", "doc_pieces"):
+        raise ValueError(f"eval.plain_windows must be 'fixed' or 'doc_pieces', got {plain_windows!r}")
     windows = sliding_windows(tokens.size - 1, context_len, stride if stride > 0 else context_len)
     return clip_to_documents(windows, tokens, bos_id) if doc_boundaries else windows
 

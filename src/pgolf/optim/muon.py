@@ -68,14 +68,21 @@ def ns_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+NS_GROUPINGS = ("c_AA", "cA_A")  # c * (A @ A): #1536, #1573 (and Polar Express); (c * A) @ A: baseline, #103, #206, #595
+
+
 def newton_schulz(update: Tensor, steps: int, coeffs: Coefficients = QUINTIC,
-                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7, safety: float = 0.0) -> Tensor:
+                  dtype: torch.dtype = torch.bfloat16, eps: float = 1e-7, safety: float = 0.0,
+                  grouping: str = "c_AA") -> Tensor:
     """Approximate orthogonal polar factor of a 2-D matrix: X <- a X + (b A + c A^2) X with A = X X^T.
 
     X starts at U / ((1 + safety) |U|_F + eps), so every singular value is <= 1. A one-tuple schedule (quintic)
     repeats its tuple `steps` times; a per-iteration schedule (Polar Express) runs at most len(coeffs)
     iterations, as the reference does. The 5-step quintic maps singular values in [0.01, 1] (after the
-    normalisation) into about [0.68, 1.13]; Polar Express maps [0.001, 1] into about [0.86, 1.14]."""
+    normalisation) into about [0.68, 1.13]; Polar Express maps [0.001, 1] into about [0.86, 1.14].
+    `grouping` is where the rounding falls, nothing else: "c_AA" computes c * (A @ A) as #1536 and #1573 write it,
+    "cA_A" (c * A) @ A as the baseline's `c * A @ A` (#103, #206, #595 copy it) evaluates; bit for bit that is
+    what makes a bf16 step equal the challenge's own (benchmarks/lockstep_cpu.py)."""
     x = update.to(dtype)
     x = x / (x.norm() * (1.0 + safety) + eps)
     transposed = x.size(0) > x.size(1)
@@ -85,7 +92,8 @@ def newton_schulz(update: Tensor, steps: int, coeffs: Coefficients = QUINTIC,
     for i in range(n_iter):
         a, b, c = coeffs[min(i, len(coeffs) - 1)]
         gram = x @ x.T
-        x = a * x + (b * gram + c * (gram @ gram)) @ x
+        cubic = (c * gram) @ gram if grouping == "cA_A" else c * (gram @ gram)
+        x = a * x + (b * gram + cubic) @ x
     return x.T if transposed else x
 
 
@@ -114,7 +122,9 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.95,
                  nesterov: bool = True, momentum_style: str = "sum", ns_steps: int = 5, ns_coeffs: str = "quintic",
                  ns_dtype: str = "auto", row_normalize: bool = False, normuon_beta2: float = 0.0,
-                 weight_decay: float = 0.0, ns_safety: float = 0.0):
+                 weight_decay: float = 0.0, ns_safety: float = 0.0, ns_grouping: str = "c_AA"):
+        if ns_grouping not in NS_GROUPINGS:
+            raise ValueError(f"ns_grouping must be one of {', '.join(NS_GROUPINGS)}, got {ns_grouping!r}")
         if momentum_style not in ("sum", "ema"):
             raise ValueError(f"momentum_style must be 'sum' or 'ema', got {momentum_style!r}")
         if ns_coeffs not in NS_COEFFICIENTS:
@@ -129,7 +139,8 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(f"ns_safety must be in [0, 1), got {ns_safety}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, momentum_style=momentum_style,
                         ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype, row_normalize=row_normalize,
-                        normuon_beta2=normuon_beta2, weight_decay=weight_decay, ns_safety=ns_safety)
+                        normuon_beta2=normuon_beta2, weight_decay=weight_decay, ns_safety=ns_safety,
+                        ns_grouping=ns_grouping)
         super().__init__(params, defaults)
         self._newton_schulz = newton_schulz
         for group in self.param_groups:
@@ -160,7 +171,7 @@ class Muon(torch.optim.Optimizer):
         if group["row_normalize"]:
             u = row_normalize(u.to(dtype))  # on the NS-dtype update, as #103 (bf16) and #1536 do
         o = self._newton_schulz(u, group["ns_steps"], NS_COEFFICIENTS[group["ns_coeffs"]], dtype,
-                                safety=group["ns_safety"])
+                                safety=group["ns_safety"], grouping=group.get("ns_grouping", "c_AA"))
         beta2 = group["normuon_beta2"]
         if beta2 > 0:
             if "row_second_moment" not in state:

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import save_file
-from torch import nn
+from torch import Tensor, nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 
@@ -131,6 +133,24 @@ def bf16_gradient_allreduce(process_group, bucket):  # no annotations: DDP compa
     back), under a name DDP does not refuse off CUDA: its guard checks the hook's name, not the backend, and
     gloo all-reduces bf16, so the CPU tests run the very hook the GPUs run."""
     return bf16_compress_hook(process_group, bucket)
+
+
+def clip_local_then_average(params: list[nn.Parameter], max_norm: float) -> None:
+    """train.clip_scope = "local": clip this rank's own gradient to a global norm of max_norm, then average the
+    clipped gradients over the ranks (one flat all-reduce per gradient dtype: fp32 for fp32 parameters), as #1536 and #1573
+    call clip_grad_norm_ before their all-reduce. Every rank ends with the same gradient."""
+    with_grad = [p for p in params if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+    world = dist.get_world_size()
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for p in with_grad:
+        by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat.div_(world)
+        for g, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(averaged)
 
 
 def wrap_ddp(forward: nn.Module, cfg: Config, rt: Runtime) -> DistributedDataParallel:
@@ -295,6 +315,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     global_tokens_per_step = t.batch_tokens
     flags = torch.zeros(3, device=rt.device)  # [non-finite loss, stop signal, wall-clock cap], max over ranks
     at_step_start: dict[str, Any] = {}
+    local_clip = rt.distributed and t.clip_scope == "local" and cfg.optim.grad_clip_norm > 0
     tapered_wd = cfg.optim.muon_wd_taper_start < 1.0 and isinstance(optimizers.get("matrix"), Muon)
     clock.start()
     with _StopSignal() as stop:
@@ -318,7 +339,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             loss_sum = torch.zeros((), device=rt.device)
             for micro in range(accum):
                 x, y, cu = loader.next_packed(t.batch_tokens, t.seq_len, accum)
-                sync = nullcontext() if (not rt.distributed or micro == accum - 1) else forward.no_sync()
+                sync = nullcontext() if (not rt.distributed or (micro == accum - 1 and not local_clip)) else forward.no_sync()
                 with sync:
                     with autocast_for(rt.device, t.dtype):
                         loss = forward(*_on_device((x, y, cu), rt.device))
@@ -338,7 +359,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             if capped:  # the previous step crossed the cap: this one is not applied
                 bar.message(f"wall-clock cap reached after {clock.read():.1f} s at step {step}")
                 break
-            if cfg.optim.grad_clip_norm > 0:
+            if local_clip:  # DDP did not reduce (no_sync): clip this rank's gradient, then average
+                clip_local_then_average(list(model.parameters()), cfg.optim.grad_clip_norm)
+            elif cfg.optim.grad_clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip_norm)
             for opt in optimizers.values():
                 opt.step()
