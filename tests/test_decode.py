@@ -142,7 +142,11 @@ def test_calibration_over_its_reserve_is_reported(micro, tmp_path, monkeypatch, 
     cfg = micro(train__steps=2, train__max_wallclock_s=1000.0, quant__method="gptq", quant__gptq_calib_batches=2,
                 quant__gptq_calib_source="generated", quant__gptq_reserve_s=reserve, quant__passthrough_max_numel=256)
     result = pgolf.train(cfg, tmp_path / "run", progress=True)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    summary = [line for line in captured.out.splitlines() if "gptq calib" in line]
+    assert len(summary) == 1 and f"sampling {2 * cfg.train.seq_len} tokens" in summary[0]
+    assert ("OVER quant.gptq_reserve_s" in summary[0]) is over
     assert result["calibration_over_reserve"] is over and result["calibration_reserve_s"] == reserve
     assert result["calibration_generate_seconds"] >= 0.05
     assert result["calibration_seconds"] >= result["calibration_generate_seconds"]
