@@ -10,6 +10,7 @@ each run finishes (a rerun skips finished entries), and a markdown table is writ
 --table rewrites it from the JSON alone). --only runs the named entries in the order given. Every run uses the
 same data, steps, batch and evaluation; only the named switch differs. Quantization is the baseline's (int8,
 passthrough of tensors <= 65,536 values), so the scored artifact is close to the full-precision model.
+Data: $PGOLF_SHARED_DATA (default ../shared/data next to the repository).
 """
 
 from __future__ import annotations
