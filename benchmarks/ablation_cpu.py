@@ -10,6 +10,7 @@ each run finishes (a rerun skips finished entries), and a markdown table is writ
 --table rewrites it from the JSON alone). --only runs the named entries in the order given. Every run uses the
 same data, steps, batch and evaluation; only the named switch differs. Quantization is the baseline's (int8,
 passthrough of tensors <= 65,536 values), so the scored artifact is close to the full-precision model.
+Data: $PGOLF_SHARED_DATA (default ../shared/data next to the repository).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pgolf.config import recipe_names
 from pgolf.training.runs import write_json
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))
 OUT = REPO / "benchmarks" / "results" / "ablation_cpu.json"
 
 # Each technique alone, at the 4 x 256 scale (4 physical layers, 4 heads / 2 KV heads, head dim 64).
@@ -63,6 +64,13 @@ TECHNIQUES: dict[str, dict] = {
     "parallel_lanes": {"model.parallel_residual": "separate_lanes", "model.parallel_start_layer": 2},
     "cross_lanes": {"model.parallel_residual": "cross_lanes", "model.parallel_start_layer": 2},
     "orthogonal_init": {"model.init": "orthogonal"},
+    # Optimizer / data switches of the #1855 stack (issue #22). The baseline has no Muon WD, so the taper (#1729:
+    # 0.7 -> 0.5) is measured against the same WD without it.
+    "muon_wd": {"optim.muon_weight_decay": 0.095},
+    "muon_wd_taper": {"optim.muon_weight_decay": 0.095, "optim.muon_wd_taper_start": 0.7,
+                      "optim.muon_wd_taper_final": 0.5},
+    "muon_ns_safety": {"optim.muon_ns_safety": 0.02},
+    "coprime_loader": {"data.loader": "coprime"},
 }
 
 

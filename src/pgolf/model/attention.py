@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,8 @@ class AttentionContext:
     block_masks: dict = field(default_factory=dict)
     cu_seqlens: Tensor | None = None     # int32 document segments of the flattened batch (fa3 varlen)
     max_seqlen: int = 0                  # longest segment bound (the row length), a Python int
+    cache: Any = None                    # incremental decoding: model.decode.KVCache (keys/values of earlier tokens)
+    layer: int = 0                       # virtual position of the running block (the cache's slot)
 
 
 def document_mask(doc_ids: Tensor) -> Tensor:
@@ -221,7 +224,8 @@ class CausalSelfAttention(nn.Module):
         q = apply_rotary(rms_norm(q), ctx.cos, ctx.sin, ctx.rotary_dims)
         k = apply_rotary(rms_norm(k), ctx.cos, ctx.sin, ctx.rotary_dims)
         q = q * self.q_gain.to(q.dtype)[None, None, :, None]
-        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), ctx).transpose(1, 2)
+        qkv = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        y = (attend(*qkv, ctx) if ctx.cache is None else ctx.cache.attend(ctx.layer, *qkv)).transpose(1, 2)
         if self.use_xsa:
             y = exclusive_self_attention(y, v)
         if self.gate_w is not None:

@@ -34,9 +34,11 @@ class BigramHash(nn.Module):
         self.proj = Linear(dim, model_dim, "proj", "other")
         self.scale = scalar_param(torch.tensor(scale_init))
 
-    def forward(self, ids: Tensor) -> Tensor:
-        h = self.table[bigram_buckets(ids, self.buckets, self.bos_id)]
-        return self.scale * self.proj(h)
+    def forward(self, ids: Tensor, prev_id: Tensor | None = None) -> Tensor:
+        """prev_id (B, 1): the token before ids[:, 0] (incremental decoding), None = ids start the row."""
+        buckets = (bigram_buckets(ids, self.buckets, self.bos_id) if prev_id is None
+                   else bigram_buckets(torch.cat((prev_id, ids), 1), self.buckets, self.bos_id)[:, 1:])
+        return self.scale * self.proj(self.table[buckets])
 
 
 class SmearGate(nn.Module):

@@ -186,16 +186,26 @@ class GPT(nn.Module):
         """Switch from the plain stack to the looped schedule (recurrence_start_frac)."""
         self.looping = on or self.cfg.recurrence_start_frac == 0
 
-    def embed(self, ids: Tensor) -> Tensor:
+    def embed(self, ids: Tensor, cache=None) -> Tensor:
+        """With a decoding `cache`, ids continue the cached tokens: BigramHash and SmearGate read its last token."""
+        prev_id = cache.prev_id if cache is not None else None
         x = F.embedding(ids, self.tok_emb)
         if self.bigram is not None:
-            x = x + self.bigram(ids)
+            x = x + self.bigram(ids, prev_id)
         if self.smear is not None and self.smear.variant in ("pre_norm", "content_gate"):
-            x = self.smear(x, ids)
+            x = self._smear(x, ids, cache)
         x = rms_norm(x)
         if self.smear is not None and self.smear.variant == "post_norm":
-            x = self.smear(x, ids)
+            x = self._smear(x, ids, cache)
         return x
+
+    def _smear(self, x: Tensor, ids: Tensor, cache) -> Tensor:
+        if cache is None:
+            return self.smear(x, ids)
+        prev, cache.next_smear_input = cache.smear_input, x[:, -1:]
+        if prev is None:
+            return self.smear(x, ids)
+        return self.smear(torch.cat((prev, x), 1), torch.cat((cache.prev_id, ids), 1))[:, 1:]
 
     def _skip(self, x: Tensor, skip: Tensor, i: int) -> Tensor:
         w_skip = self.skip_weights[i].to(x.dtype) * skip
@@ -203,16 +213,22 @@ class GPT(nn.Module):
             return x + w_skip
         return torch.lerp(w_skip, x, torch.sigmoid(self.skip_gates[i]).to(x.dtype))
 
-    def hidden(self, ids: Tensor, cu_seqlens: Tensor | None = None) -> Tensor:
-        """Final normed hidden states (B, T, d)."""
+    def hidden(self, ids: Tensor, cu_seqlens: Tensor | None = None, cache=None) -> Tensor:
+        """Final normed hidden states (B, T, d). With `cache` (model/decode.py), ids are the next T tokens after
+        the cached ones: their positions, keys and previous token continue the cache, which they then extend."""
         cfg = self.cfg
         T = ids.size(1)
-        cos, sin = self.rotary.tables(T, ids.device)
-        ctx = AttentionContext(cos=cos, sin=sin, rotary_dims=self.rotary.rotary_dims, backend=self.attention_backend)
+        start = 0 if cache is None else cache.length
+        cos, sin = self.rotary.tables(start + T, ids.device)
+        ctx = AttentionContext(cos=cos[start:], sin=sin[start:], rotary_dims=self.rotary.rotary_dims,
+                               backend=self.attention_backend)
         if cfg.doc_attention:
             ctx.doc_ids = torch.cumsum((ids == self.bos_id).to(torch.int32), dim=1)
             ctx.cu_seqlens, ctx.max_seqlen = cu_seqlens, T  # no segment crosses a row end
-        x = to_compute_dtype(self.embed(ids))  # the residual stream in the autocast dtype (bf16), as the records'
+        if cache is not None:
+            ctx.doc_ids = cache.begin(self, ids, ctx.doc_ids)
+            ctx.cache = cache
+        x = to_compute_dtype(self.embed(ids, cache))  # the residual stream in the autocast dtype (bf16), as the records'
         if self.value_embed is not None:
             ctx.value_embed = self.value_embed(ids).to(x.dtype)
         x0 = x
@@ -222,6 +238,7 @@ class GPT(nn.Module):
         lane_a = lane_m = None
         for pos, phys in enumerate(schedule):
             block = self.blocks[phys]
+            ctx.layer = pos
             scale = self.layer_scales[pos] if self.layer_scales is not None else None
             lora = ((self.lora_a_q[pos], self.lora_b_q[pos], self.lora_a_v[pos], self.lora_b_v[pos])
                     if cfg.lora_rank else None)
@@ -255,6 +272,8 @@ class GPT(nn.Module):
         elif lane_a is not None:  # separate lanes: x = l * lane_a + (1 - l) * lane_m
             lam = self.lane_merge.to(lane_a.dtype)
             x = lam * lane_a + (1 - lam) * lane_m
+        if cache is not None:
+            cache.commit(ids)
         return rms_norm(x)
 
     def logits(self, h: Tensor) -> Tensor:

@@ -11,12 +11,14 @@ The scales s are fixed before the loop (SDClip), so clipping only happens throug
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..config import Config, QuantConfig
+from ..config.optional import require_module
 from ..model.layers import Linear, qclass_of
 from ..model.precision import autocast_for
 from .quantize import clip_max, method_for, plan_tensor
@@ -134,12 +136,14 @@ class HessianAccumulator:
         self._handles = []
 
 
-def collect_hessians(model: nn.Module, loader: Any, cfg: Config, device: torch.device | str) -> dict[str, Tensor]:
+def collect_hessians(model: nn.Module, loader: Any, cfg: Config, device: torch.device | str,
+                     stats: dict[str, float] | None = None) -> dict[str, Tensor]:
     """H = sum over calibration batches of X^T X, divided by the number of batches, per GPTQ-quantized weight.
 
     Calibration input: quant.gptq_calib_batches batches of train.batch_tokens / world_size training tokens
     drawn from `loader` (the training stream, after the tokens training used), or — with
-    quant.gptq_calib_source = "generated" — sequences the model samples itself at temperature 0.8.
+    quant.gptq_calib_source = "generated" — sequences the model samples itself at temperature 0.8 (with a KV
+    cache; `stats`, if given, receives the generation's seconds and token count).
     Each batch runs in forwards of at most train.micro_batch_tokens tokens (the whole batch in one forward
     would need tens of GB of activations per layer); H is a sum over tokens, so the split does not change it.
     The tied embedding is quantized as the output layer: its H is built from the final-norm output.
@@ -152,7 +156,8 @@ def collect_hessians(model: nn.Module, loader: Any, cfg: Config, device: torch.d
     if not targets and not with_embedding:
         return {}
     n_batches = max(1, qcfg.gptq_calib_batches)
-    batches = (_generated_batches(model, cfg, device, n_batches) if qcfg.gptq_calib_source == "generated"
+    # generated sequences are sampled before the hooks go in: the sampling forwards are no calibration input
+    batches = (list(_generated_batches(model, cfg, device, n_batches, stats)) if qcfg.gptq_calib_source == "generated"
                else _training_batches(loader, cfg, n_batches))
     accumulator = HessianAccumulator(targets)
     was_training = model.training
@@ -187,27 +192,47 @@ def _training_batches(loader: Any, cfg: Config, n_batches: int):
 
 @torch.no_grad()
 def generate_calibration(model: nn.Module, n_seqs: int, seq_len: int, device: torch.device, seed: int,
-                         temperature: float = 0.8, batch: int = 8) -> Tensor:
-    """(n_seqs, seq_len) token ids sampled by the model itself from BOS at `temperature` (#1019's calibration)."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+                         temperature: float = 0.8, batch: int = 0, decoder: Any = None) -> Tensor:
+    """(n_seqs, seq_len) token ids sampled by the model itself from BOS at `temperature` (#1019's calibration).
+
+    `batch` rows are sampled together (0 = all n_seqs at once), from one generator seeded with `seed` on `device`.
+    With `decoder` (the module pgolf.model.decode) each new token is one KV-cached decoding step; without it every
+    token reruns the whole prefix, O(T^2): the reference that tests/test_decode.py checks the cache against (same
+    tokens for the same seed and batch).
+    """
+    gen = torch.Generator(device=device).manual_seed(seed)
     bos = getattr(model, "bos_id", 1)
+    rows = batch if batch > 0 else n_seqs
     out = []
-    for first in range(0, n_seqs, batch):
-        ids = torch.full((min(batch, n_seqs - first), 1), bos, dtype=torch.long, device=device)
-        for _ in range(seq_len - 1):
-            logits = model(ids)[:, -1, :].float().cpu()
-            probs = torch.softmax(logits / temperature, dim=-1)
-            nxt = torch.multinomial(probs, 1, generator=gen).to(device)
-            ids = torch.cat((ids, nxt), dim=1)
+    for first in range(0, n_seqs, rows):
+        ids = torch.full((min(rows, n_seqs - first), seq_len), bos, dtype=torch.long, device=device)
+        cache = decoder.KVCache(model, ids.size(0), max(1, seq_len - 1)) if decoder is not None else None
+        for t in range(1, seq_len):
+            if cache is None:
+                logits = model(ids[:, :t])[:, -1]
+            else:
+                logits = decoder.decode(model, ids[:, t - 1 : t], cache)[:, -1]
+            probs = torch.softmax(logits.float() / temperature, dim=-1)
+            ids[:, t] = torch.multinomial(probs, 1, generator=gen)[:, 0]
         out.append(ids)
     return torch.cat(out)
 
 
-def _generated_batches(model: nn.Module, cfg: Config, device: torch.device, n_batches: int):
-    """quant.gptq_calib_batches self-generated sequences of train.seq_len tokens, 8 per forward."""
+def _generated_batches(model: nn.Module, cfg: Config, device: torch.device, n_batches: int,
+                       stats: dict[str, float] | None = None):
+    """quant.gptq_calib_batches self-generated sequences of train.seq_len tokens, sampled all at once with the KV
+    cache (pgolf.model.decode) in the training dtype; the seconds it took go to stats["calibration_generate_seconds"]."""
+    decoder = require_module("pgolf.model.decode", cfg.quant)
     was_training = model.training
     model.eval()
-    seqs = generate_calibration(model, n_batches, cfg.train.seq_len, device, cfg.seed)
+    start = time.perf_counter()
+    with autocast_for(device, cfg.train.dtype):
+        seqs = generate_calibration(model, n_batches, cfg.train.seq_len, device, cfg.seed, decoder=decoder)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    if stats is not None:
+        stats["calibration_generate_seconds"] = time.perf_counter() - start
+        stats["calibration_generated_tokens"] = seqs.numel()
     model.train(was_training)
     per_batch = max(1, math.ceil(seqs.shape[0] / n_batches))
     for first in range(0, seqs.shape[0], per_batch):

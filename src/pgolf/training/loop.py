@@ -462,15 +462,27 @@ def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: Distributed
     model.set_looping(looping)
 
 
-def _calibrate(cfg: Config, rt: Runtime, model: GPT, loader: DistributedTokenLoader) -> tuple[dict | None, float]:
-    """GPTQ's calibration Hessians from training tokens, timed as training: (hessians or None, seconds)."""
+def _calibrate(cfg: Config, rt: Runtime, model: GPT, loader: DistributedTokenLoader) -> tuple[dict | None, float, dict]:
+    """GPTQ's calibration Hessians (from training tokens or self-generated ones), timed as training:
+    (hessians or None, seconds, {"calibration_generate_seconds", "calibration_generated_tokens"} when generated)."""
     gptq = optional_module("pgolf.quant.gptq", cfg.quant)
     if gptq is None:
-        return None, 0.0
+        return None, 0.0, {}
+    stats: dict[str, float] = {}
     start = time.perf_counter()
-    hessians = gptq.collect_hessians(model, loader, cfg, rt.device)
+    hessians = gptq.collect_hessians(model, loader, cfg, rt.device, stats)
     synchronize(rt.device)
-    return hessians, time.perf_counter() - start
+    return hessians, time.perf_counter() - start, stats
+
+
+def calibration_report(cfg: Config, calibration_s: float, capped_s: float) -> dict[str, Any]:
+    """The result fields of the cap check: calibration over its reserve (quant.gptq_reserve_s, when a cap is set:
+    training stops at cap - reserve, so more calibration than reserved eats into time the cap does not have) and
+    training + calibration over train.max_wallclock_s."""
+    cap = cfg.train.max_wallclock_s
+    return {"calibration_seconds": calibration_s, "calibration_reserve_s": cfg.quant.gptq_reserve_s,
+            "calibration_over_reserve": cap > 0 and calibration_s > cfg.quant.gptq_reserve_s,
+            "capped_seconds": capped_s, "within_cap": cap <= 0 or capped_s <= cap}
 
 
 def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: WeightAverager, val_tokens, val_bytes,
@@ -480,17 +492,22 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     start = time.perf_counter()
     model.set_looping(True)
     averaging = averager.apply_to(model)  # the explicit export rule of train.averaging: live | ema | swa
-    hessians, calibration_s = _calibrate(cfg, rt, model, loader)  # reads training tokens: inside the cap
+    hessians, calibration_s, calib_stats = _calibrate(cfg, rt, model, loader)  # reads training tokens: inside the cap
     capped_s = timing["train_seconds"] + time.perf_counter() - start
     cap = cfg.train.max_wallclock_s
-    timing.update(calibration_seconds=calibration_s, capped_seconds=capped_s, within_cap=cap <= 0 or capped_s <= cap)
+    timing.update(calibration_report(cfg, calibration_s, capped_s), **calib_stats)
+    if show and timing["calibration_over_reserve"]:
+        print(f"WARNING: GPTQ calibration took {calibration_s:.1f} s, over quant.gptq_reserve_s = "
+              f"{cfg.quant.gptq_reserve_s:g} s (its share of train.max_wallclock_s = {cap:g} s); raise "
+              f"quant.gptq_reserve_s or lower quant.gptq_calib_batches", file=sys.stderr)
     if show and not timing["within_cap"]:
         print(f"WARNING: training + GPTQ calibration took {capped_s:.1f} s, over train.max_wallclock_s = {cap:g} s "
               f"(calibration {calibration_s:.1f} s against quant.gptq_reserve_s = {cfg.quant.gptq_reserve_s:g} s); "
               f"raise quant.gptq_reserve_s or lower quant.gptq_calib_batches", file=sys.stderr)
     if rt.is_main:
+        calibration = {k: v for k, v in timing.items() if k.startswith("calibration_")}
         LogWriter(run_dir / "log.jsonl").write({"step": steps, "averaging": averaging, "averaging_detail": averager.describe(),
-                                                "swa_snapshots": averager.swa_count})
+                                                "swa_snapshots": averager.swa_count, **calibration})
     if rt.is_main:  # full-precision final weights, for `pgolf pack` with another policy
         final_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         atomic_write(run_dir / "model.safetensors", lambda tmp: save_file(final_state, tmp))

@@ -216,6 +216,14 @@ def summary(result: dict[str, Any], run_dir: Path) -> str:
         f"  artifact   {result['artifact_bytes']:,} bytes = {result['model_bytes']:,} model + {result['code_bytes']:,} code "
         f"-> {status} ({margin:+,} bytes of {limit:,})",
     ]
+    if result.get("calibration_seconds"):
+        sampled = (f" (sampling {result['calibration_generated_tokens']:,} tokens "
+                   f"in {result['calibration_generate_seconds']:.1f} s)"
+                   if "calibration_generate_seconds" in result else "")
+        over = ", OVER quant.gptq_reserve_s" if result.get("calibration_over_reserve") else ""
+        lines.append(f"  gptq calib {result['calibration_seconds']:.1f} s{sampled} on the training clock "
+                     f"(reserve {result.get('calibration_reserve_s', 0):g} s{over}; within the cap: "
+                     f"{result.get('within_cap', True)})")
     fit = result.get("fit")
     if fit and fit.get("needed"):
         cost = f"; {fit['val_bpb_cost']:+.5f} bpb after the round trip" if "val_bpb_cost" in fit else ""
