@@ -28,6 +28,7 @@ two drift apart by float rounding.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -168,6 +169,23 @@ def run_seed(name: str, path: str, seeds: list[int], steps: int, ns_dtype: str) 
             "max_abs_train_loss_diff": max(r["max_abs_train_loss_diff"] for r in runs)}
 
 
+SEED_MODULES = Path(__file__).resolve().parent / "lockstep_seeds"  # pr103.py, ...: one record's mapping each
+
+
+def seed_runner(name: str):
+    """`run_seed(name, path, seeds, steps, ns_dtype) -> dict` for a seed recipe: the baseline's here, a record's
+    from benchmarks/lockstep_seeds/<name>.py (None when that record has no mapping yet)."""
+    if name == "baseline":
+        return run_seed
+    file = SEED_MODULES / f"{name}.py"
+    if not file.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"lockstep_seeds.{name}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.run_seed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", metavar="NAME=PATH", help="seed recipe and its train_gpt.py (baseline=...)")
@@ -186,13 +204,14 @@ def main() -> int:
     seeds = {}
     for item in args.files:
         name, _, path = item.partition("=")
-        if name != "baseline":
+        runner = seed_runner(name)
+        if runner is None:
             seeds[name] = {"train_gpt": path, "not_run": NOT_MAPPED.get(name, "unknown seed recipe")}
             continue
         if not Path(path).is_file():
             print(f"{name}: no train_gpt.py at {path!r}", file=sys.stderr)
             return 2
-        seeds[name] = run_seed(name, path, args.seeds, args.steps, args.ns_dtype)
+        seeds[name] = runner(name, path, args.seeds, args.steps, args.ns_dtype)
     for name, why in NOT_MAPPED.items():
         seeds.setdefault(name, {"not_run": why})
     ns_shim = ([f"zeropower_via_newtonschulz5: {NS_SHIM[0].strip()!r} -> {NS_SHIM[1].strip()!r}"]
