@@ -99,6 +99,36 @@ def test_recipes_group_newton_schulz_as_their_code(recipe, grouping):
     assert pgolf.load_recipe(recipe).optim.muon_ns_grouping == grouping
 
 
+@pytest.mark.parametrize("shape", [(96, 32), (32, 96)])
+def test_muon_shape_scale_places_the_factor_as_each_record_does(shape):
+    """bf16 NS: shape_scale = "step" is the banked records' `p.add_(O.to(p.dtype), alpha=-lr * scale)` (#1573, #1536)
+    bit for bit, "update" the baseline's `g *= scale` on the bf16 O, then p - lr g; the two differ by bf16 rounding
+    only, and only where scale != 1 (tall matrices)."""
+    gen = torch.Generator().manual_seed(5)
+    w0, grad = torch.randn(*shape, generator=gen), torch.randn(*shape, generator=gen)
+    lr, mu, wd = 0.05, 0.9, 0.1
+    out = {}
+    for placement in ("step", "update"):
+        w = nn.Parameter(w0.clone())
+        w.grad = grad.clone()
+        Muon([w], lr=lr, momentum=mu, ns_dtype="bfloat16", weight_decay=wd, shape_scale=placement).step()
+        out[placement] = w.detach()
+    o = newton_schulz(grad + mu * grad, 5, QUINTIC, torch.bfloat16, grouping="c_AA")  # Nesterov: U = G + mu B, B = G
+    scale = max(1, shape[0] / shape[1]) ** 0.5
+    assert torch.equal(out["step"], (w0 * (1 - lr * wd)).add_(o.float(), alpha=-lr * scale))
+    assert torch.equal(out["update"], (w0 * (1 - lr * wd)).add_((o * scale).float(), alpha=-lr))
+    assert torch.equal(out["step"], out["update"]) == (scale == 1)
+    torch.testing.assert_close(out["step"], out["update"], rtol=0, atol=lr * scale * 2 ** -7)
+    with pytest.raises(ValueError, match="shape_scale"):
+        Muon([nn.Parameter(w0.clone())], lr=lr, shape_scale="rows")
+
+
+@pytest.mark.parametrize("recipe, placement", [("baseline", "update"), ("pr103", "update"), ("pr206", "update"),
+                                               ("pr595", "update"), ("pr1573", "step"), ("pr1536", "step")])
+def test_recipes_place_the_muon_shape_factor_as_their_code(recipe, placement):
+    assert pgolf.load_recipe(recipe).optim.muon_shape_scale == placement
+
+
 def _band(coeffs, safety, dtype, shape=(64, 128), seed=0) -> tuple[float, float]:
     k = min(shape)
     # well-conditioned: singular values spread over [0.1, 1] x 7 (any scale: NS normalises first)

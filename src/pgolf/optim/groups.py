@@ -52,7 +52,7 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, tied_embeddings: bool =
                        ns_coeffs=cfg.muon_ns_coeffs, ns_dtype=cfg.muon_ns_dtype,
                        row_normalize=cfg.muon_row_normalize, normuon_beta2=cfg.muon_normuon_beta2,
                        weight_decay=cfg.muon_weight_decay, ns_safety=cfg.muon_ns_safety,
-                       ns_grouping=cfg.muon_ns_grouping)
+                       ns_grouping=cfg.muon_ns_grouping, shape_scale=cfg.muon_shape_scale)
             for group in opt.param_groups:
                 group["base_lr"] = cfg.matrix_lr
                 group["base_weight_decay"] = cfg.muon_weight_decay

@@ -8,6 +8,8 @@ Per matrix W (rows x cols) with its averaged gradient G, in this order:
              (s = `muon_ns_safety`, 0 as in every record, for the quintic and Polar Express alike)
   NorMuon    v_r <- b2 v_r + (1-b2) mean_j O_rj^2;  O <- O / (sqrt(v) + 1e-10), rescaled to |O|_F  (`muon_normuon_beta2`)
   update     W <- W (1 - lr wd);   W <- W - lr sqrt(max(1, rows/cols)) O
+             (`shape_scale`: "update" multiplies O, in its NS dtype, by the shape factor as the baseline's `g *= ...`
+             does; "step" folds it into the fp32 step size, as the banked records' `alpha=-lr * scale` (#1573, #1536))
 
 Two different techniques are published under the name "NorMuon" (TECHNIQUES.md §7.4); pgolf gives each its own
 switch and never calls either of them plain "NorMuon":
@@ -68,6 +70,7 @@ def ns_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
+SHAPE_SCALES = ("update", "step")  # where sqrt(max(1, rows/cols)) multiplies: the NS output, or the step size
 NS_GROUPINGS = ("c_AA", "cA_A")  # c * (A @ A): #1536, #1573 (and Polar Express); (c * A) @ A: baseline, #103, #206, #595
 
 
@@ -97,6 +100,11 @@ def newton_schulz(update: Tensor, steps: int, coeffs: Coefficients = QUINTIC,
     return x.T if transposed else x
 
 
+def shape_factor(p: Tensor) -> float:
+    """sqrt(max(1, rows / cols)): the RMS-matching factor of a tall matrix's orthogonal update."""
+    return math.sqrt(max(1.0, p.size(0) / p.size(1)))
+
+
 def row_normalize(update: Tensor) -> Tensor:
     """MuonEq-R: U_r / max(|U_r|_2, 1e-7) for each row (output feature), the norm taken in fp32."""
     norms = update.float().norm(dim=-1, keepdim=True).clamp_min(1e-7)
@@ -122,9 +130,12 @@ class Muon(torch.optim.Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.95,
                  nesterov: bool = True, momentum_style: str = "sum", ns_steps: int = 5, ns_coeffs: str = "quintic",
                  ns_dtype: str = "auto", row_normalize: bool = False, normuon_beta2: float = 0.0,
-                 weight_decay: float = 0.0, ns_safety: float = 0.0, ns_grouping: str = "c_AA"):
+                 weight_decay: float = 0.0, ns_safety: float = 0.0, ns_grouping: str = "c_AA",
+                 shape_scale: str = "update"):
         if ns_grouping not in NS_GROUPINGS:
             raise ValueError(f"ns_grouping must be one of {', '.join(NS_GROUPINGS)}, got {ns_grouping!r}")
+        if shape_scale not in SHAPE_SCALES:
+            raise ValueError(f"shape_scale must be one of {', '.join(SHAPE_SCALES)}, got {shape_scale!r}")
         if momentum_style not in ("sum", "ema"):
             raise ValueError(f"momentum_style must be 'sum' or 'ema', got {momentum_style!r}")
         if ns_coeffs not in NS_COEFFICIENTS:
@@ -140,7 +151,7 @@ class Muon(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, momentum_style=momentum_style,
                         ns_steps=ns_steps, ns_coeffs=ns_coeffs, ns_dtype=ns_dtype, row_normalize=row_normalize,
                         normuon_beta2=normuon_beta2, weight_decay=weight_decay, ns_safety=ns_safety,
-                        ns_grouping=ns_grouping)
+                        ns_grouping=ns_grouping, shape_scale=shape_scale)
         super().__init__(params, defaults)
         self._newton_schulz = newton_schulz
         for group in self.param_groups:
@@ -154,7 +165,8 @@ class Muon(torch.optim.Optimizer):
         self._newton_schulz = torch.compile(newton_schulz, dynamic=False)
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
-        """The orthogonalised, shape-scaled update of one matrix (before lr); advances its state."""
+        """The orthogonalised update of one matrix (before lr), times the shape factor under shape_scale = "update";
+        advances its state."""
         g = p.grad
         state = self.state[p]
         mu = group["momentum"]
@@ -177,7 +189,7 @@ class Muon(torch.optim.Optimizer):
             if "row_second_moment" not in state:
                 state["row_second_moment"] = torch.zeros(o.size(0), 1, device=o.device, dtype=torch.float32)
             o = normuon_normalize(o, state["row_second_moment"], beta2)
-        return o * math.sqrt(max(1.0, p.size(0) / p.size(1)))
+        return o * shape_factor(p) if group.get("shape_scale", "update") == "update" else o
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -206,10 +218,11 @@ class Muon(torch.optim.Optimizer):
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             offset = 0
             lr, wd = group["lr"], group["weight_decay"]
+            in_step = group.get("shape_scale", "update") == "step"
             for p in params:
                 update = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
                 if wd:
                     p.mul_(1 - lr * wd)  # decoupled WD with the scheduled lr
-                p.add_(update, alpha=-lr)
+                p.add_(update, alpha=-lr * shape_factor(p) if in_step else -lr)
                 offset += p.numel()
         return loss
