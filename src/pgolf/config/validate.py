@@ -157,8 +157,7 @@ def _validate_optim(o: OptimConfig, t: TrainConfig) -> None:
     if o.matrix_optimizer == "adam":
         muon_only = {"muon_row_normalize": o.muon_row_normalize, "muon_normuon_beta2": o.muon_normuon_beta2 > 0,
                      "muon_ns_coeffs": o.muon_ns_coeffs != "quintic", "muon_momentum_style": o.muon_momentum_style != "sum",
-                     "muon_ns_safety": o.muon_ns_safety != 0.0, "muon_wd_taper_start": o.muon_wd_taper_start < 1.0,
-                     "muon_shape_scale": o.muon_shape_scale != "update"}
+                     "muon_ns_safety": o.muon_ns_safety != 0.0, "muon_wd_taper_start": o.muon_wd_taper_start < 1.0}
         for key, on in muon_only.items():
             if on:
                 raise ConfigError(f"'optim.{key}' is a Muon switch and does nothing with optim.matrix_optimizer = 'adam'; "
