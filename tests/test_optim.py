@@ -339,7 +339,7 @@ def test_matches_torch_optim_muon_where_torch_computes_the_same_variant():
 # ----------------------------------------------------------------------------- distributed Muon
 
 VARIANT = dict(momentum=0.9, row_normalize=True, normuon_beta2=0.95, momentum_style="ema", weight_decay=0.1,
-               ns_dtype="float32")
+               ns_dtype="float32", shape_scale="step")  # the step-size placement: ranks share unscaled updates
 
 
 def _distributed_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
