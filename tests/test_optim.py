@@ -171,6 +171,18 @@ def test_row_normalize_gives_unit_rows_and_is_muoneq_r_before_ns():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
+def test_row_normalize_in_bf16_divides_by_the_norm_rounded_to_bf16():
+    """#103 (X / X.norm(dim=1) on bf16 X) and #1536 (update / rn.to(bf16)) divide by the bf16-rounded row norm;
+    dividing by the fp32 norm gives other last bits (it parted pgolf from #103's own step at step 4)."""
+    u = (torch.randn(64, 48, generator=torch.Generator().manual_seed(3)) * 0.01).bfloat16()
+    norm = u.float().norm(dim=-1, keepdim=True)
+    expected = (u.float() / norm.bfloat16().float()).bfloat16()
+    unrounded = (u.float() / norm).bfloat16()
+    assert not torch.equal(expected, unrounded)  # the data tells the two divisions apart
+    out = row_normalize(u)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
 def test_normuon_second_moment_equals_closed_form_and_keeps_frobenius_norm():
     """#206: v_T = sum_t (1 - b2) b2^(T-1-t) mean_j O_t^2 (from 0, no bias correction); the update keeps |O|_F."""
     beta2, mu, lr, steps = 0.95, 0.9, 0.05, 4

@@ -98,9 +98,12 @@ def newton_schulz(update: Tensor, steps: int, coeffs: Coefficients = QUINTIC,
 
 
 def row_normalize(update: Tensor) -> Tensor:
-    """MuonEq-R: U_r / max(|U_r|_2, 1e-7) for each row (output feature), the norm taken in fp32."""
-    norms = update.float().norm(dim=-1, keepdim=True).clamp_min(1e-7)
-    return (update.float() / norms).to(update.dtype)
+    """MuonEq-R: U_r / max(|U_r|_2, 1e-7) for each row (output feature), the norm accumulated in fp32 and then
+    rounded to the update's dtype before the division, as the records divide: #103 `X / X.norm(dim=1)` on its
+    bf16 X (L141), #1536 `update / rn.to(update.dtype)` (L1262-1263). In bf16, dividing by the unrounded fp32
+    norm gives other last bits and parts the two codes from step 4 (benchmarks/lockstep_seeds/pr103.py)."""
+    norms = update.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(update.dtype)
+    return update / norms
 
 
 def normuon_normalize(update: Tensor, second_moment: Tensor, beta2: float) -> Tensor:
