@@ -193,6 +193,10 @@ def run_seed(name: str, path: str, seeds: list[int], steps: int, ns_dtype: str) 
                             "last bit and, once the norm exceeds 1.0 (clip 1.0), so does every clipped gradient; from "
                             "there bf16 Newton-Schulz rounding grows it. diagnostic_clip_norm_in_pgolf_layout runs its "
                             "step with the norm summed in pgolf's layout (nothing else changed)",
+            "artifact_note": "with bit-identical training (the diagnostic) the two artifacts still score apart by ~1e-5: "
+                             "its dequantize_state_dict_int6 rounds every int6 value q * s to bf16 (L346-348; the "
+                             "stated bf16 round trip of pr103.toml) and its SWA mean is a stacked mean (L904-905) "
+                             "where pgolf divides an fp32 sum",
             "eval_note": "its eval_sliding_window scores the last stride targets of windows starting at 0 (the first "
                          "context_len - 1 - stride targets and the tail are never scored); pgolf's sliding eval scores "
                          "every target once: val_bpb_challenge_artifact_scored_by_pgolf is its artifact on pgolf's targets"}
