@@ -173,6 +173,41 @@ def test_lora_at_init_equals_no_lora():
         torch.testing.assert_close(with_lora(ids), without(ids), rtol=0, atol=1e-6)
 
 
+def test_lora_attention_gradient_is_bit_equal_to_103s_order():
+    """#103 builds q = c_q(x) + LoRA_q(x), k = c_k(x), v = c_v(x) + LoRA_v(x) in that order (its L567-569); autograd
+    sums x's gradient over those uses in reverse creation order, so another order changes the last bits of every
+    gradient (it parted pgolf from #103's own step at step 3, benchmarks/lockstep_seeds/pr103.py)."""
+    import torch.nn.functional as F
+    from pgolf.model.attention import AttentionContext
+    from pgolf.model.layers import apply_rotary
+
+    model = small_model(TECHNIQUES["loop"], seed=1)
+    attn, T = model.blocks[0].attn, 24
+    gen = torch.Generator().manual_seed(5)
+    lora = tuple(torch.randn(t.shape[1:], generator=gen) for t in (model.lora_a_q, model.lora_b_q, model.lora_a_v,
+                                                                   model.lora_b_v))
+    x0 = torch.randn(3, T, 32, generator=gen)
+    cos, sin = model.rotary.tables(T, x0.device)
+
+    def reference(x):  # #103's _run_layer attention, in its order
+        B, H, Hkv, hd = x.size(0), attn.num_heads, attn.num_kv_heads, attn.head_dim
+        q = F.linear(x, attn.c_q.weight) + (x @ lora[0]) @ lora[1]
+        k = F.linear(x, attn.c_k.weight)
+        v = F.linear(x, attn.c_v.weight) + (x @ lora[2]) @ lora[3]
+        q = apply_rotary(F.rms_norm(q.view(B, T, H, hd), (hd,)), cos, sin, hd) * attn.q_gain[None, None, :, None]
+        k = apply_rotary(F.rms_norm(k.view(B, T, Hkv, hd), (hd,)), cos, sin, hd)
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, Hkv, hd).transpose(1, 2),
+                                           is_causal=True, enable_gqa=True)
+        return F.linear(y.transpose(1, 2).reshape(B, T, H * hd), attn.proj.weight)
+
+    grads = []
+    for fn in (lambda x: attn(x, AttentionContext(cos=cos, sin=sin, rotary_dims=attn.head_dim), lora), reference):
+        x = x0.clone().requires_grad_(True)
+        (fn(x) * torch.linspace(-1, 1, 32)).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_delayed_recurrence_switches_the_schedule():
     model = pgolf.build_model(pgolf.load_recipe("pr1536", scale="tiny").model)
     assert not model.looping and model.active_schedule == list(range(11))

@@ -201,6 +201,47 @@ def test_row_normalize_gives_unit_rows_and_is_muoneq_r_before_ns():
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
+def test_row_normalize_in_bf16_divides_by_the_norm_rounded_to_bf16():
+    """#103 (X / X.norm(dim=1) on bf16 X) and #1536 (update / rn.to(bf16)) divide by the bf16-rounded row norm;
+    dividing by the fp32 norm gives other last bits (it parted pgolf from #103's own step at step 4)."""
+    u = (torch.randn(64, 48, generator=torch.Generator().manual_seed(3)) * 0.01).bfloat16()
+    norm = u.float().norm(dim=-1, keepdim=True)
+    expected = (u.float() / norm.bfloat16().float()).bfloat16()
+    unrounded = (u.float() / norm).bfloat16()
+    assert not torch.equal(expected, unrounded)  # the data tells the two divisions apart
+    out = row_normalize(u)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+def test_ema_normuon_bf16_step_is_bit_equal_to_206s_arithmetic():
+    """#206's normuon_update, written as it is (lerp momentum, grad.lerp_ Nesterov, bf16 NS, lerp second moment,
+    reciprocal step size, |O|_F / (|O'|_F + 1e-10), WD then update): pgolf's ema + NorMuon step gives the same bits.
+    mul/add in place of the lerps rounds differently and parted pgolf from #206's own step (lockstep_seeds/pr206.py)."""
+    gen = torch.Generator().manual_seed(11)
+    w0 = torch.randn(48, 32, generator=gen) * 0.1
+    grads = [torch.randn(48, 32, generator=gen) * 0.01 for _ in range(4)]
+    moms = [0.92, 0.93, 0.94, 0.95]
+    ours = nn.Parameter(w0.clone())
+    opt = Muon([ours], lr=0.02, momentum_style="ema", normuon_beta2=0.95, weight_decay=0.02, ns_dtype="bfloat16",
+               ns_grouping="cA_A")
+    ref, buf, v = w0.clone(), torch.zeros_like(w0), torch.zeros(48, 1)
+    for g, mu in zip(grads, moms):
+        ours.grad = g.clone()
+        opt.param_groups[0]["momentum"] = mu
+        opt.step()
+        grad = g.clone()
+        buf.lerp_(grad, 1 - mu)
+        update = newton_schulz(grad.lerp_(buf, mu), 5, QUINTIC, torch.bfloat16, grouping="cA_A").to(torch.float32)
+        vnorm = update.norm(dim=(-2, -1), keepdim=True)
+        v.lerp_(torch.mean(update * update, dim=-1, keepdim=True), 1 - 0.95)
+        update.mul_(1 / v.sqrt().add_(1e-10))
+        update.mul_(vnorm / (update.norm(dim=(-2, -1), keepdim=True).add_(1e-10)))
+        update *= max(1, 48 / 32) ** 0.5
+        ref.mul_(1.0 - 0.02 * 0.02)
+        ref.add_(update, alpha=-0.02)
+    assert torch.equal(ours.detach(), ref)
+
+
 def test_normuon_second_moment_equals_closed_form_and_keeps_frobenius_norm():
     """#206: v_T = sum_t (1 - b2) b2^(T-1-t) mean_j O_t^2 (from 0, no bias correction); the update keeps |O|_F."""
     beta2, mu, lr, steps = 0.95, 0.9, 0.05, 4

@@ -206,11 +206,12 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, ctx: AttentionContext, lora: tuple[Tensor, ...] | None = None) -> Tensor:
         B, T, d = x.shape
         H, Hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
-        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
-        if lora is not None:  # q += (x A_q) B_q, v += (x A_v) B_v
-            a_q, b_q, a_v, b_v = (t.to(x.dtype) for t in lora)
-            q = q + (x @ a_q) @ b_q
-            v = v + (x @ a_v) @ b_v
+        # q += (x A_q) B_q, v += (x A_v) B_v, built in #103's order (c_q, LoRA q, c_k, c_v, LoRA v: its L567-569):
+        # autograd sums the gradient of x over these uses in reverse creation order, so the order is its last bits
+        a_q, b_q, a_v, b_v = (t.to(x.dtype) for t in lora) if lora is not None else (None,) * 4
+        q = self.c_q(x) if lora is None else self.c_q(x) + (x @ a_q) @ b_q
+        k = self.c_k(x)
+        v = self.c_v(x) if lora is None else self.c_v(x) + (x @ a_v) @ b_v
         if self.ve_scale is not None and ctx.value_embed is not None:
             v = v + self.ve_scale.to(x.dtype) * ctx.value_embed
         q = q.view(B, T, H, hd)

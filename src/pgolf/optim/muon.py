@@ -106,19 +106,24 @@ def shape_factor(p: Tensor) -> float:
 
 
 def row_normalize(update: Tensor) -> Tensor:
-    """MuonEq-R: U_r / max(|U_r|_2, 1e-7) for each row (output feature), the norm taken in fp32."""
-    norms = update.float().norm(dim=-1, keepdim=True).clamp_min(1e-7)
-    return (update.float() / norms).to(update.dtype)
+    """MuonEq-R: U_r / max(|U_r|_2, 1e-7) for each row (output feature), the norm accumulated in fp32 and then
+    rounded to the update's dtype before the division, as the records divide: #103 `X / X.norm(dim=1)` on its
+    bf16 X (L141), #1536 `update / rn.to(update.dtype)` (L1262-1263). In bf16, dividing by the unrounded fp32
+    norm gives other last bits and parts the two codes from step 4 (benchmarks/lockstep_seeds/pr103.py)."""
+    norms = update.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(update.dtype)
+    return update / norms
 
 
 def normuon_normalize(update: Tensor, second_moment: Tensor, beta2: float) -> Tensor:
     """#206's NorMuon, in place on `second_moment` (rows x 1, fp32, starts at 0, no bias correction):
     v_r <- b2 v_r + (1 - b2) mean_j O_rj^2;  O <- O / (sqrt(v) + 1e-10);  then O *= |O_before|_F / |O|_F."""
     o = update.float()
-    second_moment.mul_(beta2).add_(o.square().mean(dim=1, keepdim=True), alpha=1.0 - beta2)
-    norm_before = o.norm()
-    o = o / (second_moment.sqrt() + 1e-10)
-    return o * (norm_before / o.norm().clamp_min(1e-12))
+    # in #206's own arithmetic (its normuon_update): lerp, the reciprocal step size, |O|_F / (|O'|_F + 1e-10), so
+    # that a bf16 step equals its step bit for bit (benchmarks/lockstep_seeds/pr206.py)
+    norm_before = o.norm(dim=(-2, -1), keepdim=True)
+    second_moment.lerp_((o * o).mean(dim=-1, keepdim=True), 1.0 - beta2)
+    o = o * (1 / (second_moment.sqrt() + 1e-10))
+    return o * (norm_before / (o.norm(dim=(-2, -1), keepdim=True) + 1e-10))
 
 
 class Muon(torch.optim.Optimizer):
@@ -177,8 +182,8 @@ class Muon(torch.optim.Optimizer):
             buf.mul_(mu).add_(g)  # B <- mu B + G
             u = g.add(buf, alpha=mu) if group["nesterov"] else buf  # U = G + mu B
         else:
-            buf.mul_(mu).add_(g, alpha=1 - mu)  # B <- mu B + (1 - mu) G
-            u = g.mul(1 - mu).add_(buf, alpha=mu) if group["nesterov"] else buf  # U = (1 - mu) G + mu B
+            buf.lerp_(g, 1 - mu)  # B <- mu B + (1 - mu) G, as #206's momentum.lerp_(grad, 1 - beta)
+            u = g.lerp(buf, mu) if group["nesterov"] else buf  # U = (1 - mu) G + mu B, its grad.lerp_(momentum, beta)
         dtype = ns_dtype(group["ns_dtype"], g.device)
         if group["row_normalize"]:
             u = row_normalize(u.to(dtype))  # on the NS-dtype update, as #103 (bf16) and #1536 do
