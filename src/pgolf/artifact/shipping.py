@@ -25,17 +25,19 @@ replaced by "" (`DOC_ARGUMENTS`).
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..config.optional import needed_optional_modules
+from .specialise import specialise
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 ENTRY = "training/bundle_entry.py"
 ENTRY_USES = frozenset({"run_bundle"})  # what the script's bootstrap calls (pgolf.artifact.bundle)
 # The script builder: never carried; pgolf.artifact.sizes imports its code_bytes for use outside a script.
-BUILD_ONLY = frozenset({"artifact/bundle.py", "artifact/shipping.py", "artifact/minify.py", "artifact/linemap.py"})
+BUILD_ONLY = frozenset({"artifact/bundle.py", "artifact/shipping.py", "artifact/minify.py", "artifact/linemap.py",
+                        "artifact/specialise.py"})
 PURE_DECORATORS = frozenset({
     "dataclass", "dataclasses.dataclass", "staticmethod", "classmethod", "property", "functools.lru_cache",
     "lru_cache", "functools.cache", "torch.no_grad", "torch.inference_mode", "torch.compile",
@@ -216,6 +218,7 @@ def _is_type_checking(stmt: ast.stmt) -> bool:
 class Pruned:
     trees: dict[str, ast.Module]      # rel path -> pruned tree, for every carried module
     dropped: dict[str, list[str]]     # rel path -> names dropped from it
+    frozen: dict[str, Any] = field(default_factory=dict)  # key -> value the trees were specialised on
 
 
 def prune(trees: dict[str, ast.Module], roots: list[str]) -> Pruned:
@@ -309,12 +312,18 @@ def _reads(tree: ast.AST, key: str, writer: str) -> bool:
     return False
 
 
-def carried_trees(optional: Sequence[str]) -> Pruned:
+def carried_trees(optional: Sequence[str], values: dict[str, Any] | None = None) -> Pruned:
     """The pruned trees of every module a train_gpt.py carries for a config that uses the optional modules
-    `optional` (dotted names, pgolf.config.optional.needed_optional_modules), keyed by package-relative path."""
+    `optional` (dotted names, pgolf.config.optional.needed_optional_modules), keyed by package-relative path;
+    with `values` (pgolf.artifact.specialise.candidate_values of the config), specialised to them first."""
     roots = roots_for(optional)
     trees: dict[str, ast.Module] = {}
     closure(roots, trees)
+    frozen: dict[str, Any] = {}
+    if values:
+        specialised = specialise(trees, values)
+        trees, frozen = specialised.trees, specialised.frozen
     result = prune(trees, roots)
     strip_doc_arguments(result.trees)
+    result.frozen = frozen
     return result
