@@ -288,7 +288,10 @@ def test_raw_storage_is_smaller_than_base85_and_both_carry_the_same_code():
             sources.append(namespace["SOURCES"])
         finally:
             path.unlink()
-    assert sources[0] == sources[1] == sources[2] == bundle.module_sources(cfg)
+    assert sources[0] == sources[1] == sources[2]
+    frozen = sources[0].pop(bundle.FROZEN_SEGMENT)  # the keys the code was specialised on, then the modules
+    assert frozen.split() == list(bundle.frozen_keys(cfg)) and "model.smear" in frozen.split()
+    assert sources[0] == bundle.module_sources(cfg)
 
 
 # ----------------------------------------------------------------------------- running the carried code

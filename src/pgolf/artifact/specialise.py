@@ -104,8 +104,10 @@ def _is_self(node: ast.AST, self_name: str | None) -> bool:
 class _Types:
     """Section types of names in one scope, plus the class attributes typed for `self`."""
 
-    def __init__(self, names: dict[str, str], self_name: str | None, attrs: dict[str, str]):
+    def __init__(self, names: dict[str, str], self_name: str | None, attrs: dict[str, str],
+                 consts: dict[str, Any] | None = None):
         self.names, self.self_name, self.attrs = names, self_name, attrs
+        self.consts = consts or {}  # local names bound once, to a constant (`use_lanes = False`)
 
     def of(self, node: ast.AST) -> str | None:
         if isinstance(node, ast.Name):
@@ -157,10 +159,46 @@ def _params(scope: ast.AST) -> list[ast.arg]:
 
 
 def _scope_types(scope: ast.AST, outer: dict[str, str], self_name: str | None, attrs: dict[str, str],
-                 is_method: bool = False) -> tuple[dict[str, str], str | None]:
-    """(names of `scope` with a provable section type, the name of `self` there or None): the enclosing scope's
-    `outer` types hold for the names `scope` does not bind; `self` is its first parameter in a method, an
-    enclosing method's `self` in a nested scope that does not bind the name."""
+                 is_method: bool = False, outer_consts: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, str], str | None, dict[str, Any]]:
+    """(names of `scope` with a provable section type, the name of `self` there or None, names bound once to a
+    constant): the enclosing scope's `outer` types (and `outer_consts`) hold for the names `scope` does not
+    bind; `self` is its first parameter in a method, an enclosing method's `self` in a nested scope that does
+    not bind the name."""
+    bound = _bindings(scope)
+    consts = {k: v for k, v in (outer_consts or {}).items() if k not in bound}
+    for name, bindings in bound.items():
+        if (len(bindings) == 1 and bindings[0] is not None and bindings[0][0] == "value"
+                and isinstance(bindings[0][1], ast.Constant)
+                and isinstance(bindings[0][1].value, (type(None), bool, int, float, str))):
+            consts[name] = bindings[0][1].value
+    names = {k: v for k, v in outer.items() if k not in bound}
+    if self_name in bound and (len(bound[self_name]) > 1 or not is_method):
+        self_name = None  # `self` rebound or shadowed: no attribute of it is provable
+    changed = True
+    while changed:  # a name is typed once every binding of it is typed with one section (grows monotonically)
+        changed = False
+        types = _Types(names, self_name, attrs)
+        for name, bindings in bound.items():
+            if name in names:
+                continue
+            sections = set()
+            for b in bindings:
+                if b is None:
+                    sections.add(None)
+                elif b[0] == "section":
+                    sections.add(b[1])
+                else:
+                    sections.add(types.of(b[1]))
+            if len(sections) == 1 and None not in sections:
+                names[name] = sections.pop()
+                changed = True
+    return names, self_name, consts
+
+
+def _bindings(scope: ast.AST) -> dict[str, list[Any]]:
+    """name -> its bindings in `scope`: ("section", section or None) for a parameter, ("value", expr) for a
+    plain assignment, None for any other binding (a loop target, an import, `global`, ...)."""
     nodes = _scope_nodes(scope)
     bound: dict[str, list[Any]] = {}  # name -> its bindings: ("param", section|None) or ("value", expr) or None
     for p in _params(scope):
@@ -200,28 +238,12 @@ def _scope_types(scope: ast.AST, outer: dict[str, str], self_name: str | None, a
             pass
         elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
             bound.setdefault(node.name, []).append(None)
-    names = {k: v for k, v in outer.items() if k not in bound}
-    if self_name in bound and (len(bound[self_name]) > 1 or not is_method):
-        self_name = None  # `self` rebound or shadowed: no attribute of it is provable
-    changed = True
-    while changed:  # a name is typed once every binding of it is typed with one section (grows monotonically)
-        changed = False
-        types = _Types(names, self_name, attrs)
-        for name, bindings in bound.items():
-            if name in names:
-                continue
-            sections = set()
-            for b in bindings:
-                if b is None:
-                    sections.add(None)
-                elif b[0] == "section":
-                    sections.add(b[1])
-                else:
-                    sections.add(types.of(b[1]))
-            if len(sections) == 1 and None not in sections:
-                names[name] = sections.pop()
-                changed = True
-    return names, self_name
+    for node in nodes:  # `:=` in a comprehension binds in the enclosing function
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            for n in ast.walk(node):
+                if isinstance(n, ast.NamedExpr) and isinstance(n.target, ast.Name):
+                    bound.setdefault(n.target.id, []).append(None)
+    return bound
 
 
 # ----------------------------------------------------------------------------- constants
@@ -250,6 +272,57 @@ def _literal(value: Any, like: ast.AST) -> ast.expr:
     else:
         node = ast.Constant(value)
     return ast.copy_location(node, like)
+
+
+def _quiet(node: ast.AST) -> bool:
+    """An expression whose evaluation does nothing but read (names, attributes, constants, comparisons)."""
+    if isinstance(node, (ast.Name, ast.Constant)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return _quiet(node.value)
+    if isinstance(node, ast.Compare):
+        return _quiet(node.left) and all(_quiet(c) for c in node.comparators)
+    if isinstance(node, ast.UnaryOp):
+        return _quiet(node.operand)
+    if isinstance(node, ast.BoolOp):
+        return all(_quiet(v) for v in node.values)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(_quiet(e) for e in node.elts)
+    return False
+
+
+def _truth(node: ast.AST) -> Any:
+    """True/False when `node`, used as a condition, is decided (`x and False` is false), else _NO."""
+    value = _const(node)
+    if value is not _NO:
+        return bool(value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        inner = _truth(node.operand)
+        return _NO if inner is _NO else not inner
+    if isinstance(node, ast.BoolOp):
+        decisive = not isinstance(node.op, ast.And)  # `and` is decided by a false operand, `or` by a true one
+        for i, v in enumerate(node.values):
+            if _truth(v) is decisive and all(_quiet(w) for w in node.values[:i]):
+                return decisive
+    return _NO
+
+
+def _test(node: ast.expr) -> ast.expr:
+    """`node` simplified where only its truth matters: `x and True` -> x, `x or False` -> x."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        node.operand = _test(node.operand)
+        return node
+    if isinstance(node, ast.BoolOp):
+        neutral = isinstance(node.op, ast.And)  # operands that cannot change the truth of the result
+        values = [_test(v) for v in node.values]
+        kept = [v for v in values if not (_truth(v) is neutral and _quiet(v))]
+        if not kept:
+            return ast.copy_location(ast.Constant(neutral), node)
+        if len(kept) == 1:
+            return kept[0]
+        node.values = kept
+        return node
+    return node
 
 
 class _Folder(ast.NodeTransformer):
@@ -294,16 +367,23 @@ class _Folder(ast.NodeTransformer):
             return node
         return ast.copy_location(ast.Constant(result), node)
 
+    def visit_While(self, node: ast.While) -> Any:
+        self.generic_visit(node)
+        node.test = _test(node.test)
+        return [] if _truth(node.test) is False and not node.orelse else node
+
     def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
         self.generic_visit(node)
-        test = _const(node.test)
+        node.test = _test(node.test)
+        test = _truth(node.test)
         if test is _NO:
             return node
         return node.body if test else node.orelse
 
     def visit_If(self, node: ast.If) -> Any:
         self.generic_visit(node)
-        test = _const(node.test)
+        node.test = _test(node.test)
+        test = _truth(node.test)
         if test is _NO:
             return node
         return (node.body if test else node.orelse) or []
@@ -485,14 +565,14 @@ def _scopes(trees: dict[str, ast.Module], attrs: dict[int, dict[str, Any]]):
     """(scope node, its _Types, id of the class whose `self` it sees or None) for every function, lambda and
     comprehension in `trees`, outer scopes first."""
     for rel in sorted(trees):
-        stack: list[tuple[ast.AST, dict[str, str], str | None, dict[str, Any], bool, int | None]] = []
+        stack: list[tuple[ast.AST, tuple[dict, dict], str | None, dict[str, Any], bool, int | None]] = []
         for node in trees[rel].body:
-            stack.append((node, {}, None, {}, False, None))
+            stack.append((node, ({}, {}), None, {}, False, None))
         while stack:
-            node, outer, self_name, cls_attrs, in_class, cid = stack.pop(0)
+            node, (outer, outer_consts), self_name, cls_attrs, in_class, cid = stack.pop(0)
             if isinstance(node, ast.ClassDef):
                 for child in node.body:
-                    stack.append((child, outer, None, attrs.get(id(node), {}), True, id(node)))
+                    stack.append((child, (outer, outer_consts), None, attrs.get(id(node), {}), True, id(node)))
                 continue
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.SetComp,
                                  ast.GeneratorExp, ast.DictComp)):
@@ -502,16 +582,16 @@ def _scopes(trees: dict[str, ast.Module], attrs: dict[int, dict[str, Any]]):
                                  for d in node.decorator_list)
                     method_self = None if static or not _params(node) else _params(node)[0].arg
                     is_method = method_self is not None
-                names, method_self = _scope_types(node, outer, method_self, cls_attrs, is_method)
+                names, method_self, consts = _scope_types(node, outer, method_self, cls_attrs, is_method, outer_consts)
                 own = cid if method_self is not None else None
-                yield node, _Types(names, method_self, cls_attrs if own is not None else {}), own
+                yield node, _Types(names, method_self, cls_attrs if own is not None else {}, consts), own
                 for child in _scope_nodes(node):
                     if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp,
                                           ast.SetComp, ast.GeneratorExp, ast.DictComp)):
-                        stack.append((child, names, method_self, cls_attrs, False, own))
+                        stack.append((child, (names, consts), method_self, cls_attrs, False, own))
                 continue
             for child in ast.iter_child_nodes(node):  # module-level statements: reach the functions inside
-                stack.append((child, outer, self_name, cls_attrs, False, cid))
+                stack.append((child, (outer, outer_consts), self_name, cls_attrs, False, cid))
 
 
 def specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Specialised:
@@ -537,7 +617,8 @@ def specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Speciali
                     replacements[id(node)] = _literal(values[key], node)
                     frozen[key] = values[key]
     trees = _replace_and_fold(trees, replacements)
-    for _ in range(8):  # constants stored in attributes: `self.mode = 'none'` ... `if self.mode == 'ema':`
+    for _ in range(8):  # constants stored in attributes (`self.mode = 'none'` ... `if self.mode == 'ema':`) and
+        # in local names bound once (`lanes = False` ... `if lanes:`), until nothing changes
         stores, anything = _stores(trees, {})
         constants = _class_constants(trees, stores, anything)
         replacements = {}
@@ -547,9 +628,12 @@ def specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Speciali
                 if (known and isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)
                         and _is_self(node.value, types.self_name) and node.attr in known):
                     replacements[id(node)] = _literal(known[node.attr], node)
+                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in types.consts:
+                    replacements[id(node)] = _literal(types.consts[node.id], node)
         if not replacements:
             break
         trees = _replace_and_fold(trees, replacements)
+    trees = {rel: _drop_dead_locals(tree) for rel, tree in trees.items()}
     return Specialised(trees, dict(sorted(frozen.items())))
 
 
@@ -560,4 +644,44 @@ def _replace_and_fold(trees: dict[str, ast.Module], replacements: dict[int, ast.
                 return replacements[id(node)]
             return self.generic_visit(node)
 
+        def visit_Name(self, node: ast.Name) -> ast.AST:
+            return replacements.get(id(node), node)
+
     return {rel: ast.fix_missing_locations(_Folder().visit(Replace().visit(trees[rel]))) for rel in sorted(trees)}
+
+
+_INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "dir"})
+
+
+def _drop_dead_locals(tree: ast.Module) -> ast.Module:
+    """Drop the assignments of function-local names that nothing reads any more (`m = cfg.model` after every
+    `m.x` was folded), when the value only reads (names, attributes, constants)."""
+    drop: set[int] = set()
+    for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+        inner = list(ast.walk(fn))
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in _INTROSPECTION for n in inner):
+            continue
+        loaded = {n.id for n in inner if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Load, ast.Del))}
+        loaded |= {n.target.id for n in inner if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name)}
+        loaded |= {name for n in inner if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
+        params = {p.arg for p in _params(fn)}
+        for name, bindings in _bindings(fn).items():
+            if (name in loaded or name in params or not bindings
+                    or any(b is None or b[0] != "value" or not _quiet(b[1]) for b in bindings)):
+                continue
+            drop |= {id(b[1]) for b in bindings}
+
+    class Drop(ast.NodeTransformer):
+        def visit_Assign(self, node: ast.Assign) -> Any:
+            if id(node.value) in drop:
+                return None
+            target = node.targets[0] if len(node.targets) == 1 else None
+            if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                pairs = [(t, v) for t, v in zip(target.elts, node.value.elts) if id(v) not in drop]
+                if not pairs:
+                    return None
+                if len(pairs) < len(target.elts):
+                    target.elts, node.value.elts = [t for t, _ in pairs], [v for _, v in pairs]
+            return node
+
+    return ast.fix_missing_locations(_Folder().visit(Drop().visit(tree)))
