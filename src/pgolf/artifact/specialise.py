@@ -33,8 +33,8 @@ the line map stays exact. Deterministic: the same trees and values give the same
 from __future__ import annotations
 
 import ast
-import copy
 import dataclasses
+import functools
 import operator
 import typing
 from dataclasses import dataclass
@@ -120,7 +120,17 @@ class _Types:
         return None
 
 
+_MEMO: dict[tuple[str, int], Any] = {}  # per-scope results while the trees do not change (cleared on every change)
+
+
 def _scope_nodes(scope: ast.AST) -> list[ast.AST]:
+    key = ("nodes", id(scope))
+    if key not in _MEMO:
+        _MEMO[key] = (scope, _scope_nodes_uncached(scope))  # the scope is held: its id stays its own
+    return _MEMO[key][1]
+
+
+def _scope_nodes_uncached(scope: ast.AST) -> list[ast.AST]:
     """The nodes of a function's own scope: its body, not the insides of nested functions, lambdas, classes or
     comprehensions (their defaults and decorators do run in this scope; their bodies do not)."""
     out: list[ast.AST] = []
@@ -199,6 +209,13 @@ def _scope_types(scope: ast.AST, outer: dict[str, str], self_name: str | None, a
 def _bindings(scope: ast.AST) -> dict[str, list[Any]]:
     """name -> its bindings in `scope`: ("section", section or None) for a parameter, ("value", expr) for a
     plain assignment, None for any other binding (a loop target, an import, `global`, ...)."""
+    key = ("bindings", id(scope))
+    if key not in _MEMO:
+        _MEMO[key] = (scope, _bindings_uncached(scope))
+    return _MEMO[key][1]
+
+
+def _bindings_uncached(scope: ast.AST) -> dict[str, list[Any]]:
     nodes = _scope_nodes(scope)
     bound: dict[str, list[Any]] = {}  # name -> its bindings: ("param", section|None) or ("value", expr) or None
     for p in _params(scope):
@@ -425,7 +442,7 @@ def _stores(trees: dict[str, ast.Module], attrs: dict[int, dict[str, str]]) -> t
     than a config (whose keys pgolf.config.overrides sets before anything reads them) could store any."""
     out: list[_Store] = []
     anything = False
-    for scope, types, cls in _scopes(trees, attrs):
+    for scope, types, cls, _ in _scopes(trees, attrs):
         values: dict[int, ast.AST] = {}
         nodes = _scope_nodes(scope)
         for node in nodes:
@@ -450,6 +467,12 @@ def _stores(trees: dict[str, ast.Module], attrs: dict[int, dict[str, str]]) -> t
                     own = cls if _is_self(node.args[0], types.self_name) else None
                     out.append(_Store(node.args[1].value, own, node.args[2] if len(node.args) > 2 else None))
                 elif not node.args or not _config_like(node.args[0], types):
+                    anything = True
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr in ("register_buffer", "register_parameter", "register_module", "add_module")):
+                if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                    out.append(_Store(node.args[0].value, None, None))  # nn.Module stores it by name
+                else:
                     anything = True
     return out, anything
 
@@ -501,7 +524,7 @@ def _class_attrs(trees: dict[str, ast.Module], stores: list[_Store], anything: b
                 mine.setdefault(st.attr, set()).add(types_of(st.value) if st.value is not None else None)
         attrs = {}
         for attr, sections in mine.items():
-            if len(sections) != 1 or None in sections:
+            if len(sections) != 1 or None in sections or attr in external_attributes():
                 continue
             if all(st.cls == cid or (st.cls is not None and not _maybe_subclass(classes[st.cls], cls, classes))
                    for st in stores if st.attr == attr):
@@ -511,11 +534,26 @@ def _class_attrs(trees: dict[str, ast.Module], stores: list[_Store], anything: b
     return out
 
 
+@functools.lru_cache(maxsize=1)
+def external_attributes() -> frozenset[str]:
+    """Attributes that the library base classes of pgolf's classes set or define themselves (nn.Module's
+    `training`, an optimizer's `state`, a thread's `name`): code outside pgolf may store them, unseen."""
+    import threading
+
+    import torch
+
+    probe = torch.zeros(1, requires_grad=True)
+    objects = [torch.nn.Module(), torch.optim.SGD([probe], lr=0.1), threading.Thread(), Exception(),
+               torch.autograd.Function]
+    return frozenset(name for obj in objects for name in (*dir(obj), *getattr(obj, "__dict__", {})))
+
+
 def _class_constants(trees: dict[str, ast.Module], stores: list[_Store], anything: bool) -> dict[int, dict[str, Any]]:
     """id(ClassDef) -> {attribute: value} for attributes every store of which (anywhere) is `self.x = <constant>`
-    with one value, in that class's methods, and that no class body defines."""
+    with one value, in that class's methods, and that no class body defines (nor a library base class)."""
     if anything:
         return {}
+    external = external_attributes()
     classes = _classes(trees)
     bodies: dict[str, list[int]] = {}  # name -> classes whose bodies bind it (fields, methods, properties)
     for cid, c in classes.items():
@@ -531,7 +569,7 @@ def _class_constants(trees: dict[str, ast.Module], stores: list[_Store], anythin
         by_attr.setdefault(st.attr, []).append(st)
     out: dict[int, dict[str, Any]] = {}
     for attr, sts in sorted(by_attr.items()):
-        if len({st.cls for st in sts}) != 1 or sts[0].cls is None:
+        if len({st.cls for st in sts}) != 1 or sts[0].cls is None or attr in external:
             continue
         mine = classes[sts[0].cls]
         if any(c == sts[0].cls or _maybe_subclass(classes[c], mine, classes) or _maybe_subclass(mine, classes[c], classes)
@@ -584,7 +622,7 @@ def _scopes(trees: dict[str, ast.Module], attrs: dict[int, dict[str, Any]]):
                     is_method = method_self is not None
                 names, method_self, consts = _scope_types(node, outer, method_self, cls_attrs, is_method, outer_consts)
                 own = cid if method_self is not None else None
-                yield node, _Types(names, method_self, cls_attrs if own is not None else {}, consts), own
+                yield node, _Types(names, method_self, cls_attrs if own is not None else {}, consts), own, rel
                 for child in _scope_nodes(node):
                     if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp,
                                           ast.SetComp, ast.GeneratorExp, ast.DictComp)):
@@ -595,18 +633,28 @@ def _scopes(trees: dict[str, ast.Module], attrs: dict[int, dict[str, Any]]):
 
 
 def specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Specialised:
-    """Copies of `trees` with the provable reads of `values`' keys replaced by the values and folded; then,
-    until nothing changes, the reads of `self` attributes that every store gives one constant."""
-    trees = {rel: copy.deepcopy(tree) for rel, tree in trees.items()}
+    """`trees` (consumed: transformed in place) with the provable reads of `values`' keys replaced by the
+    values and folded; then, until nothing changes, the reads of `self` attributes that every store gives one
+    constant and of local names bound once to a constant."""
+    _MEMO.clear()
+    try:
+        return _specialise(trees, values)
+    finally:
+        _MEMO.clear()
+
+
+def _specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Specialised:
     stores, anything = _stores(trees, {})
-    plain = {id(scope): types for scope, types, _ in _scopes(trees, {})}
-    scope_of = {id(n): id(scope) for scope, _, _ in _scopes(trees, {}) for n in _scope_nodes(scope)}
+    scopes = list(_scopes(trees, {}))
+    plain = {id(scope): types for scope, types, _, _ in scopes}
+    scope_of = {id(n): id(scope) for scope, _, _, _ in scopes for n in _scope_nodes(scope)}
     attrs = _class_attrs(trees, stores, anything, lambda v: plain[scope_of[id(v)]].of(v) if id(v) in scope_of else None)
     stores, anything = _stores(trees, attrs)
     values = {k: v for k, v in values.items() if k not in _written_fields(values, stores)}
     frozen: dict[str, Any] = {}
     replacements: dict[int, ast.expr] = {}
-    for scope, types, _ in _scopes(trees, attrs):
+    touched: set[str] = set()
+    for scope, types, _, rel in _scopes(trees, attrs):
         for node in _scope_nodes(scope):
             if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
                 section = types.of(node.value)
@@ -616,28 +664,34 @@ def specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Speciali
                 if key in values:
                     replacements[id(node)] = _literal(values[key], node)
                     frozen[key] = values[key]
-    trees = _replace_and_fold(trees, replacements)
+                    touched.add(rel)
+    trees = _replace_and_fold(trees, replacements, touched)
     for _ in range(8):  # constants stored in attributes (`self.mode = 'none'` ... `if self.mode == 'ema':`) and
         # in local names bound once (`lanes = False` ... `if lanes:`), until nothing changes
         stores, anything = _stores(trees, {})
         constants = _class_constants(trees, stores, anything)
-        replacements = {}
-        for scope, types, cid in _scopes(trees, {}):
+        replacements, touched = {}, set()
+        for scope, types, cid, rel in _scopes(trees, {}):
             known = constants.get(cid, {}) if cid is not None else {}
             for node in _scope_nodes(scope):
                 if (known and isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load)
                         and _is_self(node.value, types.self_name) and node.attr in known):
                     replacements[id(node)] = _literal(known[node.attr], node)
+                    touched.add(rel)
                 elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in types.consts:
                     replacements[id(node)] = _literal(types.consts[node.id], node)
+                    touched.add(rel)
         if not replacements:
             break
-        trees = _replace_and_fold(trees, replacements)
+        trees = _replace_and_fold(trees, replacements, touched)
+    _MEMO.clear()
     trees = {rel: _drop_dead_locals(tree) for rel, tree in trees.items()}
     return Specialised(trees, dict(sorted(frozen.items())))
 
 
-def _replace_and_fold(trees: dict[str, ast.Module], replacements: dict[int, ast.expr]) -> dict[str, ast.Module]:
+def _replace_and_fold(trees: dict[str, ast.Module], replacements: dict[int, ast.expr], touched: set[str]
+                      ) -> dict[str, ast.Module]:
+    _MEMO.clear()
     class Replace(ast.NodeTransformer):
         def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
             if id(node) in replacements:
@@ -647,7 +701,8 @@ def _replace_and_fold(trees: dict[str, ast.Module], replacements: dict[int, ast.
         def visit_Name(self, node: ast.Name) -> ast.AST:
             return replacements.get(id(node), node)
 
-    return {rel: ast.fix_missing_locations(_Folder().visit(Replace().visit(trees[rel]))) for rel in sorted(trees)}
+    return {rel: ast.fix_missing_locations(_Folder().visit(Replace().visit(tree))) if rel in touched else tree
+            for rel, tree in sorted(trees.items())}
 
 
 _INTROSPECTION = frozenset({"locals", "vars", "eval", "exec", "dir"})
