@@ -9,6 +9,7 @@ import itertools
 import textwrap
 
 import pytest
+import torch
 
 import pgolf
 from pgolf.artifact import bundle, shipping
@@ -165,3 +166,51 @@ def test_only_configs_pgolf_loads_are_built_in_carried_code():
     assert built == {("config/load.py", "load_recipe"), ("config/load.py", "config_from_dict"),
                      ("config/schema.py", "config_delta"), ("quant/pack.py", "_defaults"),
                      ("artifact/sizes.py", "runtime_code_bytes"), ("data/prepare.py", "transform_module")}
+
+
+def test_attributes_a_library_base_class_may_set_are_not_folded():
+    source = textwrap.dedent('''
+        import torch
+
+        class Head(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.training = False
+                self.gate = None
+
+            def forward(self, x):
+                return (x if self.training else -x), self.gate
+    ''')
+    tree = specialise({"head.py": ast.parse(source)}, {}).trees["head.py"]
+    forward = ast.unparse(tree.body[1].body[1])
+    assert "self.training" in forward  # nn.Module.train() stores it, unseen by the pass
+    assert "return (x if self.training else -x, None)" in forward  # only this class stores gate: folded
+    namespace = _run(tree)
+    head = namespace["Head"]().train()
+    assert head(torch.tensor(2.0))[0].item() == 2.0
+
+
+def test_methods_nothing_calls_are_dropped_and_the_rest_kept():
+    source = textwrap.dedent('''
+        class Block:
+            def forward(self, x):
+                return self.used(x) + getattr(self, "by_name")(x)
+
+            def used(self, x):
+                return x
+
+            def by_name(self, x):
+                return x
+
+            def lanes(self, x):
+                return helper(x)
+
+            def __repr__(self):
+                return "Block"
+
+        def helper(x):
+            return x
+    ''')
+    trees = {"block.py": ast.parse(source)}
+    assert shipping.drop_unused_methods(trees) == {"block.py": ["Block.lanes"]}
+    assert [f.name for f in trees["block.py"].body[0].body] == ["forward", "used", "by_name", "__repr__"]
