@@ -4,7 +4,12 @@ The challenge counts the bytes of the submitted `train_gpt.py`, so pgolf counts 
 in every result.json is `len(bundle_bytes(cfg))`, the size of the script `pgolf submit` writes.
 
 What goes in (pgolf.artifact.shipping): the modules the entry point imports and the optional technique modules
-the config switches on, pruned of the definitions nothing carried uses. Each module is minified with
+the config switches on, specialised to the config (pgolf.artifact.specialise: provable reads of its switches
+become constants and the branches they decide are folded away), then pruned of the definitions nothing carried
+uses. The keys the code was specialised on travel in the payload (segment `FROZEN_SEGMENT`, after the
+modules); the script refuses an environment override that gives one of them another value, naming the key,
+its frozen value and how to rebuild (pgolf.training.bundle_entry.check_frozen). The specialisation values are
+read from the config the script will load (`_key`: its embedded delta read back onto the defaults). Each module is minified with
 python-minifier (pgolf.artifact.minify), module-level constants that no other carried module reaches shortened too
 (`kept_globals`); the sources are joined behind the importer (BOOT, NUL, path, NUL, source, ...), bz2-compressed
 (smaller than raw LZMA2 on every recipe, measured in benchmarks/budget.py) and stored in the script's last line;
@@ -23,8 +28,8 @@ Minified modules move lines: `linemap(cfg)` maps each line of each carried modul
 and line (pgolf.artifact.linemap); `pgolf submit` writes it next to the script, outside the counted file.
 
 The output is deterministic: the same sources, config and python-minifier release give the same bytes.
-Pruning and minifying are cached per process (by the optional modules a config uses, and by module tree), so
-costing many configs stays cheap.
+Specialising, pruning and minifying are cached per process (by the optional modules a config uses and its
+specialisation values, and by module tree), so costing many configs with the same switches stays cheap.
 """
 
 from __future__ import annotations
