@@ -61,6 +61,7 @@ MODULE = textwrap.dedent('''
         plain.bigram_buckets = 0
         return plain.bigram_buckets, cfg.bigram_buckets, route(plain, 1)  # route sees a config with 0 buckets
 ''')
+ENTRIES = frozenset({"route", "through_root", "Net", "unannotated", "rebound", "copied"})  # the tests call them
 VALUES = {"model.smear": "none", "model.bigram_buckets": 0, "model.tie_embeddings": True, "train.averaging": "ema"}
 
 
@@ -79,7 +80,7 @@ def _calls(ns: dict, model: ModelConfig) -> list:
 
 def test_folded_code_computes_what_the_original_computes_for_the_frozen_values():
     original = ast.parse(MODULE)
-    result = specialise({"snippet.py": original}, VALUES)
+    result = specialise({"snippet.py": original}, VALUES, ENTRIES)
     tree = result.trees["snippet.py"]
     model = ModelConfig(smear="none", bigram_buckets=0, tie_embeddings=True)
     assert _calls(_run(tree), model) == _calls(_run(ast.parse(MODULE)), model)
@@ -98,24 +99,24 @@ def test_every_combination_of_values_gives_the_originals_results():
         values = {"model.smear": smear, "model.bigram_buckets": buckets, "model.tie_embeddings": tied,
                   "train.averaging": "ema"}
         model = ModelConfig(smear=smear, bigram_buckets=buckets, tie_embeddings=tied)
-        tree = specialise({"snippet.py": ast.parse(MODULE)}, values).trees["snippet.py"]
+        tree = specialise({"snippet.py": ast.parse(MODULE)}, values, ENTRIES).trees["snippet.py"]
         assert _calls(_run(tree), model) == _calls(_run(ast.parse(MODULE)), model), values
 
 
 def test_reads_it_cannot_prove_are_left_alone():
-    tree = specialise({"snippet.py": ast.parse(MODULE)}, VALUES).trees["snippet.py"]
+    tree = specialise({"snippet.py": ast.parse(MODULE)}, VALUES, ENTRIES).trees["snippet.py"]
     functions = {f.name: ast.unparse(f) for f in tree.body if isinstance(f, ast.FunctionDef)}
     assert "return cfg.smear" in functions["unannotated"]  # no annotation: any object
     assert "return cfg.smear" in functions["rebound"]  # also bound by a loop
     # bigram_buckets is stored into a copy: frozen only because the copy gets the frozen value itself (0)
     assert "return (plain.bigram_buckets, 0, route(plain, 1))" in functions["copied"]
-    other = specialise({"snippet.py": ast.parse(MODULE)}, dict(VALUES, **{"model.bigram_buckets": 8}))
+    other = specialise({"snippet.py": ast.parse(MODULE)}, dict(VALUES, **{"model.bigram_buckets": 8}), ENTRIES)
     copied = next(f for f in other.trees["snippet.py"].body if getattr(f, "name", "") == "copied")
     assert "cfg.bigram_buckets" in ast.unparse(copied) and "model.bigram_buckets" not in other.frozen
 
 
 def test_folded_statements_keep_their_lines():
-    tree = specialise({"snippet.py": ast.parse(MODULE)}, dict(VALUES, **{"model.smear": "pre_norm"})).trees["snippet.py"]
+    tree = specialise({"snippet.py": ast.parse(MODULE)}, dict(VALUES, **{"model.smear": "pre_norm"}), ENTRIES).trees["snippet.py"]
     route = next(f for f in tree.body if getattr(f, "name", "") == "route")
     line = MODULE.split("\n").index('        return "smear:" + cfg.smear') + 1
     assert [s.lineno for s in route.body] == [line] and isinstance(route.body[0], ast.Return)
@@ -214,3 +215,29 @@ def test_methods_nothing_calls_are_dropped_and_the_rest_kept():
     trees = {"block.py": ast.parse(source)}
     assert shipping.drop_unused_methods(trees) == {"block.py": ["Block.lanes"]}
     assert [f.name for f in trees["block.py"].body[0].body] == ["forward", "used", "by_name", "__repr__"]
+
+
+def test_parameters_every_call_passes_one_constant_are_folded():
+    source = textwrap.dedent('''
+        def scale(x, factor, shift=0, mode=None):
+            if mode is None:
+                return x * factor + shift
+            return -x
+
+        def twice(x, flag):
+            return x if flag else -x
+
+        def use(x):
+            return scale(x, 3), scale(x, factor=3, mode=None), twice(x, True), twice(x, False), keep(x, 1)
+
+        def keep(x, k):
+            return x + k
+
+        KEEP = [keep]
+    ''')
+    tree = specialise({"p.py": ast.parse(source)}, {}, frozenset({"use"})).trees["p.py"]
+    functions = {f.name: ast.unparse(f) for f in tree.body if isinstance(f, ast.FunctionDef)}
+    assert "return x * 3 + 0" in functions["scale"] and "mode" not in functions["scale"].split(":", 1)[1]
+    assert "x if flag else -x" in functions["twice"]  # two different values
+    assert "x + k" in functions["keep"]  # also used as a value
+    assert _run(tree)["use"](5) == _run(ast.parse(source))["use"](5)

@@ -327,7 +327,7 @@ def carried_trees(optional: Sequence[str], values: dict[str, Any] | None = None)
     closure(roots, trees)
     frozen: dict[str, Any] = {}
     if values:
-        specialised = specialise(trees, values)
+        specialised = specialise(trees, values, ENTRY_USES)
         trees, frozen = specialised.trees, specialised.frozen
     result = prune(trees, roots)
     while True:  # methods nothing calls any more (a folded branch was their only caller), then what they used

@@ -632,18 +632,21 @@ def _scopes(trees: dict[str, ast.Module], attrs: dict[int, dict[str, Any]]):
                 stack.append((child, (outer, outer_consts), self_name, cls_attrs, False, cid))
 
 
-def specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Specialised:
+def specialise(trees: dict[str, ast.Module], values: dict[str, Any], entries: frozenset[str] = frozenset()
+               ) -> Specialised:
     """`trees` (consumed: transformed in place) with the provable reads of `values`' keys replaced by the
     values and folded; then, until nothing changes, the reads of `self` attributes that every store gives one
-    constant and of local names bound once to a constant."""
+    constant, of local names bound once to a constant and of parameters every call passes one constant.
+    `entries`: the module-level functions code outside `trees` calls (the script's bootstrap calls run_bundle):
+    their parameters are never folded."""
     _MEMO.clear()
     try:
-        return _specialise(trees, values)
+        return _specialise(trees, values, entries)
     finally:
         _MEMO.clear()
 
 
-def _specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Specialised:
+def _specialise(trees: dict[str, ast.Module], values: dict[str, Any], entries: frozenset[str]) -> Specialised:
     stores, anything = _stores(trees, {})
     scopes = list(_scopes(trees, {}))
     plain = {id(scope): types for scope, types, _, _ in scopes}
@@ -681,6 +684,10 @@ def _specialise(trees: dict[str, ast.Module], values: dict[str, Any]) -> Special
                 elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in types.consts:
                     replacements[id(node)] = _literal(types.consts[node.id], node)
                     touched.add(rel)
+        for rel, fn, name, value in _parameter_constants(trees, entries):
+            for node in _loads_of(fn, name):
+                replacements[id(node)] = _literal(value, node)
+                touched.add(rel)
         if not replacements:
             break
         trees = _replace_and_fold(trees, replacements, touched)
@@ -740,3 +747,102 @@ def _drop_dead_locals(tree: ast.Module) -> ast.Module:
             return node
 
     return ast.fix_missing_locations(_Folder().visit(Drop().visit(tree)))
+
+
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def _parameter_constants(trees: dict[str, ast.Module], entries: frozenset[str]) -> list[tuple[str, ast.AST, str, Any]]:
+    """(module, function, parameter, value) for parameters of module-level functions (and of the __init__ of
+    module-level classes without decorators or subclasses) that every call passes one constant (or leaves at a
+    constant default): the function's name is defined once in the carried code and used only as `name(...)`,
+    never with *args/**kwargs, as a value, an attribute or a string."""
+    defs: dict[str, list[tuple[str, ast.stmt]]] = {}
+    for rel, tree in sorted(trees.items()):
+        for stmt in tree.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+                defs.setdefault(stmt.name, []).append((rel, stmt))
+    calls: dict[str, list[ast.Call]] = {name: [] for name in defs}
+    bad: set[str] = set(entries)
+    for tree in trees.values():
+        heads = set()
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in defs:
+                calls[n.func.id].append(n)
+                heads.add(id(n.func))
+                if any(isinstance(a, ast.Starred) for a in n.args) or any(k.arg is None for k in n.keywords):
+                    bad.add(n.func.id)
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Name) and n.id in defs and id(n) not in heads:
+                bad.add(n.id)
+            elif isinstance(n, ast.Attribute) and n.attr in defs:
+                bad.add(n.attr)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in defs:
+                bad.add(n.value)
+            elif isinstance(n, ast.alias) and n.asname is not None:
+                bad.add(n.name)
+            elif isinstance(n, ast.ClassDef):
+                bad |= {b.id for b in n.bases if isinstance(b, ast.Name)}
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name in defs and (
+                    len(defs[n.name]) != 1 or defs[n.name][0][1] is not n):
+                bad.add(n.name)  # a method or nested function of the same name
+    out = []
+    for name, found in sorted(defs.items()):
+        if len(found) != 1 or name in bad or not calls[name]:
+            continue
+        rel, node = found[0]
+        if node.decorator_list:
+            continue
+        fn, skip = node, 0
+        if isinstance(node, ast.ClassDef):
+            fn = next((s for s in node.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None)
+            if fn is None or fn.decorator_list or any(isinstance(s, ast.FunctionDef) and s.name == "__new__"
+                                                     for s in node.body):
+                continue
+            skip = 1
+        a = fn.args
+        if a.vararg or a.kwarg:
+            continue
+        positional = (a.posonlyargs + a.args)[skip:]
+        defaults = dict(zip([p.arg for p in a.posonlyargs + a.args][-len(a.defaults):], a.defaults)) if a.defaults else {}
+        defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+        params = [(i, p.arg) for i, p in enumerate(positional)] + [(None, p.arg) for p in a.kwonlyargs]
+        bindings = _bindings(fn)
+        for index, param in params:
+            if len(bindings.get(param, [])) != 1:
+                continue  # rebound in the function
+            values = set()
+            for call in calls[name]:
+                keyword = next((k.value for k in call.keywords if k.arg == param), None)
+                if index is not None and index < len(call.args):
+                    value = _const(call.args[index])
+                elif keyword is not None:
+                    value = _const(keyword)
+                elif param in defaults:
+                    value = _const(defaults[param])
+                else:
+                    value = _NO
+                if value is _NO or not isinstance(value, _SCALARS):
+                    break
+                values.add((type(value), value))
+            else:
+                if len(values) == 1:
+                    out.append((rel, fn, param, next(iter(values))[1]))
+    return out
+
+
+def _loads_of(fn: ast.AST, name: str) -> list[ast.Name]:
+    """The loads of `name` in `fn` and in the scopes nested in it that do not bind `name` themselves."""
+    out, todo = [], [fn]
+    while todo:
+        scope = todo.pop()
+        for node in _scope_nodes(scope):
+            if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Load):
+                out.append(node)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.SetComp,
+                                   ast.GeneratorExp, ast.DictComp)) and name not in _bindings(node):
+                todo.append(node)
+            elif isinstance(node, ast.ClassDef):
+                todo += [s for s in node.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+                         and name not in _bindings(s)]
+    return out
