@@ -13,7 +13,7 @@ import torch
 
 import pgolf
 from pgolf.artifact import bundle, shipping
-from pgolf.artifact.specialise import CLASS_SECTIONS, OFF_SWITCHES, candidate_values, specialise
+from pgolf.artifact.specialise import CLASS_SECTIONS, OFF_SWITCHES, candidate_values, external_attribute, specialise
 from pgolf.config import ConfigError, ModelConfig, all_keys, config_delta
 from pgolf.config.optional import OPTIONAL_MODULES
 from pgolf.training.bundle_entry import bundle_config
@@ -189,6 +189,15 @@ def test_attributes_a_library_base_class_may_set_are_not_folded():
     namespace = _run(tree)
     head = namespace["Head"]().train()
     assert head(torch.tensor(2.0))[0].item() == 2.0
+
+
+def test_the_library_attribute_list_covers_what_the_installed_libraries_store():
+    import threading
+
+    probe = torch.zeros(1, requires_grad=True)
+    stored = {*vars(torch.nn.Module()), *vars(torch.optim.SGD([probe], lr=0.1)), *vars(threading.Thread()),
+              *vars(Exception()), *(a for a in dir(threading.Thread()) if not callable(getattr(threading.Thread, a, None)))}
+    assert all(external_attribute(a) for a in stored), sorted(a for a in stored if not external_attribute(a))
 
 
 def test_methods_nothing_calls_are_dropped_and_the_rest_kept():

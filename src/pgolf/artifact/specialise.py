@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import functools
 import operator
 import typing
 from dataclasses import dataclass
@@ -524,7 +523,7 @@ def _class_attrs(trees: dict[str, ast.Module], stores: list[_Store], anything: b
                 mine.setdefault(st.attr, set()).add(types_of(st.value) if st.value is not None else None)
         attrs = {}
         for attr, sections in mine.items():
-            if len(sections) != 1 or None in sections or attr in external_attributes():
+            if len(sections) != 1 or None in sections or external_attribute(attr):
                 continue
             if all(st.cls == cid or (st.cls is not None and not _maybe_subclass(classes[st.cls], cls, classes))
                    for st in stores if st.attr == attr):
@@ -534,18 +533,16 @@ def _class_attrs(trees: dict[str, ast.Module], stores: list[_Store], anything: b
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def external_attributes() -> frozenset[str]:
-    """Attributes that the library base classes of pgolf's classes set or define themselves (nn.Module's
-    `training`, an optimizer's `state`, a thread's `name`): code outside pgolf may store them, unseen."""
-    import threading
+# Public attributes that library base classes of pgolf's classes store themselves (nn.Module's `training`, an
+# optimizer's `state`, a thread's `name`, an exception's `args`); with every name starting with "_", code outside
+# pgolf may store them, unseen, so they are never folded. A fixed list, so that the bundle's bytes do not depend
+# on the torch release (tests/test_specialise.py checks it against the installed one).
+LIBRARY_ATTRIBUTES = frozenset({"training", "state", "param_groups", "defaults", "args", "name", "daemon", "ident",
+                                "native_id", "grad", "data", "requires_grad"})
 
-    import torch
 
-    probe = torch.zeros(1, requires_grad=True)
-    objects = [torch.nn.Module(), torch.optim.SGD([probe], lr=0.1), threading.Thread(), Exception(),
-               torch.autograd.Function]
-    return frozenset(name for obj in objects for name in (*dir(obj), *getattr(obj, "__dict__", {})))
+def external_attribute(name: str) -> bool:
+    return name.startswith("_") or name in LIBRARY_ATTRIBUTES
 
 
 def _class_constants(trees: dict[str, ast.Module], stores: list[_Store], anything: bool) -> dict[int, dict[str, Any]]:
@@ -553,7 +550,6 @@ def _class_constants(trees: dict[str, ast.Module], stores: list[_Store], anythin
     with one value, in that class's methods, and that no class body defines (nor a library base class)."""
     if anything:
         return {}
-    external = external_attributes()
     classes = _classes(trees)
     bodies: dict[str, list[int]] = {}  # name -> classes whose bodies bind it (fields, methods, properties)
     for cid, c in classes.items():
@@ -569,7 +565,7 @@ def _class_constants(trees: dict[str, ast.Module], stores: list[_Store], anythin
         by_attr.setdefault(st.attr, []).append(st)
     out: dict[int, dict[str, Any]] = {}
     for attr, sts in sorted(by_attr.items()):
-        if len({st.cls for st in sts}) != 1 or sts[0].cls is None or attr in external:
+        if len({st.cls for st in sts}) != 1 or sts[0].cls is None or external_attribute(attr):
             continue
         mine = classes[sts[0].cls]
         if any(c == sts[0].cls or _maybe_subclass(classes[c], mine, classes) or _maybe_subclass(mine, classes[c], classes)
