@@ -52,11 +52,12 @@ def code_columns(cfg: pgolf.Config) -> dict[str, Any]:
     script = bundle.bundle_bytes(cfg)
     payload = bundle.compressed_sources(cfg)
     head = script[: script.rindex(bundle.BLOB_PREFIX) + 1]
-    modules = bundle.modules_for(cfg)
-    joined = bundle.joined_sources(modules).encode("utf-8")
-    per_module = {"(importer)": len(payload) - len(bz2.compress(joined[len(bundle.BOOT):], 9))}
+    modules, frozen = bundle.modules_for(cfg), bundle.frozen_keys(cfg)
+    joined = bundle.joined_sources(modules, frozen).encode("utf-8")
+    per_module = {"(importer)": len(payload) - len(bz2.compress(joined[len(bundle.BOOT):], 9)),
+                  "(frozen keys)": len(payload) - len(bz2.compress(bundle.joined_sources(modules).encode("utf-8"), 9))}
     for m in modules:
-        rest = bundle.joined_sources(tuple(x for x in modules if x.path != m.path)).encode("utf-8")
+        rest = bundle.joined_sources(tuple(x for x in modules if x.path != m.path), frozen).encode("utf-8")
         per_module[m.path] = len(payload) - len(bz2.compress(rest, 9))
     return {
         "code_bytes": len(script), "priced_by": runtime_code_bytes(cfg),
@@ -64,7 +65,7 @@ def code_columns(cfg: pgolf.Config) -> dict[str, Any]:
         "payload_lzma_alternative": len(lzma.compress(joined, format=lzma.FORMAT_RAW, filters=LZMA_ALTERNATIVE)),
         "escape_overhead": len(script) - len(head) - len(payload) - len(bundle.BLOB_PREFIX) - 1,
         "code_bytes_base85": len(bundle.bundle_bytes(cfg, "base85")),
-        "minified_source_chars": len(joined), "modules": len(modules),
+        "minified_source_chars": len(joined), "modules": len(modules), "frozen_keys": len(frozen),
         "optional_modules": needed_optional_modules(bundle.script_config(cfg)),
         "per_module_bz2": dict(sorted(per_module.items(), key=lambda kv: -kv[1])),
     }

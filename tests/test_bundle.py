@@ -288,7 +288,10 @@ def test_raw_storage_is_smaller_than_base85_and_both_carry_the_same_code():
             sources.append(namespace["SOURCES"])
         finally:
             path.unlink()
-    assert sources[0] == sources[1] == sources[2] == bundle.module_sources(cfg)
+    assert sources[0] == sources[1] == sources[2]
+    frozen = sources[0].pop(bundle.FROZEN_SEGMENT)  # the keys the code was specialised on, then the modules
+    assert frozen.split() == list(bundle.frozen_keys(cfg)) and "model.smear" in frozen.split()
+    assert sources[0] == bundle.module_sources(cfg)
 
 
 # ----------------------------------------------------------------------------- running the carried code
@@ -402,16 +405,28 @@ def _run_case(cfg: pgolf.Config, tmp_path: Path) -> None:
     assert result["val_bpb"] == package["val_bpb"] and result["model_bytes"] == package["model_bytes"]
 
 
-def test_an_override_needing_an_uncarried_module_is_refused(shared_data, tmp_path):
+def _refused(tmp_path: Path, pgolf_set: str) -> str:
+    """stderr of the micro baseline's script run with PGOLF_SET: refused (exit 2) before anything runs."""
     cfg = micro_config("baseline", train__steps=2, data__val_tokens_limit=2049)
     script = tmp_path / "train_gpt.py"
     bundle.write_bundle(cfg, script)
-    env = dict(os.environ, PGOLF_SET="eval.ttt=lora", RUN_DIR=str(tmp_path / "r"))
+    env = dict(os.environ, PGOLF_SET=pgolf_set, RUN_DIR=str(tmp_path / "r"))
     env.pop("PYTHONPATH", None)
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "does not carry pgolf.eval.modes" in proc.stderr and "eval.ttt = 'lora'" in proc.stderr
     assert not (tmp_path / "r").exists()
+    return proc.stderr
+
+
+def test_an_override_needing_an_uncarried_module_is_refused(shared_data, tmp_path):
+    stderr = _refused(tmp_path, "eval.ttt=lora")
+    assert "does not carry pgolf.eval.modes" in stderr and "eval.ttt = 'lora'" in stderr
+
+
+def test_an_override_of_a_key_the_script_was_specialised_on_is_refused(shared_data, tmp_path):
+    stderr = _refused(tmp_path, "train.steps=1 model.smear=pre_norm")
+    assert "specialised on model.smear = 'none' (asked: 'pre_norm')" in stderr and "pgolf submit" in stderr
+    assert "train.steps" not in stderr  # a numeric hyperparameter is never frozen
 
 
 def test_a_traceback_from_a_script_maps_back_to_the_repository(shared_data, tmp_path):

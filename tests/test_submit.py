@@ -293,6 +293,7 @@ def test_every_recipes_script_reproduces_its_run_in_a_clean_venv(recipe_runs, tm
         original = json.loads((run / "result.json").read_text())
         again = json.loads((rerun / "result.json").read_text())
         assert again["code_bytes"] == (subs[name] / "train_gpt.py").stat().st_size == original["code_bytes"], name
+        assert bundle.frozen_keys(load_config(run / "config.toml")), name  # a specialised script reproduced it
         assert again["val_bpb"] == original["val_bpb"] and again["val_loss"] == original["val_loss"], name
         assert again["model_bytes"] == original["model_bytes"] and again["eval_mode"] == original["eval_mode"], name
         assert f"val_bpb:{original['val_bpb']:.8f}" in proc.stdout

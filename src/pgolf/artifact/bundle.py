@@ -4,7 +4,12 @@ The challenge counts the bytes of the submitted `train_gpt.py`, so pgolf counts 
 in every result.json is `len(bundle_bytes(cfg))`, the size of the script `pgolf submit` writes.
 
 What goes in (pgolf.artifact.shipping): the modules the entry point imports and the optional technique modules
-the config switches on, pruned of the definitions nothing carried uses. Each module is minified with
+the config switches on, specialised to the config (pgolf.artifact.specialise: provable reads of its switches
+become constants and the branches they decide are folded away), then pruned of the definitions nothing carried
+uses. The keys the code was specialised on travel in the payload (segment `FROZEN_SEGMENT`, after the
+modules); the script refuses an environment override that gives one of them another value, naming the key,
+its frozen value and how to rebuild (pgolf.training.bundle_entry.check_frozen). The specialisation values are
+read from the config the script will load (`_key`: its embedded delta read back onto the defaults). Each module is minified with
 python-minifier (pgolf.artifact.minify), module-level constants that no other carried module reaches shortened too
 (`kept_globals`); the sources are joined behind the importer (BOOT, NUL, path, NUL, source, ...), bz2-compressed
 (smaller than raw LZMA2 on every recipe, measured in benchmarks/budget.py) and stored in the script's last line;
@@ -23,8 +28,8 @@ Minified modules move lines: `linemap(cfg)` maps each line of each carried modul
 and line (pgolf.artifact.linemap); `pgolf submit` writes it next to the script, outside the counted file.
 
 The output is deterministic: the same sources, config and python-minifier release give the same bytes.
-Pruning and minifying are cached per process (by the optional modules a config uses, and by module tree), so
-costing many configs stays cheap.
+Specialising, pruning and minifying are cached per process (by the optional modules a config uses and its
+specialisation values, and by module tree), so costing many configs with the same switches stays cheap.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import functools
 import hashlib
 import re
 import sys
+import tomllib
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -45,12 +51,13 @@ from typing import Any
 import tomli_w
 
 from .._version import __version__
-from ..config import Config, config_delta
+from ..config import Config, config_delta, config_from_dict
 from ..config.optional import needed_optional_modules, optional_module
 from ..data.dataset import default_tokenizer
 from .linemap import make_linemap, write_linemap
 from .minify import LineMap, minify_tree
 from .shipping import ENTRY_USES, carried_trees, used_names
+from .specialise import candidate_values
 
 ENCODINGS = ("raw", "base85")
 DEFAULT_ENCODING = "raw"
@@ -67,12 +74,35 @@ class Carried:
     lines: LineMap   # per minified line: [(column, original line), ...]
 
 
+FROZEN_SEGMENT = "frozen keys"  # the payload's segment naming the keys the modules were specialised on
+
+
 @functools.lru_cache(maxsize=32)
-def carried_modules(optional: tuple[str, ...]) -> tuple[Carried, ...]:
-    """The minified modules a script carries for a config using the optional modules `optional`, by path."""
-    pruned = carried_trees(optional)
+def _carried(optional: tuple[str, ...], values: tuple[tuple[str, Any], ...]) -> tuple[tuple[Carried, ...], tuple[str, ...]]:
+    pruned = carried_trees(optional, {k: list(v) if isinstance(v, tuple) else v for k, v in values})
     keep = kept_globals(pruned.trees)
-    return tuple(Carried(f"pgolf/{rel}", *_minified(pruned.trees[rel], keep[rel])) for rel in sorted(pruned.trees))
+    modules = tuple(Carried(f"pgolf/{rel}", *_minified(pruned.trees[rel], keep[rel])) for rel in sorted(pruned.trees))
+    return modules, tuple(pruned.frozen)
+
+
+def carried_modules(optional: tuple[str, ...], values: tuple[tuple[str, Any], ...] = ()) -> tuple[Carried, ...]:
+    """The minified modules a script carries for a config using the optional modules `optional`, by path,
+    specialised to the frozen `values` ((key, value) pairs, lists as tuples; () = not specialised)."""
+    return _carried(optional, values)[0]
+
+
+def _key(cfg: Config) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
+    """(optional modules, specialisation values) of `cfg`'s script: the values are read from the config the
+    script will load (its embedded delta read back onto the defaults), so they are what its code will see."""
+    embedded = script_config(cfg)
+    loaded = config_from_dict(tomllib.loads(tomli_w.dumps(config_delta(embedded))), "embedded config")
+    values = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(candidate_values(loaded).items()))
+    return tuple(needed_optional_modules(embedded)), values
+
+
+def frozen_keys(cfg: Config) -> tuple[str, ...]:
+    """The config keys `cfg`'s script was specialised on (its code read them as constants), sorted."""
+    return _carried(*_key(cfg))[1]
 
 
 def kept_globals(trees: dict[str, ast.Module]) -> dict[str, frozenset[str]]:
@@ -109,7 +139,7 @@ def _minified(tree: ast.Module, keep: frozenset[str]) -> tuple[str, LineMap]:
 
 
 def modules_for(cfg: Config) -> tuple[Carried, ...]:
-    return carried_modules(tuple(needed_optional_modules(script_config(cfg))))
+    return _carried(*_key(cfg))[0]
 
 
 def module_sources(cfg: Config) -> dict[str, str]:
@@ -118,18 +148,21 @@ def module_sources(cfg: Config) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=32)
-def _compressed(optional: tuple[str, ...]) -> bytes:
-    return bz2.compress(joined_sources(carried_modules(optional)).encode("utf-8"), 9)
+def _compressed(optional: tuple[str, ...], values: tuple[tuple[str, Any], ...]) -> bytes:
+    modules, frozen = _carried(optional, values)
+    return bz2.compress(joined_sources(modules, frozen).encode("utf-8"), 9)
 
 
-def joined_sources(modules: tuple[Carried, ...]) -> str:
-    """What the payload compresses: the bootstrap's importer, then NUL, path, NUL, source for every module."""
-    return BOOT + "".join(f"\0{m.path}\0{m.source}" for m in modules)
+def joined_sources(modules: tuple[Carried, ...], frozen: tuple[str, ...] = ()) -> str:
+    """What the payload compresses: the bootstrap's importer, then NUL, path, NUL, source for every module, then
+    NUL, FROZEN_SEGMENT, NUL and the frozen keys separated by spaces (when the modules were specialised)."""
+    tail = f"\0{FROZEN_SEGMENT}\0{' '.join(frozen)}" if frozen else ""
+    return BOOT + "".join(f"\0{m.path}\0{m.source}" for m in modules) + tail
 
 
 def compressed_sources(cfg: Config) -> bytes:
     """bz2 of the joined carried sources (BOOT first)."""
-    return _compressed(tuple(needed_optional_modules(script_config(cfg))))
+    return _compressed(*_key(cfg))
 
 
 def escape_raw(data: bytes) -> bytes:

@@ -13,7 +13,8 @@ reached only outside a script (inside one, the script's entry point sets the cod
 
 Definitions. In the carried modules, a top-level function, class, `from . import` name or constant that no
 carried code refers to by name (a name, an attribute, a string) is dropped, repeated until nothing changes;
-modules no carried code imports any more are then dropped too. A definition with a decorator other than the
+modules no carried code imports any more are then dropped too. So is a method whose name no carried code
+uses, unless Python or torch call it by name (`FRAMEWORK_METHODS`, dunders). A definition with a decorator other than the
 plain ones in `PURE_DECORATORS` is always kept (a decorator could register it). `if TYPE_CHECKING:` blocks go.
 `__all__` lists are cut to the names that stay (they re-export; they do not use).
 
@@ -25,21 +26,28 @@ replaced by "" (`DOC_ARGUMENTS`).
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..config.optional import needed_optional_modules
+from .specialise import specialise
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 ENTRY = "training/bundle_entry.py"
 ENTRY_USES = frozenset({"run_bundle"})  # what the script's bootstrap calls (pgolf.artifact.bundle)
 # The script builder: never carried; pgolf.artifact.sizes imports its code_bytes for use outside a script.
-BUILD_ONLY = frozenset({"artifact/bundle.py", "artifact/shipping.py", "artifact/minify.py", "artifact/linemap.py"})
+BUILD_ONLY = frozenset({"artifact/bundle.py", "artifact/shipping.py", "artifact/minify.py", "artifact/linemap.py",
+                        "artifact/specialise.py"})
 PURE_DECORATORS = frozenset({
     "dataclass", "dataclasses.dataclass", "staticmethod", "classmethod", "property", "functools.lru_cache",
     "lru_cache", "functools.cache", "torch.no_grad", "torch.inference_mode", "torch.compile",
     "contextlib.contextmanager", "contextmanager", "torch.compiler.disable"})
+# Methods that Python, torch and the standard library call by name (never written as a call in pgolf's code).
+FRAMEWORK_METHODS = frozenset({
+    "forward", "backward", "setup_context", "jvp", "vmap", "extra_repr", "reset_parameters", "run", "default",
+    "emit", "step", "zero_grad", "state_dict", "load_state_dict", "train", "eval", "find_spec", "create_module",
+    "exec_module", "_load_from_state_dict", "_save_to_state_dict", "_apply", "_init_group"})
 # (module, function, positional index, keyword, metadata key): arguments that only document.
 DOC_ARGUMENTS = (("config/schema.py", "_f", 1, "help", "help"),)
 
@@ -216,6 +224,7 @@ def _is_type_checking(stmt: ast.stmt) -> bool:
 class Pruned:
     trees: dict[str, ast.Module]      # rel path -> pruned tree, for every carried module
     dropped: dict[str, list[str]]     # rel path -> names dropped from it
+    frozen: dict[str, Any] = field(default_factory=dict)  # key -> value the trees were specialised on
 
 
 def prune(trees: dict[str, ast.Module], roots: list[str]) -> Pruned:
@@ -309,12 +318,49 @@ def _reads(tree: ast.AST, key: str, writer: str) -> bool:
     return False
 
 
-def carried_trees(optional: Sequence[str]) -> Pruned:
+def carried_trees(optional: Sequence[str], values: dict[str, Any] | None = None) -> Pruned:
     """The pruned trees of every module a train_gpt.py carries for a config that uses the optional modules
-    `optional` (dotted names, pgolf.config.optional.needed_optional_modules), keyed by package-relative path."""
+    `optional` (dotted names, pgolf.config.optional.needed_optional_modules), keyed by package-relative path;
+    with `values` (pgolf.artifact.specialise.candidate_values of the config), specialised to them first."""
     roots = roots_for(optional)
     trees: dict[str, ast.Module] = {}
     closure(roots, trees)
+    frozen: dict[str, Any] = {}
+    if values:
+        specialised = specialise(trees, values, ENTRY_USES)
+        trees, frozen = specialised.trees, specialised.frozen
     result = prune(trees, roots)
+    while True:  # methods nothing calls any more (a folded branch was their only caller), then what they used
+        methods = drop_unused_methods(result.trees)
+        if not methods:
+            break
+        again = prune(result.trees, roots)
+        for rel, names in [*methods.items(), *result.dropped.items()]:
+            again.dropped.setdefault(rel, []).extend(n for n in names if n not in again.dropped.get(rel, []))
+        result = again
     strip_doc_arguments(result.trees)
+    result.frozen = frozen
     return result
+
+
+def drop_unused_methods(trees: dict[str, ast.Module]) -> dict[str, list[str]]:
+    """Drop, in place, the methods of carried classes whose name no carried code uses (a name, an attribute,
+    a string), except dunders, those Python or torch call by name (`FRAMEWORK_METHODS`) and those with a
+    decorator other than the plain ones; returns {rel: ['Class.method', ...]} dropped."""
+    used: set[str] = set()
+    for tree in trees.values():
+        used |= used_names(tree)
+    dropped: dict[str, list[str]] = {}
+    for rel, tree in sorted(trees.items()):
+        for cls in [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]:
+            keep = []
+            for stmt in cls.body:
+                if (isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and not stmt.name.startswith("__")
+                        and stmt.name not in used and stmt.name not in FRAMEWORK_METHODS
+                        and all(_dotted(d) in PURE_DECORATORS for d in stmt.decorator_list)):
+                    dropped.setdefault(rel, []).append(f"{cls.name}.{stmt.name}")
+                    continue
+                keep.append(stmt)
+            if len(keep) < len(cls.body):
+                cls.body = keep or [ast.copy_location(ast.Pass(), cls)]
+    return dropped

@@ -3,7 +3,10 @@
 The script (pgolf.artifact.bundle builds it) imports pgolf from the sources packed in it and calls `run_bundle`.
 It reads the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED), RUN_DIR, PGOLF_SET (any key)
 and PGOLF_DEVICE. The script carries only the modules its config uses: an override that would switch on a
-technique it does not carry is refused here, before anything runs, naming the setting.
+technique it does not carry is refused here, before anything runs, naming the setting. Its code is specialised
+to the config (pgolf.artifact.specialise: the switches it read as constants are listed in the payload's
+"frozen keys" segment): an override that gives one of those keys another value is refused the same way (the
+same value is allowed).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..config.optional import OPTIONAL_MODULES, needed_optional_modules
 from .loop import train
 from .runtime import init_runtime, shutdown_runtime
 
+FROZEN_SEGMENT = "frozen keys"  # pgolf.artifact.bundle.FROZEN_SEGMENT: the keys the carried code was specialised on
 # Environment variables the generated script reads (the challenge's names where it has one).
 ENV_VARS = {
     "DATA_PATH": "data.path", "TOKENIZER_PATH": "data.tokenizer", "SEED": "seed",
@@ -53,16 +57,37 @@ def check_carried(cfg: Config, carried: set[str] | None) -> None:
               "(pgolf submit, or pgolf.artifact.bundle.write_bundle)")
 
 
-def bundle_config(config: str, environ: dict[str, str] | None = None, carried: set[str] | None = None) -> Config:
-    """The embedded config (TOML text) with the environment's overrides applied, checked against the budget
-    and against the modules the script carries (`carried`, its source paths; None: no check)."""
+def _get(cfg: Config, key: str) -> Any:
+    *section, name = key.split(".")
+    return getattr(getattr(cfg, section[0]) if section else cfg, name)
+
+
+def check_frozen(cfg: Config, embedded: Config, frozen: list[str]) -> None:
+    """Refuse a config that changes a key the script's code was specialised on (`frozen`) from its value in
+    the embedded config."""
+    changed = [(k, _get(embedded, k), _get(cfg, k)) for k in frozen if _get(cfg, k) != _get(embedded, k)]
+    if changed:
+        raise ConfigError(
+            "this train_gpt.py was specialised on " + ", ".join(f"{k} = {a!r} (asked: {b!r})" for k, a, b in changed)
+            + ": its code reads these keys as constants; build a script for the new settings "
+              "(pgolf submit with --set, or pgolf.artifact.bundle.write_bundle)")
+
+
+def bundle_config(config: str, environ: dict[str, str] | None = None, carried: set[str] | None = None,
+                  frozen: list[str] = ()) -> Config:
+    """The embedded config (TOML text) with the environment's overrides applied, checked against the budget,
+    against the modules the script carries (`carried`, its source paths; None: no check) and against the keys
+    its code was specialised on (`frozen`)."""
     environ = dict(os.environ if environ is None else environ)
-    cfg = config_from_dict(tomllib.loads(config), "train_gpt.py (embedded config)")
+    where = "train_gpt.py (embedded config)"
+    cfg = config_from_dict(tomllib.loads(config), where)
     overrides = _env_overrides(environ)
     if "data.path" in overrides and "data.tokenizer" not in overrides and not Path(cfg.data.tokenizer).is_file():
         overrides["data.tokenizer"] = ""  # the new data folder's own tokenizer (challenge layout)
-    cfg = finalize(apply_overrides(cfg, overrides, "environment"))
-    check_carried(cfg, carried)
+    cfg = apply_overrides(cfg, overrides, "environment")
+    check_carried(cfg, carried)  # before validating: the validation code is specialised too
+    check_frozen(cfg, config_from_dict(tomllib.loads(config), where), list(frozen))
+    cfg = finalize(cfg)
     check_budget(cfg)
     return cfg
 
@@ -71,7 +96,7 @@ def run_bundle(config: str, script: str, sources: dict[str, str]) -> int:
     """Entry point of a generated train_gpt.py: train and evaluate the embedded config; 4 if over the limit."""
     running_in_script(Path(script).stat().st_size)
     try:
-        cfg = bundle_config(config, carried=set(sources))
+        cfg = bundle_config(config, carried=set(sources), frozen=sources.get(FROZEN_SEGMENT, "").split())
     except ConfigError as exc:
         print(f"train_gpt.py: error: {exc}", file=sys.stderr)
         return 2
