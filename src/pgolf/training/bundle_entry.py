@@ -4,6 +4,11 @@ The script (pgolf.artifact.bundle builds it) imports pgolf from the sources pack
 It reads the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED), RUN_DIR, PGOLF_SET (any key)
 and PGOLF_DEVICE. The script carries only the modules its config uses: an override that would switch on a
 technique it does not carry is refused here, before anything runs, naming the setting.
+
+Nor does it carry pgolf's config validation (pgolf.config.validate): the embedded config was validated when the
+script was built, and the environment may change only `RUNTIME_KEYS`, settings that validation never reads
+(tests/test_submit.py checks it against validate.py's code) or whose one check is made here. Every override is
+still type- and choice-checked (pgolf.config.overrides); any other key is refused, naming it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 from ..artifact.budget import check_budget
 from ..artifact.sizes import running_in_script
-from ..config import Config, ConfigError, apply_overrides, config_from_dict, finalize, parse_override_value
+from ..config import Config, ConfigError, apply_overrides, config_from_table, parse_override_value
 from ..config.optional import OPTIONAL_MODULES, needed_optional_modules
 from .loop import train
 from .runtime import init_runtime, shutdown_runtime
@@ -25,6 +30,10 @@ from .runtime import init_runtime, shutdown_runtime
 ENV_VARS = {
     "DATA_PATH": "data.path", "TOKENIZER_PATH": "data.tokenizer", "SEED": "seed",
 }
+# What the environment may set in a script (its config is validated when the script is built): settings that
+# pgolf.config.validate never reads, and train.steps, checked here as validate checks it.
+RUNTIME_KEYS = ("seed", "data.path", "data.tokenizer", "data.val_tokens_limit", "train.steps", "train.max_wallclock_s",
+                "train.log_every", "train.val_every", "train.checkpoint_every", "train.keep_checkpoint")
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
@@ -38,6 +47,18 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         key, text = item.split("=", 1)
         overrides[key] = parse_override_value(text)
     return overrides
+
+
+def check_runtime_overrides(cfg: Config, keys) -> None:
+    """Refuse overrides a script cannot validate (any key outside RUNTIME_KEYS), and a train.steps < 1."""
+    other = [k for k in keys if k not in RUNTIME_KEYS]
+    if other:
+        raise ConfigError(
+            f"PGOLF_SET: {', '.join(other)}: a train_gpt.py takes only {', '.join(RUNTIME_KEYS)} from the environment "
+            "(its config was validated when it was built); build a script for the new settings (pgolf submit, "
+            "or pgolf.artifact.bundle.write_bundle)")
+    if cfg.train.steps <= 0:
+        raise ConfigError(f"'train.steps' must be positive, got {cfg.train.steps}")
 
 
 def check_carried(cfg: Config, carried: set[str] | None) -> None:
@@ -57,12 +78,13 @@ def bundle_config(config: str, environ: dict[str, str] | None = None, carried: s
     """The embedded config (TOML text) with the environment's overrides applied, checked against the budget
     and against the modules the script carries (`carried`, its source paths; None: no check)."""
     environ = dict(os.environ if environ is None else environ)
-    cfg = config_from_dict(tomllib.loads(config), "train_gpt.py (embedded config)")
+    cfg = config_from_table(tomllib.loads(config), "train_gpt.py (embedded config)")
     overrides = _env_overrides(environ)
     if "data.path" in overrides and "data.tokenizer" not in overrides and not Path(cfg.data.tokenizer).is_file():
         overrides["data.tokenizer"] = ""  # the new data folder's own tokenizer (challenge layout)
-    cfg = finalize(apply_overrides(cfg, overrides, "environment"))
+    cfg = apply_overrides(cfg, overrides, "environment")
     check_carried(cfg, carried)
+    check_runtime_overrides(cfg, overrides)
     check_budget(cfg)
     return cfg
 

@@ -52,7 +52,7 @@ from ..optim.groups import (build_optimizers, muon_momentum_at, set_lr_multiplie
                              set_muon_weight_decay_multiplier)
 from ..optim.muon import Muon
 from ..optim.schedule import lr_multiplier, muon_wd_multiplier, training_fraction
-from ..quant.pack import unpack
+from ..quant.pack import unpack_written
 from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
 from .clock import TrainingClock
 from .kernels import attach_training_kernels, describe, training_kernels_for
@@ -525,7 +525,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         timing["capped_seconds"] += fit.seconds
         timing["within_cap"] = cfg.train.max_wallclock_s <= 0 or timing["capped_seconds"] <= cfg.train.max_wallclock_s
     barrier()
-    scored_model, _ = unpack(artifact, rt.device)
+    scored_model = unpack_written(artifact, cfg, rt.device)
     scored_model.attention_backend = model.attention_backend
     roundtrip_plain = evaluate(scored_model, val_tokens, None, plain, token_bytes=val_bytes)
     if fit is not None and fit.pruned:  # what the pruning cost, measured on the model as loaded
