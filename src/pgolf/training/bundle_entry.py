@@ -22,7 +22,7 @@ from typing import Any
 from ..artifact.budget import check_budget
 from ..artifact.sizes import running_in_script
 from ..config import Config, ConfigError, apply_overrides, config_from_table, parse_override_value
-from ..config.optional import OPTIONAL_MODULES, needed_optional_modules
+from ..config.optional import OPTIONAL_MODULES, enter_script, needed_optional_modules
 from .loop import train
 from .runtime import init_runtime, shutdown_runtime
 
@@ -92,6 +92,7 @@ def bundle_config(config: str, environ: dict[str, str] | None = None, carried: s
 def run_bundle(config: str, script: str, sources: dict[str, str]) -> int:
     """Entry point of a generated train_gpt.py: train and evaluate the embedded config; 4 if over the limit."""
     running_in_script(Path(script).stat().st_size)
+    enter_script()
     try:
         cfg = bundle_config(config, carried=set(sources))
     except ConfigError as exc:
