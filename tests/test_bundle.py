@@ -424,7 +424,7 @@ def _run_case(cfg: pgolf.Config, tmp_path: Path) -> None:
     result = json.loads((tmp_path / "script" / "result.json").read_text())
     # a script's run folder has the essentials; loss.png (pgolf.training.report) is the package's alone
     essentials = {"config.toml", "env.json", "log.jsonl", "result.json", "model.safetensors", "artifact.pgolf",
-                  *(["checkpoint"] if cfg.train.keep_checkpoint else [])}
+                  *(["checkpoint"] if cfg.train.keep_checkpoint and cfg.train.checkpoint_every else [])}
     assert {p.name for p in (tmp_path / "script").iterdir()} == essentials
     assert {p.name for p in (tmp_path / "package").iterdir()} == essentials | {"loss.png"}
     assert result["code_bytes"] == size == package["code_bytes"]
