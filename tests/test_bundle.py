@@ -100,17 +100,20 @@ def test_registry_refuses_a_module_the_config_leaves_off():
 
 
 def test_package_modules_load_always_in_the_package_and_in_a_script_only_when_needed(monkeypatch):
-    """checkpoint and report (package=True): every package run loads them; a train_gpt.py (enter_script) loads
-    checkpoints only with train.checkpoint_every / keep_checkpoint, and never the report (loss.png, summary)."""
+    """checkpoint, report and budget (package=True): every package run loads them; a train_gpt.py (enter_script)
+    loads checkpoints only with train.checkpoint_every / keep_checkpoint, never the report (loss.png, summary)
+    nor the budget check (its config was checked when it was built; RUNTIME_KEYS cannot change its size)."""
     from pgolf.config import optional
     from pgolf.training.loop import TrainingInterrupted
     cfg = pgolf.Config()
     assert optional_module("pgolf.training.checkpoint", cfg.train).__name__ == "pgolf.training.checkpoint"
     assert optional_module("pgolf.training.report", cfg.train).__name__ == "pgolf.training.report"
+    assert optional_module("pgolf.artifact.budget", cfg.quant).__name__ == "pgolf.artifact.budget"
     assert not {"pgolf.training.checkpoint", "pgolf.training.report"} & set(needed_optional_modules(cfg))
     monkeypatch.setattr(optional, "_IN_SCRIPT", [True])
     assert optional_module("pgolf.training.checkpoint", cfg.train) is None
     assert optional_module("pgolf.training.report", cfg.train) is None
+    assert optional_module("pgolf.artifact.budget", cfg.quant) is None  # checked when the script was built
     cfg.train.checkpoint_every = 5
     assert optional_module("pgolf.training.checkpoint", cfg.train) is not None
     assert "pgolf.training.checkpoint" in needed_optional_modules(cfg)

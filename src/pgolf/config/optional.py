@@ -9,8 +9,10 @@ A module listed here implements a technique that a config may leave off. Code re
 
 A few modules every package run uses are optional only in a script (`package=True`): the package always loads
 them, a train_gpt.py (which calls `enter_script` first) carries and loads them only when `needed` holds. They are
-the run-folder extras a script does without (pgolf.training.report: loss.png, the printed summary, the git commit)
-and checkpoints (a script never resumes; it writes them only when its config asks for them).
+the run-folder extras a script does without (pgolf.training.report: loss.png, the printed summary), checkpoints
+(a script never resumes; it writes them only when its config asks for them) and the budget check before a run
+(pgolf.artifact.budget: a script's config was checked when it was built, and the environment may not change its
+size: pgolf.training.bundle_entry.RUNTIME_KEYS).
 
 The modules are imported with importlib (the registry names them as strings): a static import would make them
 part of every bundle. tests/test_submit.py checks that no other module imports them and that each dispatch
@@ -65,6 +67,9 @@ OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
     OptionalModule("pgolf.training.checkpoint", "train", lambda t: t.checkpoint_every > 0 or t.keep_checkpoint,
                    "train.checkpoint_every > 0 or train.keep_checkpoint = true (in the package: always)", package=True),
     OptionalModule("pgolf.training.report", "train", lambda t: False, "pgolf itself (never in a train_gpt.py)",
+                   package=True),
+    # a script's config was budget-checked when built, and the environment cannot change its size (RUNTIME_KEYS)
+    OptionalModule("pgolf.artifact.budget", "quant", lambda q: False, "pgolf itself (never in a train_gpt.py)",
                    package=True),
 )
 _BY_NAME = {m.name: m for m in OPTIONAL_MODULES}

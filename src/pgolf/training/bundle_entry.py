@@ -19,10 +19,9 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..artifact.budget import check_budget
 from ..artifact.sizes import running_in_script
 from ..config import Config, ConfigError, apply_overrides, config_from_table, parse_override_value
-from ..config.optional import OPTIONAL_MODULES, enter_script, needed_optional_modules
+from ..config.optional import OPTIONAL_MODULES, enter_script, needed_optional_modules, optional_module
 from .loop import train
 from .runtime import init_runtime, shutdown_runtime
 
@@ -85,7 +84,9 @@ def bundle_config(config: str, environ: dict[str, str] | None = None, carried: s
     cfg = apply_overrides(cfg, overrides, "environment")
     check_carried(cfg, carried)
     check_runtime_overrides(cfg, overrides)
-    check_budget(cfg)
+    budget = optional_module("pgolf.artifact.budget", cfg.quant)  # in the package; a script was checked when built
+    if budget is not None:
+        budget.check_budget(cfg)
     return cfg
 
 
