@@ -376,6 +376,8 @@ def switch_cases() -> list[tuple[str, dict]]:
                 continue  # a script never prepares the embedded corpus: test_a_script_never_carries_the_embedded_corpus
             if key == "data.text_transform":
                 continue  # needs CaseOps shards: test_caseops_runs_under_its_own_scripts_importer
+            if key == "data.tokenizer":
+                continue  # needs byte260 shards: test_byte_tokenizer.py::test_a_byte260_script_carries_the_byte_tokenizer...
             if key in ("train.fused_mlp", "train.fused_ce"):
                 continue  # CUDA-only kernels a CPU run never loads: test_the_kernels_ride_only_with_their_switch
             section, name = key.split(".")

@@ -29,6 +29,14 @@ from typing import Any, Callable
 from .schema import SECTIONS
 
 
+BYTE260 = "byte260"  # the name of the challenge's pure-byte tokenizer, wherever pgolf takes a tokenizer path
+
+
+def names_byte_tokenizer(spec: str) -> bool:
+    """Whether a tokenizer path names the pure-byte tokenizer: "byte260" or a .json file (the exporter's format)."""
+    return str(spec) == BYTE260 or str(spec).endswith(".json")
+
+
 @dataclass(frozen=True)
 class OptionalModule:
     name: str                      # dotted module name, 'pgolf.eval.ttt_lora'
@@ -41,6 +49,8 @@ class OptionalModule:
 OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
     OptionalModule("pgolf.data.corpus", "data", lambda d: not d.path, "data.path = '' (the embedded corpus)"),
     OptionalModule("pgolf.data.caseops", "data", lambda d: d.text_transform == "caseops", "data.text_transform = 'caseops'"),
+    OptionalModule("pgolf.data.byte_tokenizer", "data", lambda d: names_byte_tokenizer(d.tokenizer),
+                   "data.tokenizer = 'byte260' or a pure-byte .json"),
     OptionalModule("pgolf.data.coprime", "data", lambda d: d.loader == "coprime", "data.loader = 'coprime'"),
     OptionalModule("pgolf.eval.modes", "eval",
                    lambda e: (e.ttt != "none" or e.sliding_stride > 0 or e.doc_boundaries or e.max_seconds > 0

@@ -21,6 +21,7 @@ from typing import Any
 
 from ..artifact.sizes import running_in_script
 from ..config import Config, ConfigError, apply_overrides, config_from_table, parse_override_value
+from ..data.dataset import default_tokenizer
 from ..config.optional import OPTIONAL_MODULES, enter_script, needed_optional_modules, optional_module
 from .loop import train
 from .runtime import init_runtime, shutdown_runtime
@@ -82,6 +83,8 @@ def bundle_config(config: str, environ: dict[str, str] | None = None, carried: s
     if "data.path" in overrides and "data.tokenizer" not in overrides and not Path(cfg.data.tokenizer).is_file():
         overrides["data.tokenizer"] = ""  # the new data folder's own tokenizer (challenge layout)
     cfg = apply_overrides(cfg, overrides, "environment")
+    if not cfg.data.tokenizer:  # the new folder's own (as resolve_dataset finds it): it decides the tokenizer module
+        cfg.data.tokenizer = str(default_tokenizer(Path(cfg.data.path), cfg.model.vocab_size))
     check_carried(cfg, carried)
     check_runtime_overrides(cfg, overrides)
     budget = optional_module("pgolf.artifact.budget", cfg.quant)  # in the package; a script was checked when built
