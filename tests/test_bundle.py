@@ -240,6 +240,28 @@ def check(value):
     assert original_line(linemap, "m", raise_line + 1) == ("m.py", 14)
 
 
+def test_a_scripts_functions_get_short_names_and_tracebacks_get_the_originals_back():
+    """minify.function_renames: one table for every module, only names that nothing reaches by attribute,
+    string or keyword (those stay), none left in the carried code; the line map puts the originals back."""
+    from pgolf.artifact.minify import function_renames
+    table = function_renames()
+    assert "run_bundle" not in table and "check_budget" not in table  # the bootstrap's name; an attribute (registry)
+    assert "load_byte_tokenizer" not in table  # reached as an attribute of an optional module
+    assert "find_shards" in table and "resolve_dataset" in table  # (grad_accum_steps: also a config field)
+    assert len(set(table.values())) == len(table)
+    every = {n.id for p in PACKAGE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Name)}
+    assert not set(table.values()) & every  # no short name is a name pgolf uses
+    cfg = micro_config("baseline")
+    identifiers = {tok.string for text in bundle.module_sources(cfg).values()
+                   for tok in tokenize.generate_tokens(io.StringIO(text).readline) if tok.type == tokenize.NAME}
+    assert not identifiers & set(table) and table["resolve_dataset"] in identifiers
+    short = table["resolve_dataset"]
+    lines = bundle.module_sources(cfg)["pgolf/data/dataset.py"].split("\n")
+    n = next(i for i, text in enumerate(lines, 1) if text.startswith(f"def {short}("))
+    mapped = map_traceback(f'  File "/x/train_gpt.py/pgolf/data/dataset.py", line {n}, in {short}', bundle.linemap(cfg))
+    assert f"line {n}, in resolve_dataset   [src/pgolf/data/dataset.py:" in mapped
+
+
 def test_escaping_of_raw_data_round_trips_every_byte():
     data = bytes(range(256)) * 3 + b"\\'\n\r\x00''\\"
     escaped = bundle.escape_raw(data)
