@@ -75,8 +75,9 @@ def check_carried(cfg: Config, carried: set[str] | None) -> None:
 
 
 def bundle_config(config: str, environ: dict[str, str] | None = None, carried: set[str] | None = None) -> Config:
-    """The embedded config (TOML text) with the environment's overrides applied, checked against the budget
-    and against the modules the script carries (`carried`, its source paths; None: no check)."""
+    """The embedded config (TOML text) with the environment's overrides applied: the keys limited to
+    RUNTIME_KEYS, checked against the modules the script carries (`carried`, its source paths; None: no check)
+    and, in the package only, against the budget (a script's config was checked when the script was built)."""
     environ = dict(os.environ if environ is None else environ)
     cfg = config_from_table(tomllib.loads(config), "train_gpt.py (embedded config)")
     overrides = _env_overrides(environ)
