@@ -231,3 +231,20 @@ def test_pack_refuses_code_bytes_other_than_the_configs_own(tmp_path):
         with pytest.raises(ValueError, match=f"code_bytes={wrong:,} is not the size of this config's train_gpt.py"):
             pgolf.pack(small_model({}), cfg, tmp_path / "b.pgolf", code_bytes=wrong)
     assert not (tmp_path / "b.pgolf").exists()
+
+
+def test_the_trainers_read_back_checks_the_config_it_wrote(tmp_path):
+    """unpack_written (the trainer's round trip, which carries no config validation) gives the model unpack
+    gives, and refuses an artifact written for another config, naming the file."""
+    from pgolf.quant.container import HeaderProblem
+    from pgolf.quant.pack import unpack_written
+    cfg = small_cfg()
+    path = tmp_path / "a.pgolf"
+    pgolf.pack(small_model({}), cfg, path)
+    model, _ = pgolf.unpack(path)
+    again = unpack_written(path, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    other = small_cfg()
+    other.seed += 1
+    with pytest.raises((HeaderProblem, ArtifactError), match="not the config this run wrote it for"):
+        unpack_written(path, other)

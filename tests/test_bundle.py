@@ -99,6 +99,28 @@ def test_registry_refuses_a_module_the_config_leaves_off():
     assert require_module("pgolf.eval.ttt_lora", cfg.eval).__name__ == "pgolf.eval.ttt_lora"
 
 
+def test_package_modules_load_always_in_the_package_and_in_a_script_only_when_needed(monkeypatch):
+    """checkpoint, report and budget (package=True): every package run loads them; a train_gpt.py (enter_script)
+    loads checkpoints only with train.checkpoint_every / keep_checkpoint, never the report (loss.png, summary)
+    nor the budget check (its config was checked when it was built; RUNTIME_KEYS cannot change its size)."""
+    from pgolf.config import optional
+    from pgolf.training.loop import TrainingInterrupted
+    cfg = pgolf.Config()
+    assert optional_module("pgolf.training.checkpoint", cfg.train).__name__ == "pgolf.training.checkpoint"
+    assert optional_module("pgolf.training.report", cfg.train).__name__ == "pgolf.training.report"
+    assert optional_module("pgolf.artifact.budget", cfg.quant).__name__ == "pgolf.artifact.budget"
+    assert not {"pgolf.training.checkpoint", "pgolf.training.report"} & set(needed_optional_modules(cfg))
+    monkeypatch.setattr(optional, "_IN_SCRIPT", [True])
+    assert optional_module("pgolf.training.checkpoint", cfg.train) is None
+    assert optional_module("pgolf.training.report", cfg.train) is None
+    assert optional_module("pgolf.artifact.budget", cfg.quant) is None  # checked when the script was built
+    cfg.train.checkpoint_every = 5
+    assert optional_module("pgolf.training.checkpoint", cfg.train) is not None
+    assert "pgolf.training.checkpoint" in needed_optional_modules(cfg)
+    assert "no checkpoint written" in str(TrainingInterrupted(15, 3, Path("r"), checkpointed=False))
+    assert "pgolf train --resume r" in str(TrainingInterrupted(15, 3, Path("r")))
+
+
 def _keys_read(entry) -> set[str]:
     """The config keys `entry.needed` reads, found by running it on a recording stand-in of its section."""
     read = set()
@@ -119,8 +141,11 @@ def test_module_sets_follow_the_switches():
     assert {"training/loop.py", "training/bundle_entry.py", "quant/pack.py", "eval/bpb.py", "config/schema.py",
             "model/gpt.py", "__init__.py", "config/__init__.py"} <= carried
     off = {"eval/modes.py", "eval/sliding.py", "eval/windows.py", "eval/ttt_lora.py", "eval/lora_adapters.py",
-           "eval/ttt_chunk.py", "eval/ttt_pre.py", "eval/ttt_train.py", "quant/gptq.py", "quant/qat.py", "training/fastpath.py", "data/corpus.py", "data/prepare.py"}
+           "eval/ttt_chunk.py", "eval/ttt_pre.py", "eval/ttt_train.py", "quant/gptq.py", "quant/qat.py", "training/fastpath.py", "data/corpus.py", "data/prepare.py",
+           "training/checkpoint.py", "training/report.py"}
     assert not carried & off
+    # config validation is imported, but nothing a script runs calls it after pruning (bundle_entry.RUNTIME_KEYS)
+    assert "pgolf/config/validate.py" not in bundle.module_sources(base)
     assert not carried & (shipping.BUILD_ONLY | {r for r in _all_modules() if r.startswith("cli/")})
     lora = pgolf.load_recipe("baseline", overrides={"data.path": "/data/x", "eval.ttt": "lora"})
     assert set(shipping.module_set(lora)) - carried == {"eval/modes.py", "eval/ttt_lora.py", "eval/lora_adapters.py",
@@ -160,14 +185,16 @@ def test_pruning_drops_only_what_nothing_carried_uses():
     cfg = micro_config("baseline")
     pruned = shipping.carried_trees(tuple(needed_optional_modules(cfg)))
     dropped = {name for names in pruned.dropped.values() for name in names}
-    assert {"load_recipe", "describe_keys", "recipe_path"} <= dropped  # recipes are read by pgolf, not the script
+    assert "def describe_keys" not in ast.unparse(pruned.trees["config/schema.py"])
+    # recipes are read by pgolf, not the script; its embedded config was validated when it was built
+    assert "config/load.py" not in pruned.trees and "config/validate.py" not in pruned.trees
     carried = bundle.module_sources(cfg)
     identifiers = {tok.string for text in carried.values()
                    for tok in tokenize.generate_tokens(io.StringIO(text).readline) if tok.type == tokenize.NAME}
     for rel, names in pruned.dropped.items():
         for name in names:
             assert name not in identifiers, f"{name} was dropped from pgolf/{rel} but carried code names it"
-    assert "def config_from_dict" in ast.unparse(pruned.trees["config/load.py"])
+    assert "def config_from_table" in ast.unparse(pruned.trees["config/overrides.py"])
     assert "def run_bundle" in ast.unparse(pruned.trees["training/bundle_entry.py"])
     # help texts are read only by describe_keys, which went: they are gone, the defaults and choices stay
     schema_text = ast.unparse(pruned.trees["config/schema.py"])
@@ -211,6 +238,28 @@ def check(value):
     assert code_lines[raise_line].lstrip().startswith("if")  # `if ...:raise ...` share a line: the column decides
     assert original_line(linemap, "m", raise_line + 1, 0) == ("m.py", 14)
     assert original_line(linemap, "m", raise_line + 1) == ("m.py", 14)
+
+
+def test_a_scripts_functions_get_short_names_and_tracebacks_get_the_originals_back():
+    """minify.function_renames: one table for every module, only names that nothing reaches by attribute,
+    string or keyword (those stay), none left in the carried code; the line map puts the originals back."""
+    from pgolf.artifact.minify import function_renames
+    table = function_renames()
+    assert "run_bundle" not in table and "check_budget" not in table  # the bootstrap's name; an attribute (registry)
+    assert "load_byte_tokenizer" not in table  # reached as an attribute of an optional module
+    assert "find_shards" in table and "resolve_dataset" in table  # (grad_accum_steps: also a config field)
+    assert len(set(table.values())) == len(table)
+    every = {n.id for p in PACKAGE.rglob("*.py") for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Name)}
+    assert not set(table.values()) & every  # no short name is a name pgolf uses
+    cfg = micro_config("baseline")
+    identifiers = {tok.string for text in bundle.module_sources(cfg).values()
+                   for tok in tokenize.generate_tokens(io.StringIO(text).readline) if tok.type == tokenize.NAME}
+    assert not identifiers & set(table) and table["resolve_dataset"] in identifiers
+    short = table["resolve_dataset"]
+    lines = bundle.module_sources(cfg)["pgolf/data/dataset.py"].split("\n")
+    n = next(i for i, text in enumerate(lines, 1) if text.startswith(f"def {short}("))
+    mapped = map_traceback(f'  File "/x/train_gpt.py/pgolf/data/dataset.py", line {n}, in {short}', bundle.linemap(cfg))
+    assert f"line {n}, in resolve_dataset   [src/pgolf/data/dataset.py:" in mapped
 
 
 def test_escaping_of_raw_data_round_trips_every_byte():
@@ -333,7 +382,7 @@ def run_script_in_process(script: Path, environ: dict[str, str]) -> tuple[int, s
 
 SWITCH_VALUES = {  # a valid value for each non-choice key a registry entry reads (choices are all tried)
     "eval.sliding_stride": 32, "eval.max_seconds": 600.0, "eval.doc_boundaries": True, "train.check_fast_paths": True,
-    "quant.lqer_rank": 2, "quant.fit": True,
+    "quant.lqer_rank": 2, "quant.fit": True, "train.checkpoint_every": 1, "train.keep_checkpoint": True,
 }
 COMPANIONS = {  # settings a switch value needs to be a valid config at micro size
     ("eval.ttt", "pre"): {"eval.ttt_epochs": 1}, ("eval.ttt", "chunk"): {"eval.ttt_epochs": 1, "eval.ttt_chunk_tokens": 512},
@@ -352,6 +401,8 @@ def switch_cases() -> list[tuple[str, dict]]:
                 continue  # a script never prepares the embedded corpus: test_a_script_never_carries_the_embedded_corpus
             if key == "data.text_transform":
                 continue  # needs CaseOps shards: test_caseops_runs_under_its_own_scripts_importer
+            if key == "data.tokenizer":
+                continue  # needs byte260 shards: test_byte_tokenizer.py::test_a_byte260_script_carries_the_byte_tokenizer...
             if key in ("train.fused_mlp", "train.fused_ce"):
                 continue  # CUDA-only kernels a CPU run never loads: test_the_kernels_ride_only_with_their_switch
             section, name = key.split(".")
@@ -401,6 +452,11 @@ def _run_case(cfg: pgolf.Config, tmp_path: Path) -> None:
     for name in needed_optional_modules(cfg):
         assert name in used, f"{name} is carried for this config but the run never imported it"
     result = json.loads((tmp_path / "script" / "result.json").read_text())
+    # a script's run folder has the essentials; loss.png (pgolf.training.report) is the package's alone
+    essentials = {"config.toml", "env.json", "log.jsonl", "result.json", "model.safetensors", "artifact.pgolf",
+                  *(["checkpoint"] if cfg.train.keep_checkpoint and cfg.train.checkpoint_every else [])}
+    assert {p.name for p in (tmp_path / "script").iterdir()} == essentials
+    assert {p.name for p in (tmp_path / "package").iterdir()} == essentials | {"loss.png"}
     assert result["code_bytes"] == size == package["code_bytes"]
     assert result["val_bpb"] == package["val_bpb"] and result["model_bytes"] == package["model_bytes"]
 

@@ -150,3 +150,36 @@ def test_val_bpb_with_byte260_divides_by_the_texts_utf8_bytes(byte_folder):
     # every target after the first BOS is a byte, except the BOS tokens that start the later documents
     assert ev.bytes == sum(len(t.encode()) for t in texts) == ev.targets - (len(texts) - 1)
     assert ev.val_bpb == pytest.approx(float(ev.token_nll.astype(np.float64).sum()) / math.log(2) / ev.bytes, rel=1e-12)
+
+
+def test_the_challenge_layouts_byte260_names_agree_with_the_tokenizer():
+    """dataset.py names the byte260 tokenizer file and vocabulary without importing the (optional) module."""
+    from pgolf.data.byte_tokenizer import BYTE260_FILENAME
+    from pgolf.data.dataset import BYTE260_TOKENIZER, BYTE260_VOCAB, challenge_paths
+    assert BYTE260_VOCAB == TOK.vocab_size() and BYTE260_TOKENIZER == f"tokenizers/{BYTE260_FILENAME}"
+    assert challenge_paths(260)[1] == BYTE260_TOKENIZER
+
+
+def test_a_byte260_script_carries_the_byte_tokenizer_and_an_sp_script_does_not(byte_folder, tmp_path):
+    """pgolf.data.byte_tokenizer rides only with a pure-byte data.tokenizer; that script trains and scores as
+    the package does (test_bundle._run_case), and an sp script refuses a DATA_PATH whose tokenizer is byte260."""
+    from pgolf.artifact import bundle
+    from pgolf.training.bundle_entry import bundle_config
+    from conftest import micro_config
+    from test_bundle import _run_case
+    import tomli_w
+    cfg = micro_config("baseline", train__steps=2, data__path=str(byte_folder), data__tokenizer="byte260",
+                       model__vocab_size=260)
+    assert "pgolf/data/byte_tokenizer.py" in bundle.module_sources(cfg)
+    _run_case(cfg, tmp_path / "byte")
+    sp = micro_config("baseline")
+    carried = set(bundle.module_sources(sp))
+    assert "pgolf/data/byte_tokenizer.py" not in carried
+    text = tomli_w.dumps(bundle.config_delta(bundle.script_config(sp)))
+    with pytest.raises(pgolf.ConfigError, match="does not carry pgolf.data.byte_tokenizer"):
+        bundle_config(text, {"DATA_PATH": str(byte_folder), "TOKENIZER_PATH": "byte260"}, carried)
+    moved = bundle.script_config(sp)
+    moved.data.tokenizer = str(tmp_path / "gone.model")  # the run's tokenizer is not on this machine: the new
+    text = tomli_w.dumps(bundle.config_delta(moved))       # folder's own is used, here its tokenizer.json
+    with pytest.raises(pgolf.ConfigError, match="does not carry pgolf.data.byte_tokenizer"):
+        bundle_config(text, {"DATA_PATH": str(byte_folder)}, carried)

@@ -612,5 +612,5 @@ def test_run_logs_and_reports_the_exported_weights(micro, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     logged = [x for x in lines if "averaging" in x]
     assert len(logged) == 1 and logged[0]["averaging"] == "swa" and logged[0]["swa_snapshots"] == 2
-    from pgolf.training.runs import summary
+    from pgolf.training.report import summary
     assert "weights    swa = uniform mean of 2 SWA snapshots" in summary(saved, tmp_path / "run")

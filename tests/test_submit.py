@@ -4,12 +4,15 @@ recipe's run in a clean virtual environment."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -100,7 +103,7 @@ def test_environment_overrides_of_the_embedded_config(micro_run):
     same = bundle_config(config_text, {})
     assert same == cfg
     moved = bundle_config(config_text, {"DATA_PATH": "/elsewhere/data", "SEED": "42",
-                                        "PGOLF_SET": "train.steps=2 eval.sliding_stride=0"})
+                                        "PGOLF_SET": "train.steps=2 train.val_every=0"})
     assert (moved.data.path, moved.seed, moved.train.steps) == ("/elsewhere/data", 42, 2)
     assert moved.data.tokenizer == cfg.data.tokenizer  # the run's tokenizer file still exists here
     with pytest.raises(pgolf.ConfigError, match="PGOLF_SET"):
@@ -109,6 +112,39 @@ def test_environment_overrides_of_the_embedded_config(micro_run):
     with pytest.raises(pgolf.ConfigError, match="does not carry pgolf.eval.modes"):
         bundle_config(config_text, {"PGOLF_SET": "eval.sliding_stride=32"}, carried)
     assert bundle_config(config_text, {"PGOLF_SET": "train.steps=3"}, carried).train.steps == 3
+    # a script carries no config validation: keys it cannot check are refused, naming them; train.steps is checked
+    with pytest.raises(pgolf.ConfigError, match=r"PGOLF_SET: model.num_heads: a train_gpt.py takes only seed"):
+        bundle_config(config_text, {"PGOLF_SET": "train.steps=3 model.num_heads=3"}, carried)
+    with pytest.raises(pgolf.ConfigError, match=r"'train.steps' must be positive, got 0"):
+        bundle_config(config_text, {"PGOLF_SET": "train.steps=0"}, carried)
+    with pytest.raises(pgolf.ConfigError, match="'train.steps' must be an integer|train.steps"):
+        bundle_config(config_text, {"PGOLF_SET": "train.steps=many"}, carried)  # types are still checked
+
+
+def _fields_read(tree: ast.AST) -> set[str]:
+    return ({n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+            | {w for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+               for w in re.findall(r"\w+", n.value)})
+
+
+def test_what_a_script_lets_the_environment_set_needs_no_validation():
+    """RUNTIME_KEYS (what a train_gpt.py, which carries no pgolf.config.validate, accepts from the environment):
+    validation never reads them (validate.py's code, and the schema helpers it calls), except train.steps, whose
+    check bundle_entry makes itself; every key exists."""
+    from pgolf.config import all_keys
+    from pgolf.training.bundle_entry import RUNTIME_KEYS
+    src = Path(pgolf.__file__).parent / "config"
+    validate_tree = ast.parse((src / "validate.py").read_text())
+    read = _fields_read(validate_tree)
+    schema = ast.parse((src / "schema.py").read_text())
+    called = {n.id for n in ast.walk(validate_tree) if isinstance(n, ast.Name)}
+    for node in schema.body:
+        if isinstance(node, ast.FunctionDef) and node.name in called:
+            read |= _fields_read(node)
+    assert set(RUNTIME_KEYS) <= set(all_keys()) | {"seed"}
+    assert "steps" in read  # validate does check train.steps (positive): bundle_entry repeats that check
+    unchecked = [k for k in RUNTIME_KEYS if k != "train.steps" and k.split(".")[-1] in read]
+    assert not unchecked, f"validation reads {unchecked}: a script would take them unchecked"
 
 
 # ----------------------------------------------------------------------------- pgolf submit

@@ -17,7 +17,7 @@ from typing import Any
 
 from . import config as _config
 from ._version import __version__
-from .artifact.budget import check_budget
+from .config.optional import require_module
 from .artifact.sizes import pack
 from .config import Config, ConfigError
 from .eval.bpb import evaluate
@@ -31,14 +31,14 @@ def load_recipe(name_or_path: str = "baseline", scale: str = "full",
                 overrides: dict[str, Any] | None = None) -> Config:
     """A shipped recipe or TOML file, resolved (`extends`, `[tiny]`, overrides), validated and budget-checked."""
     cfg = _config.load_recipe(name_or_path, scale, overrides)
-    check_budget(cfg)
+    require_module("pgolf.artifact.budget", cfg.quant).check_budget(cfg)  # the registry: a script has none
     return cfg
 
 
 def load_config(path: str | Path) -> Config:
     """A fully resolved config file (a run folder's config.toml), validated and budget-checked."""
     cfg = _config.load_config(path)
-    check_budget(cfg)
+    require_module("pgolf.artifact.budget", cfg.quant).check_budget(cfg)  # the registry: a script has none
     return cfg
 
 

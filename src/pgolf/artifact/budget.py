@@ -110,8 +110,9 @@ def estimate_artifact_bytes(cfg: Config) -> int:
 
 def check_budget(cfg: Config) -> None:
     """Refuse a config whose model alone is estimated far over the limit (unless quant.allow_over_budget): called
-    by whoever finalizes a run — the trainer, the command line, the API's load_recipe / load_config, a generated
-    train_gpt.py. Code is not counted here: it is small next to the margin, and pricing it would bundle pgolf's
+    by whoever finalizes a run — the trainer, the command line, the API's load_recipe / load_config (a generated
+    train_gpt.py carries none of this module: its config was checked when it was built, and the environment
+    cannot change its size, pgolf.training.bundle_entry.RUNTIME_KEYS). Code is not counted here: it is small next to the margin, and pricing it would bundle pgolf's
     sources for every config loaded."""
     if cfg.quant.allow_over_budget:
         return

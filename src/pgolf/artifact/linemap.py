@@ -5,7 +5,8 @@ A traceback from a bundle names frames like
     File "/x/train_gpt.py/pgolf/eval/bpb.py", line 41, in evaluate
       modes=optional_module('pgolf.eval.modes',cfg)
             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
-(the script path, then the carried module), with the minified line and ^ markers under the failing expression.
+(the script path, then the carried module), with the minified line and ^ markers under the failing expression;
+top-level functions carry short names in a script (pgolf.artifact.minify.function_renames: `in _Ab`).
 Columns here count from a line's first non-blank character, as tracebacks print lines stripped.
 The line map (`train_gpt.linemap.json`, written by `pgolf submit` next to the script, not counted) records
 for every minified line the column and original line of each statement that starts on it. `map_traceback`
@@ -14,9 +15,12 @@ holds several:
 
     File "/x/train_gpt.py/pgolf/eval/bpb.py", line 41, in evaluate   [src/pgolf/eval/bpb.py:134]
 
+and puts back each renamed function's own name (the map's `names`: {short: original}).
+
 Command line: `pgolf traceback train_gpt.linemap.json < error.txt` (or give the traceback file as a second
 argument). Format (JSON): {"format": 1, "pgolf_version", "script_sha256", "script_bytes",
-"modules": {"pgolf/eval/bpb.py": {"source": "src/pgolf/eval/bpb.py", "lines": [[[column, line], ...], ...]}}}.
+"modules": {"pgolf/eval/bpb.py": {"source": "src/pgolf/eval/bpb.py", "lines": [[[column, line], ...], ...]}},
+"names": {short: original function name}}.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.atomic import atomic_write_text
+from .minify import function_renames
 
 FORMAT = 1
 _FRAME = re.compile(r'^(?P<head>\s*File "(?P<file>[^"]*?)/(?P<module>pgolf/[^"]+\.py)", line (?P<line>\d+)(?:, in [^\n]*)?)$')
@@ -44,6 +49,7 @@ def make_linemap(script: bytes, modules: list[tuple[str, list[list[tuple[int, in
         "script_bytes": len(script),
         "modules": {path: {"source": f"src/{path}", "lines": [[list(e) for e in entries] for entries in lines]}
                     for path, lines in modules},
+        "names": {short: name for name, short in function_renames().items()},
     }
 
 
@@ -112,6 +118,8 @@ def map_traceback(text: str, linemap: dict[str, Any]) -> str:
         if i + 2 < len(lines) and lines[i + 1].strip():
             column = _caret_column(lines[i + 1], lines[i + 2])  # both count from the line's first character
         place = original_line(linemap, match["module"], int(match["line"]), column)
+        names = linemap.get("names", {})
+        line = re.sub(r", in (\w+)$", lambda m: f", in {names.get(m[1], m[1])}", line)
         out.append(line + (f"   [{place[0]}:{place[1]}]" if place else "   [not in the line map]"))
     return "\n".join(out)
 

@@ -20,6 +20,10 @@ string reaches, and every top-level function and class name).
 from __future__ import annotations
 
 import ast
+import builtins
+import functools
+import re
+from pathlib import Path
 
 import python_minifier
 from python_minifier.ast_annotation import add_parent
@@ -38,11 +42,99 @@ from python_minifier.transforms.remove_pass import RemovePass
 from python_minifier.transforms.remove_posargs import remove_posargs
 
 LineMap = list[list[tuple[int, int]]]  # per minified line: [(column, original line), ...]
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+ENTRY_NAMES = frozenset({"run_bundle"})  # what a script's bootstrap calls by name (pgolf.artifact.bundle)
+
+
+@functools.lru_cache(maxsize=1)
+def function_renames() -> dict[str, str]:
+    """{original: short name} for the top-level functions of pgolf a script may rename, the same in every module.
+
+    A name qualifies when every occurrence of it in pgolf's sources is a top-level `def`, a plain name that
+    reads it or a `from <pgolf module> import` of it: never an attribute, a word of a string, an argument, a
+    keyword, an assigned or deleted name, a method or nested definition, a builtin, nor what the bootstrap
+    calls. Renaming it then changes no behaviour (one global table, so imports across modules agree; short names
+    are `_` + letters that no pgolf source uses). Decided on all of pgolf's sources, so the table does not depend
+    on what a config carries; the line map records it (`names`) and `pgolf traceback` prints the originals."""
+    trees = [ast.parse(p.read_text(encoding="utf-8")) for p in sorted(PACKAGE_DIR.rglob("*.py"))
+             if "__pycache__" not in p.parts]
+    top: set[str] = set()
+    bad: set[str] = set(dir(builtins)) | ENTRY_NAMES
+    seen: set[str] = set()
+    for tree in trees:
+        top_defs = {id(s) for s in tree.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                seen.add(node.id)
+                if not isinstance(node.ctx, ast.Load):
+                    bad.add(node.id)
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                seen.add(node.name)
+                (top if id(node) in top_defs else bad).add(node.name)
+            elif isinstance(node, ast.ClassDef):
+                seen.add(node.name)
+                bad.add(node.name)
+            elif isinstance(node, ast.Attribute):
+                bad.add(node.attr)
+            elif isinstance(node, ast.arg):
+                bad.add(node.arg)
+            elif isinstance(node, ast.keyword) and node.arg:
+                bad.add(node.arg)
+            elif isinstance(node, ast.alias):
+                bad.add(node.asname or "")  # a renaming import binds a second name: leave both alone
+                if node.asname:
+                    bad.add(node.name)
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                bad.update(node.names)
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                bad.add(node.name)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                bad.update(re.findall(r"\w+", node.value))
+            elif isinstance(node, ast.Import):
+                bad.update(a.name.split(".")[0] for a in node.names)
+    names = sorted(n for n in top - bad if not n.startswith("__"))  # (by use count instead: larger, measured)
+    out: dict[str, str] = {}
+    short = _short_names(seen)
+    for name in names:
+        out[name] = next(short)
+    return out
+
+
+def _short_names(taken: set[str]):
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    size = 1
+    while True:
+        for i in range(len(letters) ** size):
+            name, k = "", i
+            for _ in range(size):
+                k, r = divmod(k, len(letters))
+                name = letters[r] + name
+            if "_" + name not in taken:
+                yield "_" + name
+        size += 1
+
+
+def _rename_functions(module: ast.Module, table: dict[str, str]) -> None:
+    """Apply `function_renames` to one module's tree (its top-level defs, the names reading them, pgolf imports)."""
+    for stmt in module.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name in table:
+            stmt.name = table[stmt.name]
+    for node in ast.walk(module):
+        if isinstance(node, ast.Name) and node.id in table:
+            node.id = table[node.id]
+        elif (isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").split(".")[0] == "pgolf")):
+            for alias in node.names:
+                if alias.asname is None and alias.name in table:
+                    alias.name = table[alias.name]
 
 
 def _transform(module: ast.Module, preserve_globals: frozenset[str] | None) -> ast.Module:
     """python_minifier.minify's transformations (its defaults, plus docstring removal, minus literal hoisting);
     module-level names are renamed too unless `preserve_globals` is None, except those it lists."""
+    if preserve_globals is not None:  # a script's module: top-level functions get short names too
+        table = function_renames()
+        _rename_functions(module, table)
+        preserve_globals = preserve_globals | frozenset(table.values())
     add_parent(module)
     add_namespace(module)
     module = RemoveLiteralStatements()(module)

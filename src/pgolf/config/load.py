@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .overrides import apply_overrides, flatten, set_value
+from .overrides import apply_overrides, config_from_table, flatten, set_value
 from .schema import SCALES, Config, ConfigError
 from .validate import finalize
 
@@ -86,10 +86,7 @@ def load_recipe(name_or_path: str = "baseline", scale: str = "full",
 
 
 def config_from_dict(table: dict[str, Any], where: str = "config") -> Config:
-    cfg = Config()
-    for key, value in flatten(table, where).items():
-        set_value(cfg, key, value, where)
-    return finalize(cfg)
+    return finalize(config_from_table(table, where))
 
 
 def load_config(path: str | Path) -> Config:

@@ -7,6 +7,13 @@ A module listed here implements a technique that a config may leave off. Code re
 - loading a module for a section that does not need it is an error here, in the package, in every test, so a
   config can never need a module that its train_gpt.py left out.
 
+A few modules every package run uses are optional only in a script (`package=True`): the package always loads
+them, a train_gpt.py (which calls `enter_script` first) carries and loads them only when `needed` holds. They are
+the run-folder extras a script does without (pgolf.training.report: loss.png, the printed summary), checkpoints
+(a script never resumes; it writes them only when its config asks for them) and the budget check before a run
+(pgolf.artifact.budget: a script's config was checked when it was built, and the environment may not change its
+size: pgolf.training.bundle_entry.RUNTIME_KEYS).
+
 The modules are imported with importlib (the registry names them as strings): a static import would make them
 part of every bundle. tests/test_submit.py checks that no other module imports them and that each dispatch
 point sits in the module's own layer or above it.
@@ -22,17 +29,28 @@ from typing import Any, Callable
 from .schema import SECTIONS
 
 
+BYTE260 = "byte260"  # the name of the challenge's pure-byte tokenizer, wherever pgolf takes a tokenizer path
+
+
+def names_byte_tokenizer(spec: str) -> bool:
+    """Whether a tokenizer path names the pure-byte tokenizer: "byte260" or a .json file (the exporter's format)."""
+    return str(spec) == BYTE260 or str(spec).endswith(".json")
+
+
 @dataclass(frozen=True)
 class OptionalModule:
     name: str                      # dotted module name, 'pgolf.eval.ttt_lora'
     section: str                   # the config section `needed` reads: 'eval', 'quant', ...
     needed: Callable[[Any], bool]  # section config -> the module is used
     switch: str                    # the setting that pulls it in, for messages and the README
+    package: bool = False          # always loaded in the package; `needed` decides only inside a train_gpt.py
 
 
 OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
     OptionalModule("pgolf.data.corpus", "data", lambda d: not d.path, "data.path = '' (the embedded corpus)"),
     OptionalModule("pgolf.data.caseops", "data", lambda d: d.text_transform == "caseops", "data.text_transform = 'caseops'"),
+    OptionalModule("pgolf.data.byte_tokenizer", "data", lambda d: names_byte_tokenizer(d.tokenizer),
+                   "data.tokenizer = 'byte260' or a pure-byte .json"),
     OptionalModule("pgolf.data.coprime", "data", lambda d: d.loader == "coprime", "data.loader = 'coprime'"),
     OptionalModule("pgolf.eval.modes", "eval",
                    lambda e: (e.ttt != "none" or e.sliding_stride > 0 or e.doc_boundaries or e.max_seconds > 0
@@ -56,8 +74,23 @@ OPTIONAL_MODULES: tuple[OptionalModule, ...] = (
                    "train.fused_mlp = 'triton'"),
     OptionalModule("pgolf.model.kernels.ce_liger", "train", lambda t: t.fused_ce == "liger", "train.fused_ce = 'liger'"),
     OptionalModule("pgolf.training.fastpath", "train", lambda t: t.check_fast_paths, "train.check_fast_paths = true"),
+    OptionalModule("pgolf.training.checkpoint", "train", lambda t: t.checkpoint_every > 0 or t.keep_checkpoint,
+                   "train.checkpoint_every > 0 or train.keep_checkpoint = true (in the package: always)", package=True),
+    OptionalModule("pgolf.training.report", "train", lambda t: False, "pgolf itself (never in a train_gpt.py)",
+                   package=True),
+    # a script's config was budget-checked when built, and the environment cannot change its size (RUNTIME_KEYS)
+    OptionalModule("pgolf.artifact.budget", "quant", lambda q: False, "pgolf itself (never in a train_gpt.py)",
+                   package=True),
 )
 _BY_NAME = {m.name: m for m in OPTIONAL_MODULES}
+
+
+_IN_SCRIPT = [False]  # set by a generated train_gpt.py's entry point (pgolf.training.bundle_entry)
+
+
+def enter_script() -> None:
+    """Called first by a generated train_gpt.py: from now on `package` modules load only when `needed`."""
+    _IN_SCRIPT[0] = True
 
 
 class OptionalModuleError(RuntimeError):
@@ -76,7 +109,8 @@ def _entry(name: str, section_cfg: Any) -> OptionalModule:
 def optional_module(name: str, section_cfg: Any) -> ModuleType | None:
     """The module when `section_cfg` switches its technique on, else None."""
     entry = _entry(name, section_cfg)
-    return importlib.import_module(name) if entry.needed(section_cfg) else None
+    used = entry.needed(section_cfg) or (entry.package and not _IN_SCRIPT[0])
+    return importlib.import_module(name) if used else None
 
 
 def require_module(name: str, section_cfg: Any) -> ModuleType:

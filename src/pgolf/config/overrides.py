@@ -85,6 +85,15 @@ def flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
     return flat
 
 
+def config_from_table(table: dict[str, Any], where: str = "config") -> Config:
+    """A Config from a TOML table, each key type- and choice-checked, not yet validated as a whole: loaders
+    finalize it (pgolf.config.load.config_from_dict), a generated train_gpt.py checks its overrides itself."""
+    cfg = Config()
+    for key, value in flatten(table, where).items():
+        set_value(cfg, key, value, where)
+    return cfg
+
+
 def parse_override_value(text: str) -> Any:
     """'11' -> 11, '0.5' -> 0.5, 'true' -> True, '[3,4]' -> [3, 4]; anything else is a string."""
     try:

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ..config.optional import BYTE260, names_byte_tokenizer
 from .jsonio import read_json
 
-BYTE260 = "byte260"
 BYTE260_FILENAME = "fineweb_pure_byte_260.json"
 TOKENIZER_TYPE = "pure_byte"
 
@@ -96,7 +96,7 @@ DEFAULT_BYTE_TOKENIZER = ByteTokenizer()
 
 def is_byte_tokenizer_spec(spec: str | Path) -> bool:
     """True for the name "byte260" and for .json files (the exporter's pure-byte tokenizer format)."""
-    return str(spec) == BYTE260 or Path(spec).suffix == ".json"
+    return names_byte_tokenizer(str(spec))
 
 
 def load_byte_tokenizer(spec: str | Path) -> ByteTokenizer:

@@ -13,12 +13,13 @@ import numpy as np
 
 from ..config import Config, DataConfig
 from ..config.optional import optional_module, require_module
-from .byte_tokenizer import BYTE260_FILENAME, DEFAULT_BYTE_TOKENIZER
 from .shards import ShardError, find_shards, load_tokens, read_header, read_shard
 from .tokenizer import (ByteTables, TokenizerError, byte_tables, file_sha256, load_tokenizer, stream_bytes,
                         tokenizer_exists, tokenizer_sha256)
 
-BYTE260_VOCAB = DEFAULT_BYTE_TOKENIZER.vocab_size()
+# the challenge layout's pure-byte tokenizer (pgolf.data.byte_tokenizer, an optional module; tests/test_byte_tokenizer.py
+# checks these agree with it)
+BYTE260_VOCAB, BYTE260_TOKENIZER = 260, "tokenizers/fineweb_pure_byte_260.json"
 
 
 class DataMismatchError(ValueError):
@@ -48,7 +49,7 @@ class Dataset:
 def challenge_paths(vocab_size: int) -> tuple[str, str]:
     """(dataset folder, tokenizer file) of a vocabulary in the challenge's layout, relative to its root (data/)."""
     if vocab_size == BYTE260_VOCAB:
-        return "datasets/fineweb10B_byte260", f"tokenizers/{BYTE260_FILENAME}"
+        return "datasets/fineweb10B_byte260", BYTE260_TOKENIZER
     return f"datasets/fineweb10B_sp{vocab_size}", f"tokenizers/fineweb_{vocab_size}_bpe.model"
 
 

@@ -31,11 +31,11 @@ from types import ModuleType
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
+import sentencepiece as spm
 from tqdm import tqdm
 
 from ..config import DataConfig
 from ..config.optional import optional_module
-from .byte_tokenizer import ByteTokenizer
 from .shards import write_shard
 from .tokenizer import Tokenizer, encode_documents, load_tokenizer, tokenizer_sha256, train_tokenizer
 
@@ -141,6 +141,10 @@ def _training_texts(open_docs: Callable[[], Iterator[str]], val_docs: int, first
         yield text
 
 
+def _pure_byte(sp: Tokenizer) -> bool:
+    return not isinstance(sp, spm.SentencePieceProcessor)  # the other kind: pgolf.data.byte_tokenizer.ByteTokenizer
+
+
 def _make_tokenizer(staging: Path, tokenizer: str | Path | None, vocab_size: int | None,
                     open_docs: Callable[[], Iterator[str]], val_docs: int,
                     tokenizer_train_docs: int | None, caseops: ModuleType | None = None) -> tuple[Tokenizer, Path, str]:
@@ -149,11 +153,11 @@ def _make_tokenizer(staging: Path, tokenizer: str | Path | None, vocab_size: int
     if tokenizer is not None:
         sp = load_tokenizer(tokenizer)
         if caseops is not None:
-            if isinstance(sp, ByteTokenizer):
+            if _pure_byte(sp):
                 raise InputError(f"{tokenizer}: a pure-byte tokenizer has no CaseOps operator pieces; give a "
                                  f"SentencePiece model trained for CaseOps text, or --vocab-size to train one")
             caseops.operator_ids(sp)  # a given tokenizer must hold the operators as user-defined pieces
-        if isinstance(sp, ByteTokenizer):
+        if _pure_byte(sp):
             path = staging / "tokenizer.json"
             path.write_text(sp.to_json(), encoding="utf-8")
         else:
@@ -212,7 +216,7 @@ def prepare_stream(open_docs: Callable[[], Iterator[str]], out: str | Path, *, t
             "vocab_size": int(sp.vocab_size()),
             "bos_id": bos_id,
             "tokenizer": model_path.name,
-            "tokenizer_kind": "pure_byte" if isinstance(sp, ByteTokenizer) else "sentencepiece_bpe",
+            "tokenizer_kind": "pure_byte" if _pure_byte(sp) else "sentencepiece_bpe",
             "tokenizer_sha256": tokenizer_sha256(model_path),
             "tokenizer_source": source,
             "text_transform": transform,

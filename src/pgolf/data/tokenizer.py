@@ -29,7 +29,8 @@ from typing import Iterable, Mapping
 import numpy as np
 import sentencepiece as spm
 
-from .byte_tokenizer import BYTE260, ByteTokenizer, ByteTokenizerError, is_byte_tokenizer_spec, load_byte_tokenizer
+from ..config import DataConfig
+from ..config.optional import BYTE260, optional_module, require_module
 
 SPACE_PIECE = "\u2581"
 # SentencePiece piece types (sentencepiece_model.proto, ModelProto.SentencePiece.Type)
@@ -65,15 +66,23 @@ def _load_processor(path: str, mtime: float) -> spm.SentencePieceProcessor:
         raise TokenizerError(f"{path}: not a readable SentencePiece model ({exc})") from exc
 
 
-Tokenizer = spm.SentencePieceProcessor | ByteTokenizer
+# a SentencePieceProcessor, or a pgolf.data.byte_tokenizer.ByteTokenizer (the same methods; an optional module,
+# reached through byte_tokenizer_module: a train_gpt.py carries it only when its config names a pure-byte tokenizer)
+Tokenizer = spm.SentencePieceProcessor
+
+
+def byte_tokenizer_module(spec: str | Path):
+    """pgolf.data.byte_tokenizer when `spec` names the pure-byte tokenizer ("byte260", a .json file), else None."""
+    return optional_module("pgolf.data.byte_tokenizer", DataConfig(tokenizer=str(spec)))
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A SentencePiece model, or the pure-byte tokenizer for "byte260" / a pure-byte .json file."""
-    if is_byte_tokenizer_spec(path):
+    byte = byte_tokenizer_module(path)
+    if byte is not None:
         try:
-            return load_byte_tokenizer(path)
-        except ByteTokenizerError as exc:
+            return byte.load_byte_tokenizer(path)
+        except byte.ByteTokenizerError as exc:
             raise TokenizerError(str(exc)) from exc
     path = Path(path)
     if not path.is_file():
@@ -92,7 +101,8 @@ def tokenizer_exists(spec: str | Path) -> bool:
 def tokenizer_sha256(spec: str | Path) -> str:
     """SHA-256 of the tokenizer file; for "byte260", of the challenge's byte260 JSON file (the same bytes)."""
     if str(spec) == BYTE260:
-        return hashlib.sha256(ByteTokenizer().to_json().encode("utf-8")).hexdigest()
+        byte = require_module("pgolf.data.byte_tokenizer", DataConfig(tokenizer=BYTE260))
+        return hashlib.sha256(byte.ByteTokenizer().to_json().encode("utf-8")).hexdigest()
     return file_sha256(spec)
 
 
@@ -208,7 +218,7 @@ def byte_tables(sp: Tokenizer, vocab_size: int | None = None,
     base = np.zeros(size, dtype=np.int16)
     space = np.zeros(size, dtype=bool)
     boundary = np.ones(size, dtype=bool)
-    if isinstance(sp, ByteTokenizer):
+    if not isinstance(sp, spm.SentencePieceProcessor):  # the pure-byte tokenizer
         byte_ids = slice(sp.byte_offset, sp.vocab_size())
         base[byte_ids] = 1  # one byte per byte token; specials (pad, bos, eos, unk) 0 and boundaries
         boundary[byte_ids] = False
@@ -294,14 +304,14 @@ def stream_bytes(tokens: np.ndarray, tables: ByteTables) -> np.ndarray:
 
 def decoded_utf8(sp: Tokenizer, ids: list[int]) -> bytes:
     """The bytes a document's ids stand for: the raw bytes for byte260, the decoded text's UTF-8 for SentencePiece."""
-    if isinstance(sp, ByteTokenizer):
+    if not isinstance(sp, spm.SentencePieceProcessor):  # the pure-byte tokenizer
         return sp.decode_bytes(ids)
     return sp.decode(ids).encode("utf-8")
 
 
 def encode_documents(sp: Tokenizer, texts: list[str], bos_id: int = 1) -> list[np.ndarray]:
     """[BOS] + encode(text) per document, exactly as the challenge exporter writes them."""
-    if isinstance(sp, ByteTokenizer):
+    if not isinstance(sp, spm.SentencePieceProcessor):  # the pure-byte tokenizer
         return [np.concatenate(([bos_id], sp.encode_array(t))) for t in texts]
     encoded = sp.encode(texts, out_type=int)
     return [np.asarray([bos_id] + ids, dtype=np.int64) for ids in encoded]

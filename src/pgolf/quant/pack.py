@@ -16,14 +16,14 @@ import time
 import zlib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._version import __version__
-from ..config import Config, ConfigError, config_delta, config_from_dict, config_to_dict
+from ..config import Config, ConfigError, config_delta, config_from_dict, config_from_table, config_to_dict
 from ..model.gpt import GPT, build_model
 from ..config.optional import require_module
 from .container import FRAMING_BYTES, HeaderProblem, PartSpec, header_size, read_container, write_container
@@ -92,13 +92,28 @@ def write_artifact(model: nn.Module, cfg: Config, path: str | Path, hessians: di
 
 def read_artifact(path: str | Path) -> tuple[Config, list[TensorLayout], dict[str, Any], dict[tuple[str, str], np.ndarray]]:
     """(config, layout, header, arrays) of an artifact after every check; nothing allocated but the payload."""
+    return _read_artifact(path, config_from_dict)
+
+
+def _written_config(cfg: Config) -> Callable[[dict[str, Any], str], Config]:
+    """The config reader for an artifact this process just wrote for `cfg` (already validated): the embedded
+    config must be `cfg`'s own, so it needs no validating again (a generated train_gpt.py carries no validation)."""
+    def read(table: dict[str, Any], where: str) -> Config:
+        embedded = config_from_table(table, where)
+        if config_to_dict(embedded) != config_to_dict(cfg):
+            raise ConfigError(f"{where}: not the config this run wrote it for")
+        return embedded
+    return read
+
+
+def _read_artifact(path: str | Path, read_config: Callable[[dict[str, Any], str], Config]):
     found: dict[str, Any] = {}
 
     def layout_of(header: dict[str, Any]) -> list[PartSpec]:
         check_defaults(header, path)
         check_model_request(header["config"])
         try:
-            cfg = config_from_dict(header["config"], f"{path} (embedded config)")
+            cfg = read_config(header["config"], f"{path} (embedded config)")
             layout = artifact_layout(cfg)
         except ConfigError as exc:
             raise HeaderProblem(f"the embedded config is invalid ({exc})") from exc
@@ -124,7 +139,17 @@ def read_artifact(path: str | Path) -> tuple[Config, list[TensorLayout], dict[st
 
 def unpack(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Config]:
     """Rebuild (model, config) from an artifact. Only JSON and numpy buffers are read; nothing is executed."""
-    cfg, layout, _, arrays = read_artifact(path)
+    return _rebuild(read_artifact(path), device)
+
+
+def unpack_written(path: str | Path, cfg: Config, device: str | torch.device = "cpu") -> GPT:
+    """The model of the artifact this process just wrote for `cfg` (the trainer's round trip): every check of
+    `unpack`, the embedded config compared with `cfg` instead of validated again."""
+    return _rebuild(_read_artifact(path, _written_config(cfg)), device)[0]
+
+
+def _rebuild(read, device) -> tuple[GPT, Config]:
+    cfg, layout, _, arrays = read
     state = dequantized_state(layout, arrays, cfg)
     del arrays
     model = build_model(cfg.model, cfg.data.bos_id)

@@ -34,7 +34,6 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from ..artifact.budget import check_budget
 from ..artifact.sizes import fit_cost, pack_artifact
 from ..config import Config, ConfigError
 from ..config.optional import optional_module, require_module
@@ -52,12 +51,10 @@ from ..optim.groups import (build_optimizers, muon_momentum_at, set_lr_multiplie
                              set_muon_weight_decay_multiplier)
 from ..optim.muon import Muon
 from ..optim.schedule import lr_multiplier, muon_wd_multiplier, training_fraction
-from ..quant.pack import unpack
-from .checkpoint import checkpoint_dir, checkpoint_step, load_checkpoint, remove_checkpoint, save_checkpoint
+from ..quant.pack import unpack_written
 from .clock import TrainingClock
 from .kernels import attach_training_kernels, describe, training_kernels_for
-from .runs import (LogWriter, Progress, device_memory, device_name, environment, new_run_dir, plot_losses,
-                   save_config, summary, write_json)
+from .runs import LogWriter, Progress, device_memory, device_name, environment, new_run_dir, save_config, write_json
 from .runtime import (Runtime, any_rank, any_rank_flags, barrier, broadcast_object, gather_objects, init_runtime,
                       seed_everything, synchronize)
 
@@ -65,12 +62,14 @@ StepCallback = Callable[[int, dict[str, Any]], None]
 
 
 class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM stopped the run after writing a checkpoint."""
+    """SIGINT/SIGTERM stopped the run after writing a checkpoint (a train_gpt.py writes one only when its config
+    asks for checkpoints)."""
 
-    def __init__(self, signum: int, step: int, run_dir: Path):
+    def __init__(self, signum: int, step: int, run_dir: Path, checkpointed: bool = True):
         self.signum, self.step, self.run_dir = signum, step, run_dir
-        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; checkpoint written. "
-                         f"Continue with: pgolf train --resume {run_dir}")
+        then = (f"checkpoint written. Continue with: pgolf train --resume {run_dir}" if checkpointed else
+                "no checkpoint written (this train_gpt.py writes them only with train.checkpoint_every > 0)")
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {then}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -203,10 +202,13 @@ def _resolve_data(rt: Runtime, cfg: Config, progress: bool) -> Dataset:
 
 
 def _keep_last_good(run_dir: Path, model: nn.Module, write_checkpoint: Callable[[], None], train_loss: float,
-                    step: int, device: torch.device) -> str:
+                    step: int, device: torch.device, ckpt: Any) -> str:
     """On a non-finite loss: checkpoint the weights if they are still finite (the bad update was not applied);
-    if an earlier update already made them non-finite, keep the previous checkpoint rather than overwrite it."""
+    if an earlier update already made them non-finite, keep the previous checkpoint rather than overwrite it.
+    `ckpt`: pgolf.training.checkpoint, or None in a train_gpt.py that writes no checkpoints."""
     head = f"non-finite training loss ({train_loss}) at step {step}; stopped before applying it."
+    if ckpt is None:
+        return f"{head} The weights were not saved: this train_gpt.py writes no checkpoints (train.checkpoint_every = 0)."
     finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     if not any_rank(not finite, device):
         try:
@@ -214,8 +216,8 @@ def _keep_last_good(run_dir: Path, model: nn.Module, write_checkpoint: Callable[
         except OSError as exc:
             return f"{head} The last good weights could not be saved: {exc}"
         return f"{head} The last good weights are in {run_dir / 'checkpoint'} (step {step})."
-    kept = checkpoint_dir(run_dir)
-    where = (f"the last good checkpoint, {kept} (step {checkpoint_step(kept)}), was kept" if kept
+    kept = ckpt.checkpoint_dir(run_dir)
+    where = (f"the last good checkpoint, {kept} (step {ckpt.checkpoint_step(kept)}), was kept" if kept
              else "there is no earlier checkpoint (train.checkpoint_every writes them)")
     return f"{head} The weights were already non-finite (an earlier update produced them), so they were not saved; {where}."
 
@@ -231,7 +233,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
           runs_root: str | Path = "runs", step_callback: StepCallback | None = None,
           device: str | None = None) -> dict[str, Any]:
     """Train `cfg`, write the run folder, and return the result.json dict."""
-    check_budget(cfg)  # a config estimated far over the byte limit is refused before anything starts
+    budget = optional_module("pgolf.artifact.budget", cfg.quant)  # None in a train_gpt.py: checked when built
+    if budget is not None:
+        budget.check_budget(cfg)  # a config estimated far over the byte limit is refused before anything starts
     rt = init_runtime(device)
     run_dir = _prepare_run_dir(rt, cfg, out_dir, resume, runs_root)
     dataset = _resolve_data(rt, cfg, progress)
@@ -277,8 +281,11 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     clock = TrainingClock(rt.device)
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
+    # checkpoints: always in the package; in a train_gpt.py (which never resumes) only with train.checkpoint_every
+    ckpt = optional_module("pgolf.training.checkpoint", t)
     if resume:
-        state, avg_tensors = load_checkpoint(run_dir, model=model, optimizers=optimizers, rank=rt.rank)
+        state, avg_tensors = require_module("pgolf.training.checkpoint", t).load_checkpoint(
+            run_dir, model=model, optimizers=optimizers, rank=rt.rank)
         step, clock.counted_s = state["step"], state["elapsed_s"]
         loader.load_state_dict(state["loader"])
         averager.load_state_tensors(avg_tensors, state["swa_count"])
@@ -307,7 +314,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                 "torch_rng": now["torch_rng"].tolist()}
 
     def write_checkpoint(at_step_start: dict[str, Any] | None = None) -> None:
-        save_checkpoint(run_dir, model=model, optimizers=optimizers, averaging_tensors=averager.state_tensors(),
+        ckpt.save_checkpoint(run_dir, model=model, optimizers=optimizers, averaging_tensors=averager.state_tensors(),
                         state=checkpoint_state(at_step_start), rank=rt.rank)
 
     reserve = cfg.quant.gptq_reserve_s + (cfg.quant.fit_reserve_s if cfg.quant.fit else 0.0)  # post-training work inside the cap
@@ -351,11 +358,12 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             non_finite, stopping, capped = any_rank_flags(flags)  # the step's one collective and host sync
             if non_finite:
                 train_loss = float(loss_sum.item()) / accum
-                raise TrainingDiverged(_keep_last_good(run_dir, model, write_checkpoint, train_loss, step, rt.device))
+                raise TrainingDiverged(_keep_last_good(run_dir, model, write_checkpoint, train_loss, step, rt.device, ckpt))
             if stopping:
-                write_checkpoint(at_step_start)
+                if ckpt is not None:
+                    write_checkpoint(at_step_start)
                 bar.close()
-                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step, run_dir)
+                raise TrainingInterrupted(stop.signum or signal.SIGTERM, step, run_dir, ckpt is not None)
             if capped:  # the previous step crossed the cap: this one is not applied
                 bar.message(f"wall-clock cap reached after {clock.read():.1f} s at step {step}")
                 break
@@ -388,7 +396,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                 bar.message(f"step {step}: val_loss {ev.val_loss:.4f} val_bpb {ev.val_bpb:.4f}")
             if step_callback is not None:
                 step_callback(step, {"train_loss": float(loss_sum.item()) / accum, "elapsed_s": clock.read()})
-            if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < t.steps:
+            if t.checkpoint_every > 0 and step % t.checkpoint_every == 0 and step < t.steps:  # ckpt is carried
                 write_checkpoint()
     bar.close()
     # calibration reads on from the last applied step: not from a step the cap left unapplied, nor from batches
@@ -525,7 +533,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         timing["capped_seconds"] += fit.seconds
         timing["within_cap"] = cfg.train.max_wallclock_s <= 0 or timing["capped_seconds"] <= cfg.train.max_wallclock_s
     barrier()
-    scored_model, _ = unpack(artifact, rt.device)
+    scored_model = unpack_written(artifact, cfg, rt.device)
     scored_model.attention_backend = model.attention_backend
     roundtrip_plain = evaluate(scored_model, val_tokens, None, plain, token_bytes=val_bytes)
     if fit is not None and fit.pruned:  # what the pruning cost, measured on the model as loaded
@@ -560,11 +568,14 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     if rt.is_main:
         write_json(run_dir / "result.json", result)
         LogWriter(run_dir / "log.jsonl").write({"step": steps, "val_loss": final.val_loss, "val_bpb": final.val_bpb})
-        plot_losses(run_dir)
-        if not cfg.train.keep_checkpoint:
-            remove_checkpoint(run_dir)
-        if show:
-            print(summary(result, run_dir))
+        report = optional_module("pgolf.training.report", cfg.train)  # loss.png, the summary: not in a train_gpt.py
+        if report is not None:
+            report.plot_losses(run_dir)
+        ckpt = optional_module("pgolf.training.checkpoint", cfg.train)
+        if ckpt is not None and not cfg.train.keep_checkpoint:
+            ckpt.remove_checkpoint(run_dir)
+        if show and report is not None:
+            print(report.summary(result, run_dir))
         if not result["under_limit"]:
             fitted = f" quant.fit failed: {sizes['fit']['message']}." if sizes["fit"] else " (quant.fit=true prunes it under)"
             print(f"WARNING: the artifact is OVER the {sizes['limit_bytes']:,}-byte limit by "
