@@ -84,9 +84,18 @@ def load_module(path: str, ns_dtype: str) -> types.ModuleType:
     return module
 
 
-def pgolf_config(seed: int, steps: int, ns_dtype: str) -> pgolf.Config:
-    over = {**TINY, "optim.muon_ns_dtype": ns_dtype, "train.steps": steps, "seed": seed, "data.path": str(DATA), "data.tokenizer": str(TOKENIZER)}
-    return pgolf.load_recipe("baseline", scale="tiny", overrides=over)
+def tiny_config(recipe: str, seed: int, steps: int, ns_dtype: str, overrides: dict | None = None,
+                data: Path = DATA, tokenizer: Path = TOKENIZER) -> pgolf.Config:
+    """The recipe at --scale tiny with `overrides` (default: lockstep's TINY dimensions), the seed, steps and NS dtype."""
+    over = {**(TINY if overrides is None else overrides), "optim.muon_ns_dtype": ns_dtype, "train.steps": steps,
+            "seed": seed, "data.path": str(data), "data.tokenizer": str(tokenizer)}
+    return pgolf.load_recipe(recipe, scale="tiny", overrides=over)
+
+
+def run_pgolf(cfg: pgolf.Config, tmp: Path) -> tuple[dict, list[float]]:
+    """pgolf.train on the config in tmp/run: (result.json, per-step train losses)."""
+    result = pgolf.train(cfg, tmp / "run", progress=False, device="cpu")
+    return result, [r["train_loss"] for r in read_log(tmp / "run" / "log.jsonl") if "train_loss" in r]
 
 
 def challenge_model(ref, cfg: pgolf.Config) -> torch.nn.Module:
@@ -140,10 +149,9 @@ def run_seed(name: str, path: str, seeds: list[int], steps: int, ns_dtype: str) 
     ref = load_module(path, ns_dtype)
     runs = []
     for seed in seeds:
-        cfg = pgolf_config(seed, steps, ns_dtype)
+        cfg = tiny_config("baseline", seed, steps, ns_dtype)
         with tempfile.TemporaryDirectory() as tmp:
-            result = pgolf.train(cfg, Path(tmp) / "run", progress=False, device="cpu")
-            ours = [r["train_loss"] for r in read_log(Path(tmp) / "run" / "log.jsonl") if "train_loss" in r]
+            result, ours = run_pgolf(cfg, Path(tmp))
             model, theirs, same_batches = run_challenge(ref, cfg)
             ptz = Path(tmp) / "final_model.int8.ptz"
             export(ref, model, ptz)

@@ -85,3 +85,20 @@ class PairedBatches:
         ours = self.pgolf.next_batch(tokens, seq_len, 1)
         self.same = self.same and torch.equal(x, ours[0]) and torch.equal(y, ours[1])
         return x, y
+
+
+def fill_banks(ours: dict[str, Tensor], theirs: dict[str, Tensor], corr: dict[str, tuple[str, int | None]],
+               recipe: str, unused: tuple[str, ...] = ()) -> None:
+    """Copy each pgolf tensor into its place among the record's (`corr`: pgolf name -> (record name, bank row or
+    None)), in place, checking shapes and that every record tensor but `unused` is filled exactly once per row."""
+    filled = {k: 0 for k in theirs}
+    for name, (their, row) in corr.items():
+        target = theirs[their] if row is None else theirs[their][row]
+        if target.shape != ours[name].shape:
+            raise SystemExit(f"{recipe}: {their}[{row}] {tuple(target.shape)} vs pgolf {name} {tuple(ours[name].shape)}")
+        target.copy_(ours[name])
+        filled[their] += 1
+    for their, count in filled.items():
+        rows = theirs[their].size(0) if their in BANK_ROWS else 1
+        if their not in unused and count != rows:
+            raise SystemExit(f"{recipe}: {their} filled {count} times, expected {rows}")

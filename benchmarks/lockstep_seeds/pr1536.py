@@ -44,14 +44,13 @@ import torch
 
 import pgolf
 from pgolf.data.loader import DistributedTokenLoader as PgolfLoader
-from pgolf.training.runs import read_log
 from pgolf.training.runtime import seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import _banks  # noqa: E402
-from _banks import BANK_ROWS, load_shimmed  # noqa: E402
-from lockstep_cpu import SHARED, TINY, VAL_TOKENS  # noqa: E402
+from _banks import BANK_ROWS, fill_banks, load_shimmed  # noqa: E402
+from lockstep_cpu import SHARED, TINY, VAL_TOKENS, run_pgolf, tiny_config  # noqa: E402
 
 RECIPE = "pr1536"
 DATA = SHARED / "datasets" / "fineweb10B_sp8192_sample"
@@ -101,9 +100,7 @@ SHIM_NOTES = [
 
 
 def pgolf_config(seed: int, steps: int, ns_dtype: str) -> pgolf.Config:
-    over = {**OVERRIDES, "optim.muon_ns_dtype": ns_dtype, "train.steps": steps, "seed": seed,
-            "data.path": str(DATA), "data.tokenizer": str(TOKENIZER)}
-    return pgolf.load_recipe(RECIPE, scale="tiny", overrides=over)
+    return tiny_config(RECIPE, seed, steps, ns_dtype, OVERRIDES, data=DATA, tokenizer=TOKENIZER)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=0, max_seqlen_k=0, causal=True, **_):
@@ -183,16 +180,7 @@ def record_model(ref, h, cfg: pgolf.Config) -> tuple[torch.nn.Module, list[list[
     ours = pg.state_dict()
     theirs = {k: v.clone() for k, v in model.state_dict().items()}
     corr = correspondence(list(ours), list(theirs), cfg.model.num_layers)
-    filled = {k: 0 for k in theirs}
-    for name, (their, row) in corr.items():
-        target = theirs[their] if row is None else theirs[their][row]
-        if target.shape != ours[name].shape:
-            raise SystemExit(f"{RECIPE}: {their}[{row}] {tuple(target.shape)} vs pgolf {name} {tuple(ours[name].shape)}")
-        target.copy_(ours[name])
-        filled[their] += 1
-    for their, count in filled.items():
-        if count != (theirs[their].size(0) if their in BANK_ROWS else 1):
-            raise SystemExit(f"{RECIPE}: {their} filled {count} times")
+    fill_banks(ours, theirs, corr, RECIPE)
     model.load_state_dict(theirs, strict=True)
     return model, [[corr[name]] for name, _ in pg.named_parameters()]
 
@@ -315,8 +303,7 @@ def run_seed(name: str, path: str, seeds: list[int], steps: int, ns_dtype: str) 
     for seed in seeds:
         cfg = pgolf_config(seed, steps, ns_dtype)
         with tempfile.TemporaryDirectory() as tmp:
-            result = pgolf.train(cfg, Path(tmp) / "run", progress=False, device="cpu")
-            ours = [r["train_loss"] for r in read_log(Path(tmp) / "run" / "log.jsonl") if "train_loss" in r]
+            result, ours = run_pgolf(cfg, Path(tmp))
         run = {"seed": seed, "steps": len(ours), "val_bpb_pgolf_artifact": result["val_bpb"],
                "val_targets_pgolf": result["val_targets"], "artifact_bytes_pgolf": result["artifact_bytes"],
                "model_bytes_pgolf": result["model_bytes"], "averaging_pgolf": result.get("averaging"),
@@ -327,9 +314,7 @@ def run_seed(name: str, path: str, seeds: list[int], steps: int, ns_dtype: str) 
             if "ns_fp32" in switches:
                 if ours_fp32_ns is None:
                     with tempfile.TemporaryDirectory() as tmp:
-                        pgolf.train(pgolf_config(seed, steps, "float32"), Path(tmp) / "run", progress=False, device="cpu")
-                        ours_fp32_ns = [r["train_loss"] for r in read_log(Path(tmp) / "run" / "log.jsonl")
-                                        if "train_loss" in r]
+                        _, ours_fp32_ns = run_pgolf(pgolf_config(seed, steps, "float32"), Path(tmp))
                     run["train_loss_pgolf_fp32_ns"] = [round(v, 6) for v in ours_fp32_ns]
                 base = ours_fp32_ns
             ref = load_record(path, switches, f"{variant}_{seed}")

@@ -47,13 +47,12 @@ import torch
 import pgolf
 from pgolf.cli.evaluate_artifact import evaluate_artifact
 from pgolf.data.loader import DistributedTokenLoader as PgolfLoader
-from pgolf.training.runs import read_log
 from pgolf.training.runtime import seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _banks import BANK_ROWS, PairedBatches, load_shimmed  # noqa: E402
-from lockstep_cpu import DATA, SEQ_LEN, TINY, TOKENIZER, VAL_TOKENS, WARMDOWN  # noqa: E402
+from _banks import BANK_ROWS, PairedBatches, fill_banks, load_shimmed  # noqa: E402
+from lockstep_cpu import DATA, SEQ_LEN, TINY, TOKENIZER, VAL_TOKENS, WARMDOWN, run_pgolf, tiny_config  # noqa: E402
 
 RECIPE = "pr1573"
 # lockstep's TINY (dim 64, 4 heads, 2 KV heads, seq 128, 1,024 tokens a step) with the record's 12 layers; VE dim
@@ -89,9 +88,7 @@ SHIM_NOTES = [
 
 
 def pgolf_config(seed: int, steps: int, ns_dtype: str) -> pgolf.Config:
-    over = {**OVERRIDES, "optim.muon_ns_dtype": ns_dtype, "train.steps": steps, "seed": seed,
-            "data.path": str(DATA), "data.tokenizer": str(TOKENIZER)}
-    return pgolf.load_recipe(RECIPE, scale="tiny", overrides=over)
+    return tiny_config(RECIPE, seed, steps, ns_dtype, OVERRIDES)
 
 
 def load_record(path: str, variant: set[str], tag: str):
@@ -189,17 +186,7 @@ def mapped_state(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor],
     """pgolf's initial weights under the PR's names (block 0's unused vr_lambda keeps the PR's own init)."""
     ours = pgolf_tensors(ours)
     out = {k: v.clone() for k, v in theirs.items()}
-    filled = {k: 0 for k in theirs}
-    for name, (their, row) in correspondence(list(ours), list(theirs), cfg).items():
-        target = out[their] if row is None else out[their][row]
-        if target.shape != ours[name].shape:
-            raise SystemExit(f"{RECIPE}: {their}[{row}] {tuple(target.shape)} vs pgolf {name} {tuple(ours[name].shape)}")
-        target.copy_(ours[name])
-        filled[their] += 1
-    for their, count in filled.items():
-        rows = theirs[their].size(0) if their in BANK_ROWS else 1
-        if their != "blocks.0.attn.vr_lambda" and count != rows:
-            raise SystemExit(f"{RECIPE}: {their} filled {count} times, expected {rows}")
+    fill_banks(ours, out, correspondence(list(ours), list(theirs), cfg), RECIPE, unused=("blocks.0.attn.vr_lambda",))
     return out
 
 
@@ -363,8 +350,7 @@ def run_seed(name: str, path: str, seeds: list[int], steps: int, ns_dtype: str) 
         cfg = pgolf_config(seed, steps, ns_dtype)
         _, sp = validation(cfg)
         with tempfile.TemporaryDirectory() as tmp:
-            result = pgolf.train(cfg, Path(tmp) / "run", progress=False, device="cpu")
-            ours = [r["train_loss"] for r in read_log(Path(tmp) / "run" / "log.jsonl") if "train_loss" in r]
+            result, ours = run_pgolf(cfg, Path(tmp))
             plain = evaluate_artifact(Path(tmp) / "run" / "artifact.pgolf", str(DATA), overrides={"eval.sliding_stride": 0},
                                       val_tokens=VAL_TOKENS, device="cpu")
         run = {"seed": seed, "steps": len(ours), "val_bpb_pgolf_artifact_sliding": result["val_bpb"],

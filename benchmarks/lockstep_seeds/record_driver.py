@@ -21,31 +21,21 @@ import pgolf
 from pgolf.data.dataset import load_validation, resolve_dataset, validation_bytes
 from pgolf.data.loader import DistributedTokenLoader as PgolfLoader
 from pgolf.eval.bpb import evaluate
-from pgolf.training.runs import read_log
 from pgolf.training.runtime import seed_everything
 
 from challenge_fixture import write_val_shard
-from lockstep_cpu import DATA, TINY, TOKENIZER, VAL_TOKENS
+from lockstep_cpu import DATA, TINY, TOKENIZER, VAL_TOKENS, run_pgolf, tiny_config  # noqa: F401 (run_pgolf: re-exported)
 
 
 def pgolf_config(recipe: str, seed: int, steps: int, ns_dtype: str, extra: dict | None = None) -> pgolf.Config:
     """The recipe at --scale tiny with lockstep's TINY dimensions (plus the record's `extra` overrides)."""
-    over = {**TINY, **(extra or {}), "optim.muon_ns_dtype": ns_dtype, "train.steps": steps, "seed": seed,
-            "data.path": str(DATA), "data.tokenizer": str(TOKENIZER)}
-    return pgolf.load_recipe(recipe, scale="tiny", overrides=over)
+    return tiny_config(recipe, seed, steps, ns_dtype, {**TINY, **(extra or {})})
 
 
 def initial_state(cfg: pgolf.Config) -> dict[str, Tensor]:
     """The weights pgolf.train starts from (same seed, same construction order)."""
     seed_everything(cfg.seed)
     return pgolf.build_model(cfg.model, cfg.data.bos_id).state_dict()
-
-
-def run_pgolf(cfg: pgolf.Config, tmp: Path) -> tuple[dict, list[float]]:
-    """pgolf.train on the config: (result.json, per-step train losses)."""
-    result = pgolf.train(cfg, tmp / "run", progress=False, device="cpu")
-    losses = [r["train_loss"] for r in read_log(tmp / "run" / "log.jsonl") if "train_loss" in r]
-    return result, losses
 
 
 @dataclass
