@@ -138,12 +138,15 @@ def test_candidates_are_switches_and_off_numbers_only():
 def test_a_script_refuses_overrides_of_its_frozen_keys():
     cfg = micro_config("baseline")
     frozen = bundle.frozen_keys(cfg)
-    assert {"model.smear", "train.averaging", "eval.ttt"} <= set(frozen)
+    assert {"model.smear", "train.averaging", "eval.ttt", "train.val_every"} <= set(frozen)
     text = tomli_w.dumps(config_delta(bundle.script_config(cfg)))
-    with pytest.raises(ConfigError, match=r"specialised on model\.smear = 'none' \(asked: 'pre_norm'\).*pgolf submit"):
+    # a runtime key (one PGOLF_SET may set) that the code was specialised on while 0
+    with pytest.raises(ConfigError, match=r"specialised on train\.val_every = 0 \(asked: 5\).*pgolf submit"):
+        bundle_config(text, {"PGOLF_SET": "train.val_every=5"}, frozen=frozen)
+    with pytest.raises(ConfigError, match=r"model\.smear: a train_gpt\.py takes only"):  # not a runtime key at all
         bundle_config(text, {"PGOLF_SET": "model.smear=pre_norm"}, frozen=frozen)
-    same = bundle_config(text, {"PGOLF_SET": "model.smear=none train.steps=3"}, frozen=frozen)
-    assert same.model.smear == "none" and same.train.steps == 3  # the same value, and a tunable key: allowed
+    same = bundle_config(text, {"PGOLF_SET": "train.val_every=0 train.steps=3"}, frozen=frozen)
+    assert same.train.val_every == 0 and same.train.steps == 3  # the same value, and a tunable key: allowed
 
 
 def test_specialisation_drops_the_code_of_switches_that_are_off():
@@ -164,9 +167,12 @@ def test_only_configs_pgolf_loads_are_built_in_carried_code():
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 built |= {(rel, fn.name) for n in ast.walk(fn) if isinstance(n, ast.Call)
                           and isinstance(n.func, ast.Name) and n.func.id in CLASS_SECTIONS}
-    assert built == {("config/load.py", "load_recipe"), ("config/load.py", "config_from_dict"),
+    # (data/tokenizer.py builds a DataConfig holding only a tokenizer path, a free string that is never frozen,
+    # to ask the registry whether the byte tokenizer module applies)
+    assert built == {("config/load.py", "load_recipe"), ("config/overrides.py", "config_from_table"),
                      ("config/schema.py", "config_delta"), ("quant/pack.py", "_defaults"),
-                     ("artifact/sizes.py", "runtime_code_bytes"), ("data/prepare.py", "transform_module")}
+                     ("artifact/sizes.py", "runtime_code_bytes"), ("data/prepare.py", "transform_module"),
+                     ("data/tokenizer.py", "byte_tokenizer_module"), ("data/tokenizer.py", "tokenizer_sha256")}
 
 
 def test_attributes_a_library_base_class_may_set_are_not_folded():
