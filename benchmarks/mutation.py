@@ -8,16 +8,21 @@ folder, so the repository is never touched:
 
     python benchmarks/mutation.py --label after                    # the working tree with its tests
     python benchmarks/mutation.py --label before --ref e289191     # sources and tests of an older commit
+    python benchmarks/mutation.py --label after --recheck          # after adding tests: rerun the survivors only
 
 Each call updates its label in benchmarks/results/mutation.json (other labels are kept), with the score, the
 counts, and every surviving mutant with its diff; survivors listed in EQUIVALENT below carry the reason they
 cannot be killed (an equivalent mutant: the same function computed another way, or only a message changed).
+`--recheck` reruns only the mutants a label's run did not kill, with the tests of the working tree, and updates
+that entry (its `rechecks` list says when and with which tree): tests are only ever added, so a mutant killed
+before stays killed.
 `--max-children` sets the parallel workers (default 2); on 2 shared cores a run takes about an hour.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.metadata
 import json
 import os
@@ -149,24 +154,51 @@ def collect(work: Path, patterns: list[str]) -> list[dict]:
     return json.loads(proc.stdout)
 
 
-def summarise(mutants: list[dict]) -> dict:
-    counts: dict[str, int] = {}
-    for m in mutants:
-        counts[m["status"]] = counts.get(m["status"], 0) + 1
+def summarise(counts: dict[str, int], listed: list[dict]) -> dict:
+    """The score and the lists, from the status counts of every mutant and the entries of those not killed."""
     killed = counts.get("killed", 0) + counts.get("timeout", 0)  # a mutant that hangs the tests is noticed
-    survived = [m for m in mutants if m["status"] == "survived"]
-    untested = [m for m in mutants if m["status"] == "no tests"]
+    survived = [m for m in listed if m["status"] == "survived"]
+    untested = [m for m in listed if m["status"] == "no tests"]
     explained = [dict(m, reason=EQUIVALENT[m["name"]]) for m in survived if m["name"] in EQUIVALENT]
     unexplained = [m for m in survived if m["name"] not in EQUIVALENT]
-    scored = killed + len(survived) + len(untested)
+    scored = killed + counts.get("survived", 0) + counts.get("no tests", 0)
     return {
-        "mutants": len(mutants), "counts": counts,
+        "mutants": sum(counts.values()), "counts": dict(sorted(counts.items())),
         "score": round(killed / scored, 4) if scored else None,
         "score_without_equivalent": round(killed / (scored - len(explained)), 4) if scored - len(explained) else None,
         "survivors_unexplained": unexplained, "survivors_equivalent": explained,
         "untested": untested,
-        "other": [m for m in mutants if m["status"] not in ("killed", "timeout", "survived", "no tests")],
+        "other": [m for m in listed if m["status"] not in ("killed", "timeout", "survived", "no tests")],
     }
+
+
+def status_counts(mutants: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for m in mutants:
+        counts[m["status"]] = counts.get(m["status"], 0) + 1
+    return counts
+
+
+def not_killed(mutants: list[dict]) -> list[dict]:
+    return [m for m in mutants if m["status"] not in ("killed", "caught by type check")]
+
+
+def recheck(previous: dict, rerun: list[dict]) -> tuple[dict[str, int], list[dict]]:
+    """Counts and entries of a run after re-running some of its not-killed mutants with today's tests: each rerun
+    mutant takes its new status. Only mutants that the earlier run listed (survived, untested, other) may be rerun:
+    a killed one stays killed as long as tests are only added, which is what a recheck is for."""
+    listed = {m["name"]: {k: v for k, v in m.items() if k != "reason"}
+              for key in ("survivors_unexplained", "survivors_equivalent", "untested", "other") for m in previous[key]}
+    counts = dict(previous["counts"])
+    for m in rerun:
+        if m["name"] not in listed:
+            raise SystemExit(f"--recheck: {m['name']} was not listed as surviving in the earlier run; rerun the "
+                             "whole benchmark instead")
+        old = listed[m["name"]]["status"]
+        counts[old] -= 1
+        counts[m["status"]] = counts.get(m["status"], 0) + 1
+        listed[m["name"]] = m
+    return {k: v for k, v in counts.items() if v}, not_killed(list(listed.values()))
 
 
 def main() -> int:
@@ -178,11 +210,25 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its mutants/ folder)")
     parser.add_argument("--only", action="append", metavar="PATTERN",
                         help="run only the mutants whose names match (e.g. 'pgolf.eval.bpb.*'); for a quick look")
+    parser.add_argument("--recheck", action="store_true",
+                        help="rerun the not-killed mutants of the label's earlier run (after adding tests) and update "
+                             "that entry; with --only, just those of them that match")
     parser.add_argument("--out", default=str(OUT))
     args = parser.parse_args()
     shared = Path(os.environ.get("PGOLF_SHARED_DATA", REPO.parent / "shared" / "data"))
     os.environ["PGOLF_SHARED_DATA"] = str(shared.resolve())  # the copy lives elsewhere: point it at the data
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {"benchmark": "mutation", "runs": {}}
+    previous = report["runs"].get(args.label)
     patterns = args.only or MUTANTS
+    if args.recheck:
+        if previous is None:
+            raise SystemExit(f"--recheck: {out} has no run labelled {args.label!r} to update")
+        names = [m["name"] for key in ("survivors_unexplained", "survivors_equivalent", "untested", "other")
+                 for m in previous[key]]
+        patterns = [n for n in names if not args.only or any(fnmatch.fnmatch(n, p) for p in args.only)]
+        if not patterns:
+            raise SystemExit("--recheck: no listed mutant to rerun")
     work = Path(tempfile.mkdtemp(prefix="pgolf-mutation-"))
     try:
         tree = export_tree(args.ref, work)
@@ -199,15 +245,21 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    out = Path(args.out)
-    report = json.loads(out.read_text()) if out.is_file() else {"benchmark": "mutation", "runs": {}}
     command = "python benchmarks/mutation.py " + " ".join(sys.argv[1:])
-    report["runs"][args.label] = {
-        "command": command, "tree": tree, "tests": tests, "pytest_args": PYTEST_ARGS, "mutated": patterns,
-        "not_mutated_lines": {"patterns": TEXT_ONLY_LINES, "why": "they only build error messages and notes"},
-        "mutmut": importlib.metadata.version("mutmut"), "max_children": args.max_children,
-        "wall_seconds": round(seconds, 1), **summarise(mutants),
-    }
+    if args.recheck:
+        counts, listed = recheck(previous, mutants)
+        entry = {**previous, **summarise(counts, listed)}
+        entry["rechecks"] = previous.get("rechecks", []) + [
+            {"command": command, "tree": tree, "tests": tests, "rerun": len(mutants),
+             "now_killed": sum(m["status"] in ("killed", "timeout") for m in mutants), "wall_seconds": round(seconds, 1)}]
+    else:
+        entry = {
+            "command": command, "tree": tree, "tests": tests, "pytest_args": PYTEST_ARGS, "mutated": patterns,
+            "not_mutated_lines": {"patterns": TEXT_ONLY_LINES, "why": "they only build error messages and notes"},
+            "mutmut": importlib.metadata.version("mutmut"), "max_children": args.max_children,
+            "wall_seconds": round(seconds, 1), **summarise(status_counts(mutants), not_killed(mutants)),
+        }
+    report["runs"][args.label] = entry
     write_json(out, report)
     run = report["runs"][args.label]
     print(f"{args.label}: score {run['score']} ({run['counts']}); {len(run['survivors_unexplained'])} unexplained "
