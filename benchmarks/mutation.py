@@ -49,7 +49,7 @@ MUTANTS = ["pgolf.eval.*", "pgolf.data.tokenizer.x_byte_tables__mutmut_*",
            "pgolf.data.tokenizer.xǁByteTablesǁtarget_bytes__mutmut_*", "pgolf.data.tokenizer.x_stream_bytes__mutmut_*",
            "pgolf.data.tokenizer.x_piece_types__mutmut_*"]
 # The fast, targeted tests of those modules (the slow multi-process ones are left out by -m).
-TESTS = ["tests/test_eval.py", "tests/test_eval_modes.py", "tests/test_score_first.py", "tests/test_ttt_reference.py",
+TESTS = ["tests/test_eval.py", "tests/test_eval_ranks.py", "tests/test_eval_modes.py", "tests/test_score_first.py", "tests/test_ttt_reference.py",
          "tests/test_byte_rule.py",
          "tests/test_evaluate_artifact.py::test_tail_drop_scores_exactly_the_challenges_targets",
          "tests/test_evaluate_artifact.py::test_tail_settings_are_checked",
