@@ -8,6 +8,7 @@ it says it computes: the right windows, chunks, learning rates, optimizers, epoc
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 import pgolf
 from pgolf.config import EvalConfig
 from pgolf.eval.lora_adapters import BatchedLoRA
-from pgolf.eval.ttt_chunk import cosine_lr
+from pgolf.eval.deadline import Deadline
+from pgolf.eval.ttt_chunk import chunk_ttt_nll, cosine_lr
 
 from test_model import small_model
 from test_score_first import BOS, TABLES, VOCAB, three_documents
@@ -84,9 +86,11 @@ def trainable(model, freeze: int) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in frozen]
 
 
-def reference_chunk_ttt(model, tokens, chunk, lr, epochs, batch, momentum=0.9, stride=0, freeze=0, clip=1.0):
+def reference_chunk_ttt(model, tokens, chunk, lr, epochs, batch, momentum=0.9, stride=0, freeze=0, clip=1.0,
+                        tiling=None):
     """§10.3: score chunk c's windows with the current weights, then (but for the last chunk) SGD on its
-    sequences at lr * (1 + cos(pi c / (C - 1))) / 2; a window belongs to the chunk of its first scored target."""
+    sequences at lr * (1 + cos(pi c / (C - 1))) / 2; a window belongs to the chunk of its first scored target.
+    `tiling`: the windows (default: the sliding / plain tiling of `stride`). Returns the NLL and the model."""
     model = copy.deepcopy(model)
     n = tokens.size - 1
     n_chunks = math.ceil(n / chunk)
@@ -94,14 +98,14 @@ def reference_chunk_ttt(model, tokens, chunk, lr, epochs, batch, momentum=0.9, s
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
     nll = np.full(n, np.nan)
     for c in range(n_chunks):
-        for window in windows(n, stride):
+        for window in windows(n, stride) if tiling is None else tiling:
             if window[2] // chunk == c:
                 nll[window[2] : window[1]] = score(model, tokens, window)
         if c < n_chunks - 1:
             optimizer.param_groups[0]["lr"] = lr * (1 + math.cos(math.pi * c / (n_chunks - 1))) / 2
             for _ in range(epochs):
                 train(model, tokens, full_sequences(c * chunk, min((c + 1) * chunk, n)), batch, optimizer, params, clip)
-    return nll
+    return nll, model
 
 
 def reference_pre_ttt(model, tokens, lr, epochs, batch, momentum=0.9, stride=0, freeze=0, clip=1.0):
@@ -153,17 +157,67 @@ CHUNK_CASES = {
     "chunks shorter than a window": dict(chunk=20, lr=0.05, epochs=1, batch=1, stride=16),
     "momentum 0.5, no clipping": dict(chunk=96, lr=0.02, epochs=1, batch=3, momentum=0.5, clip=0.0),
     "first 2 blocks frozen": dict(chunk=80, lr=0.1, epochs=1, batch=2, freeze=2),
+    "windows cut at documents": dict(chunk=96, lr=0.1, epochs=1, batch=2, stride=10, cut=True),
+    "document pieces": dict(chunk=96, lr=0.1, epochs=1, batch=2, pieces=True),
+    # 225 targets = 7 chunks of 32 + a last chunk of one target, scored by the plain window at 224 alone
+    "a last chunk of one target": dict(chunk=32, lr=0.1, epochs=1, batch=2, targets=225),
+    "chunks of one target": dict(chunk=1, lr=0.05, epochs=1, batch=1, targets=40),
 }
+
+
+def document_pieces(tokens) -> list[tuple[int, int, int]]:
+    """#1536's plain pieces: from every document start, consecutive pieces of at most W inputs that end at the
+    next document start, each scored whole with no context before it."""
+    n = tokens.size - 1
+    starts = [0] + [int(b) for b in np.flatnonzero(tokens[:-1] == BOS) if b > 0] + [n]
+    return [(a, min(a + W, end), a) for start, end in zip(starts[:-1], starts[1:]) for a in range(start, end, W)]
 
 
 @pytest.mark.parametrize("case", sorted(CHUNK_CASES))
 def test_chunk_ttt_is_the_reference(model, case):
-    c = CHUNK_CASES[case]
-    tokens = three_documents()
+    c = dict(CHUNK_CASES[case])
+    cut, pieces, targets = c.pop("cut", False), c.pop("pieces", False), c.pop("targets", None)
+    tokens = three_documents()[: None if targets is None else targets + 1]
+    stride = c.get("stride", 0)
+    tiling = document_windows(tokens, stride) if cut else document_pieces(tokens) if pieces else None
     ours = pgolf_nll(model, tokens, ttt="chunk", ttt_chunk_tokens=c["chunk"], ttt_lr=c["lr"], ttt_epochs=c["epochs"],
-                     ttt_batch_seqs=c["batch"], ttt_momentum=c.get("momentum", 0.9), sliding_stride=c.get("stride", 0),
-                     ttt_freeze_blocks=c.get("freeze", 0), ttt_grad_clip=c.get("clip", 1.0))
-    np.testing.assert_allclose(ours, reference_chunk_ttt(model, tokens, **c), rtol=1e-4, atol=1e-4)
+                     ttt_batch_seqs=c["batch"], ttt_momentum=c.get("momentum", 0.9), sliding_stride=stride,
+                     ttt_freeze_blocks=c.get("freeze", 0), ttt_grad_clip=c.get("clip", 1.0), doc_boundaries=cut,
+                     plain_windows="doc_pieces" if pieces else "fixed")
+    np.testing.assert_allclose(ours, reference_chunk_ttt(model, tokens, **c, tiling=tiling)[0], rtol=1e-4, atol=1e-4)
+
+
+class RecordingDeadline(Deadline):
+    """No time cap; records where each unit of work began (scoring and training of each chunk), in order."""
+
+    def __init__(self):
+        super().__init__(0)
+        self.where: list[str] = []
+
+    def check(self, where: str) -> None:
+        self.where.append(where)
+        super().check(where)
+
+
+def test_chunk_ttt_called_alone_scores_first_trains_every_chunk_but_the_last_and_freezes_the_model(model):
+    """chunk_ttt_nll on its own (bos_id left at its default, the BOS of sp tokenizers): the reference's scores;
+    chunk c is scored, then trained on, before chunk c + 1 is scored, and the last chunk is never trained on;
+    the model it trained is left with no trainable parameter; a chunk size of 0 is refused by name."""
+    tokens = three_documents()
+    cfg = EvalConfig(context_len=W, batch_seqs=3, ttt="chunk", ttt_chunk_tokens=96, ttt_lr=0.1, ttt_epochs=2,
+                     ttt_batch_seqs=2, sliding_stride=10, doc_boundaries=True)
+    work, deadline = copy.deepcopy(model), RecordingDeadline()
+    nll, _ = chunk_ttt_nll(work, tokens, cfg, deadline)
+    ref, _ = reference_chunk_ttt(model, tokens, chunk=96, lr=0.1, epochs=2, batch=2, stride=10,
+                                 tiling=document_windows(tokens, 10))
+    np.testing.assert_allclose(nll, ref, rtol=1e-4, atol=1e-4)
+    units = [w for i, w in enumerate(deadline.where) if i == 0 or w != deadline.where[i - 1]]
+    assert units == ["chunk TTT scoring (chunk 1/3)", "chunk TTT training (chunk 1/3)",
+                     "chunk TTT scoring (chunk 2/3)", "chunk TTT training (chunk 2/3)",
+                     "chunk TTT scoring (chunk 3/3)"], units
+    assert not any(p.requires_grad for p in work.parameters())
+    with pytest.raises(ValueError, match="eval.ttt_chunk_tokens must be positive, got 0"):
+        chunk_ttt_nll(copy.deepcopy(model), tokens, dataclasses.replace(cfg, ttt_chunk_tokens=0), Deadline(0))
 
 
 def test_the_learning_rate_follows_the_cosine_over_chunks():
