@@ -42,6 +42,22 @@ def padded_eager(monkeypatch):
     monkeypatch.setattr(forward, "_compile", lambda fn: fn)
 
 
+@pytest.fixture
+def compiled_calls(monkeypatch):
+    """eval.compile=on without a compiler, each call that takes the compiled path logged: (function, ids shape)."""
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def logging_compile(fn):
+        def run_logged(model, ids, *rest):
+            calls.append((fn.__name__, tuple(ids.shape)))
+            return fn(model, ids, *rest)
+        return run_logged
+
+    monkeypatch.setattr(forward, "_COMPILED", {})
+    monkeypatch.setattr(forward, "_compile", logging_compile)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def doc_model():
     return small_model({"model.vocab_size": 1024, "model.doc_attention": True})
@@ -74,6 +90,28 @@ def test_scoring_compiles_one_graph_for_a_whole_evaluation(doc_model, stream, ta
     """Partial last batch, short last window, windows of several lengths: all one shape, one graph."""
     ev = run(doc_model, stream[:1500], tables, **MODES[mode], compile="on")
     assert ev.targets == 1499 and compiler.frame_count == 1
+
+
+@pytest.mark.parametrize("mode, forwards", [("plain", 4), ("sliding", 12)])
+def test_compiled_scoring_runs_every_forward_at_one_shape(doc_model, stream, tables, mode, forwards, compiled_calls):
+    """Plain: 23 full windows of 64 (batches of 8, 8, 7) and a short 27-target one; sliding (stride 16): 91 windows
+    of several lengths. Every forward takes the compiled path, padded to (batch_seqs, context_len) = (8, 64)."""
+    ev = run(doc_model, stream[:1500], tables, **MODES[mode], compile="on")
+    assert ev.targets == 1499 and compiled_calls == [("_hidden", (8, CTX))] * forwards
+    compiled_calls.clear()
+    run(doc_model, stream[:1500], tables, **MODES[mode], compile="off")
+    assert compiled_calls == []
+
+
+def test_compiled_chunk_ttt_scores_and_trains_through_the_compiled_path(stream, tables, compiled_calls):
+    """1499 targets in chunks of 512: 15, 16 and 15 sliding windows (stride 32) scored in batches of 8 (6 forwards),
+    chunks 0 and 1 trained on (8 sequences of 64 each, 4 a step: 4 steps); every one compiled when asked."""
+    model = small_model({"model.vocab_size": 1024})
+    run(model, stream[:1500], tables, **MODES["chunk"], compile="on")
+    assert sorted(compiled_calls) == [("_hidden", (8, CTX))] * 6 + [("_loss", (4, CTX))] * 4, compiled_calls
+    compiled_calls.clear()
+    run(model, stream[:1500], tables, **MODES["chunk"], compile="off")
+    assert compiled_calls == []
 
 
 def test_lora_ttt_compiles_one_graph_per_window_width(stream, tables, compiler):
