@@ -78,12 +78,20 @@ def pytest_collection_modifyitems(items):
 
 # Survivors that no test can kill, by mutant name: why the mutant computes the same score. Grouped by reason.
 _CHUNK = "pgolf.eval.ttt_chunk.x_chunk_ttt_nll__mutmut_"
+_PLAIN = "pgolf.eval.bpb.x_plain_nll__mutmut_"
 _EQUIVALENT_GROUPS: dict[str, list[str]] = {
     "windows.score / k instead of // k: the scores are non-decreasing and, for an integer c, score / k >= c exactly "
     "when score // k >= c, so searchsorted finds the same chunk bounds": [f"{_CHUNK}21"],
     "SGD built without its lr: before each chunk's training every group's lr is set to cosine_lr, so the initial "
     "lr is never used": [f"{_CHUNK}43"],
     "one more chunk bound (np.arange(total + 2)): the loop reads bounds[0 .. total] only": [f"{_CHUNK}58"],
+    "plain_nll's use_compiled defaults to True: its one caller, evaluate, always passes use_compile(cfg, device)":
+        [f"{_PLAIN}1"],
+    "a rank with no window sends torch.zeros(1) instead of an empty tensor: gather_concat pads every part to the "
+    "largest count (>= 1) and cuts this rank's part to its count, 0": [f"{_PLAIN}114"],
+    "not killable on the CPU: the local scores are already on the model's device there, so .to(None) is "
+    ".to(device); on GPUs the CPU tensor reaches NCCL, which refuses it (an error, never a different score)":
+        [f"{_PLAIN}139"],
 }
 EQUIVALENT: dict[str, str] = {name: reason for reason, names in _EQUIVALENT_GROUPS.items() for name in names}
 
