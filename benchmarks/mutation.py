@@ -13,7 +13,8 @@ folder, so the repository is never touched:
 Each call updates its label in benchmarks/results/mutation.json (other labels are kept), with the score, the
 counts, and every surviving mutant with its diff; survivors listed in EQUIVALENT below carry the reason they
 cannot be killed (an equivalent mutant: the same function computed another way, or only a message changed).
-`--recheck` reruns only the mutants a label's run did not kill, with the tests of the working tree, and updates
+`--only 'pgolf.eval.bpb.*' --merge` runs whole modules and keeps the label's other modules (a run in parts:
+the entry says which modules are not run yet, and `complete` when none is left). `--recheck` reruns only the mutants a label's run did not kill, with the tests of the working tree, and updates
 that entry (its `rechecks` list says when and with which tree): tests are only ever added, so a mutant killed
 before stays killed.
 `--max-children` sets the parallel workers (default 2); on 2 shared cores a run takes about an hour.
@@ -55,11 +56,13 @@ TESTS = ["tests/test_eval.py", "tests/test_eval_ranks.py", "tests/test_eval_mode
          "tests/test_evaluate_artifact.py::test_tail_settings_are_checked",
          "tests/test_data.py::test_byte_rule_on_official_val_sample_equals_decoded_utf8",
          "tests/test_data.py::test_trained_tokenizer_keeps_exact_bytes"]
-# The leak tests build modules from pgolf's source text, which in mutmut's copy holds every mutant: left out. So
-# are the tests that trace the forwards with dynamo (fullgraph): mutmut's trampoline around every eval function
-# reads a ContextVar, which dynamo cannot trace; test_eval_compile's other tests check the compiled path eagerly.
+# The leak tests build modules from pgolf's source text, which in mutmut's copy holds every mutant: left out.
+# test_cli_eval_flags only checks the CLI's plumbing of eval flags (the modes it reaches have their own tests) and
+# takes ~50 s: every surviving mutant of the functions it covers would pay for it. The tests that trace the
+# forwards with dynamo (fullgraph) are left out too: mutmut's trampoline around every eval function reads a
+# ContextVar, which dynamo cannot trace; test_eval_compile's other tests check the compiled path eagerly.
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow and not gpu", "-k",
-               "not deliberate_leak and not compiles_one_graph and not traced_whole", "-q"]
+               "not deliberate_leak and not test_cli_eval_flags and not compiles_one_graph and not traced_whole", "-q"]
 
 # Lines that only build text (error messages, notes, the time cap's "where"): not part of any score, not mutated.
 TEXT_ONLY_LINES = [r"raise \w+\(", r"^\s*f?[\"']", r"^\s*\+ \(f?[\"']", r"\bnotes\b", r"deadline\.check\(",
@@ -149,7 +152,7 @@ for path in walk_mutatable_files():
             continue
         status = status_by_exit_code[code]
         entry = {"name": name, "file": str(path), "status": status}
-        if status not in ("killed", "caught by type check"):
+        if status not in ("killed", "caught by type check", "not checked"):
             entry["diff"] = get_diff_for_mutant(name, path=path)
         out.append(entry)
 json.dump(out, sys.stdout)
@@ -195,29 +198,79 @@ def status_counts(mutants: list[dict]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for m in mutants:
         counts[m["status"]] = counts.get(m["status"], 0) + 1
-    return counts
+    return dict(sorted(counts.items()))
 
 
 def not_killed(mutants: list[dict]) -> list[dict]:
     return [m for m in mutants if m["status"] not in ("killed", "caught by type check")]
 
 
-def recheck(previous: dict, rerun: list[dict]) -> tuple[dict[str, int], list[dict]]:
-    """Counts and entries of a run after re-running some of its not-killed mutants with today's tests: each rerun
-    mutant takes its new status. Only mutants that the earlier run listed (survived, untested, other) may be rerun:
-    a killed one stays killed as long as tests are only added, which is what a recheck is for."""
-    listed = {m["name"]: {k: v for k, v in m.items() if k != "reason"}
-              for key in ("survivors_unexplained", "survivors_equivalent", "untested", "other") for m in previous[key]}
-    counts = dict(previous["counts"])
+def module_of(name: str) -> str:
+    """'pgolf.eval.bpb.x_evaluate__mutmut_3' -> 'pgolf.eval.bpb' (every mutated module is three names deep)."""
+    return ".".join(name.split(".")[:3])
+
+
+LISTS = ("survivors_unexplained", "survivors_equivalent", "untested", "other")
+
+
+def listed_of(entry: dict) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "reason"} for key in LISTS for m in entry.get(key, [])]
+
+
+def merged(previous: dict | None, everything: list[dict], run_info: dict) -> dict:
+    """The label's entry after a run: the modules this run mutated replace theirs in `previous` (all of them when
+    previous is None); `everything` is every mutant of the mutated files, those not run marked "not checked"."""
+    totals: dict[str, int] = {}
+    for m in everything:
+        totals[module_of(m["name"])] = totals.get(module_of(m["name"]), 0) + 1
+    ran = [m for m in everything if m["status"] != "not checked"]
+    ran_modules = sorted({module_of(m["name"]) for m in ran})
+    for module in ran_modules:
+        done = sum(module_of(m["name"]) == module for m in ran)
+        if done != totals[module]:
+            raise SystemExit(f"{module}: {done} of its {totals[module]} mutants were run; --only must select whole "
+                             f"modules (e.g. '{module}.*') for the result to be merged")
+    modules = {k: v for k, v in (previous or {}).get("modules", {}).items() if k not in ran_modules}
+    listed = [m for m in listed_of(previous or {}) if module_of(m["name"]) not in ran_modules]
+    for module in ran_modules:
+        mine = [m for m in ran if module_of(m["name"]) == module]
+        modules[module] = {"mutants": len(mine), "counts": status_counts(mine), **run_info}
+        listed += not_killed(mine)
+    return entry_from(modules, listed, totals)
+
+
+def entry_from(modules: dict, listed: list[dict], totals: dict[str, int]) -> dict:
+    counts: dict[str, int] = {}
+    for info in modules.values():
+        for status, n in info["counts"].items():
+            counts[status] = counts.get(status, 0) + n
+    not_run = sorted(set(totals) - set(modules))
+    return {"complete": not not_run, "modules_not_run": {m: totals[m] for m in not_run},
+            "mutants_by_module": dict(sorted(totals.items())), "modules": dict(sorted(modules.items())),
+            **summarise(counts, sorted(listed, key=lambda m: m["name"]))}
+
+
+def recheck(previous: dict, rerun: list[dict], info: dict) -> dict:
+    """The entry after re-running some of its not-killed mutants with today's tests: each rerun mutant takes its
+    new status. Only mutants that the earlier run listed (survived, untested, other) may be rerun: a killed one
+    stays killed as long as tests are only added, which is what a recheck is for."""
+    listed = {m["name"]: m for m in listed_of(previous)}
+    modules = {k: dict(v, counts=dict(v["counts"])) for k, v in previous["modules"].items()}
     for m in rerun:
         if m["name"] not in listed:
-            raise SystemExit(f"--recheck: {m['name']} was not listed as surviving in the earlier run; rerun the "
-                             "whole benchmark instead")
+            raise SystemExit(f"--recheck: {m['name']} was not listed as surviving in the earlier run; rerun its "
+                             "module instead")
+        counts = modules[module_of(m["name"])]["counts"]
         old = listed[m["name"]]["status"]
         counts[old] -= 1
         counts[m["status"]] = counts.get(m["status"], 0) + 1
         listed[m["name"]] = m
-    return {k: v for k, v in counts.items() if v}, not_killed(list(listed.values()))
+    for v in modules.values():
+        v["counts"] = {k: n for k, n in sorted(v["counts"].items()) if n}
+    entry = entry_from(modules, not_killed(list(listed.values())), previous["mutants_by_module"])
+    entry["rechecks"] = previous.get("rechecks", []) + [
+        dict(info, rerun=len(rerun), now_killed=sum(m["status"] in ("killed", "timeout") for m in rerun))]
+    return entry
 
 
 def main() -> int:
@@ -228,7 +281,9 @@ def main() -> int:
     parser.add_argument("--timeout-multiplier", type=float, default=5.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary copy (its mutants/ folder)")
     parser.add_argument("--only", action="append", metavar="PATTERN",
-                        help="run only the mutants whose names match (e.g. 'pgolf.eval.bpb.*'); for a quick look")
+                        help="run only the mutants whose names match (whole modules, e.g. 'pgolf.eval.bpb.*')")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the label's other modules: the modules run replace theirs (a run in parts)")
     parser.add_argument("--recheck", action="store_true",
                         help="rerun the not-killed mutants of the label's earlier run (after adding tests) and update "
                              "that entry; with --only, just those of them that match")
@@ -240,11 +295,10 @@ def main() -> int:
     report = json.loads(out.read_text()) if out.is_file() else {"benchmark": "mutation", "runs": {}}
     previous = report["runs"].get(args.label)
     patterns = args.only or MUTANTS
+    if (args.recheck or args.merge) and previous is None:
+        raise SystemExit(f"--recheck/--merge: {out} has no run labelled {args.label!r} to update")
     if args.recheck:
-        if previous is None:
-            raise SystemExit(f"--recheck: {out} has no run labelled {args.label!r} to update")
-        names = [m["name"] for key in ("survivors_unexplained", "survivors_equivalent", "untested", "other")
-                 for m in previous[key]]
+        names = [m["name"] for m in listed_of(previous)]
         patterns = [n for n in names if not args.only or any(fnmatch.fnmatch(n, p) for p in args.only)]
         if not patterns:
             raise SystemExit("--recheck: no listed mutant to rerun")
@@ -260,29 +314,27 @@ def main() -> int:
             print(f"mutmut exited with {code}; the copy is kept in {work}", file=sys.stderr)
             args.keep = True
             return code
-        mutants = collect(work, patterns)
+        everything = collect(work, MUTANTS)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     command = "python benchmarks/mutation.py " + " ".join(sys.argv[1:])
+    info = {"command": command, "tree": tree, "tests": tests, "max_children": args.max_children,
+            "wall_seconds": round(seconds, 1)}
     if args.recheck:
-        counts, listed = recheck(previous, mutants)
-        entry = {**previous, **summarise(counts, listed)}
-        entry["rechecks"] = previous.get("rechecks", []) + [
-            {"command": command, "tree": tree, "tests": tests, "rerun": len(mutants),
-             "now_killed": sum(m["status"] in ("killed", "timeout") for m in mutants), "wall_seconds": round(seconds, 1)}]
+        wanted = set(patterns)
+        entry = recheck(previous, [m for m in everything if m["name"] in wanted], info)
     else:
-        entry = {
-            "command": command, "tree": tree, "tests": tests, "pytest_args": PYTEST_ARGS, "mutated": patterns,
-            "not_mutated_lines": {"patterns": TEXT_ONLY_LINES, "why": "they only build error messages and notes"},
-            "mutmut": importlib.metadata.version("mutmut"), "max_children": args.max_children,
-            "wall_seconds": round(seconds, 1), **summarise(status_counts(mutants), not_killed(mutants)),
-        }
-    report["runs"][args.label] = entry
+        entry = merged(previous if args.merge else None, everything, info)
+    report["runs"][args.label] = {
+        "pytest_args": PYTEST_ARGS, "mutated": MUTANTS,
+        "not_mutated_lines": {"patterns": TEXT_ONLY_LINES, "why": "they only build error messages and notes"},
+        "mutmut": importlib.metadata.version("mutmut"), **entry}
     write_json(out, report)
     run = report["runs"][args.label]
     print(f"{args.label}: score {run['score']} ({run['counts']}); {len(run['survivors_unexplained'])} unexplained "
-          f"survivors; {seconds / 60:.0f} min; wrote {out}")
+          f"survivors; modules not run: {sorted(run['modules_not_run']) or 'none'}; {seconds / 60:.0f} min; "
+          f"wrote {out}")
     return 0
 
 
