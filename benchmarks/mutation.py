@@ -82,6 +82,7 @@ def pytest_collection_modifyitems(items):
 # Survivors that no test can kill, by mutant name: why the mutant computes the same score. Grouped by reason.
 _CHUNK = "pgolf.eval.ttt_chunk.x_chunk_ttt_nll__mutmut_"
 _PLAIN = "pgolf.eval.bpb.x_plain_nll__mutmut_"
+_CLIP = "pgolf.eval.windows.x_clip_to_documents__mutmut_"
 _EQUIVALENT_GROUPS: dict[str, list[str]] = {
     "windows.score / k instead of // k: the scores are non-decreasing and, for an integer c, score / k >= c exactly "
     "when score // k >= c, so searchsorted finds the same chunk bounds": [f"{_CHUNK}21"],
@@ -95,6 +96,9 @@ _EQUIVALENT_GROUPS: dict[str, list[str]] = {
     "not killable on the CPU: the local scores are already on the model's device there, so .to(None) is "
     ".to(device); on GPUs the CPU tensor reaches NCCL, which refuses it (an error, never a different score)":
         [f"{_PLAIN}139"],
+    "np.searchsorted's side left to its default, which is 'left'": [f"{_CLIP}27"],
+    "the window lists hold Python ints and are never empty (every tiling has a window), so np.asarray makes them "
+    "int64 without being told": [f"{_CLIP}56", f"{_CLIP}58"],
 }
 EQUIVALENT: dict[str, str] = {name: reason for reason, names in _EQUIVALENT_GROUPS.items() for name in names}
 

@@ -122,6 +122,10 @@ def test_document_pieces_start_at_every_bos_and_every_piece_length_after_it():
     assert np.array_equal(w.score, w.start)             # a piece is scored whole, with no context before it
     fixed = clip_to_documents(sliding_windows(16, 3, 3), tokens, BOS)  # fixed windows cut at documents differ
     assert fixed.start.tolist() != w.start.tolist()
+    ones = document_pieces(tokens, 1, BOS)                # pieces of one input: every target alone
+    assert ones.start.tolist() == ones.score.tolist() == list(range(16)) and ones.end.tolist() == list(range(1, 17))
+    with pytest.raises(ValueError, match="eval.context_len must be > 0 for document pieces, got 0"):
+        document_pieces(tokens, 0, BOS)
 
 
 def test_document_pieces_score_each_piece_as_a_forward_from_its_documents_bos(model, stream, tables):
