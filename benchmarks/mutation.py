@@ -83,6 +83,8 @@ def pytest_collection_modifyitems(items):
 _CHUNK = "pgolf.eval.ttt_chunk.x_chunk_ttt_nll__mutmut_"
 _PLAIN = "pgolf.eval.bpb.x_plain_nll__mutmut_"
 _CLIP = "pgolf.eval.windows.x_clip_to_documents__mutmut_"
+_SLIDING = "pgolf.eval.sliding.x_sliding_nll__mutmut_"
+_PRE = "pgolf.eval.ttt_pre.x_pre_ttt__mutmut_"
 _EQUIVALENT_GROUPS: dict[str, list[str]] = {
     "windows.score / k instead of // k: the scores are non-decreasing and, for an integer c, score / k >= c exactly "
     "when score // k >= c, so searchsorted finds the same chunk bounds": [f"{_CHUNK}21"],
@@ -99,6 +101,12 @@ _EQUIVALENT_GROUPS: dict[str, list[str]] = {
     "np.searchsorted's side left to its default, which is 'left'": [f"{_CLIP}27"],
     "the window lists hold Python ints and are never empty (every tiling has a window), so np.asarray makes them "
     "int64 without being told": [f"{_CLIP}56", f"{_CLIP}58"],
+    "message only: the 'where' that a time-cap error names": [f"{_SLIDING}{n}" for n in (27, 36, 37)],
+    "notes only: the stride and the kind of windows that the notes name": [f"{_SLIDING}{n}" for n in range(43, 51)],
+    "AdamW built without eps: torch's default eps is 1e-8, the value passed": [f"{_PRE}31"],
+    "notes only: the first and last training loss in the notes (no losses only when eval.ttt_epochs is 0, which "
+    "check_eval_config refuses for eval.ttt = 'pre')": [f"{_PRE}{n}" for n in (59, 60, 64, 65)],
+    "log_softmax over dim +1 of 2-D (positions x vocab) logits is dim -1": ["pgolf.eval.audit.x__record__mutmut_6"],
 }
 EQUIVALENT: dict[str, str] = {name: reason for reason, names in _EQUIVALENT_GROUPS.items() for name in names}
 

@@ -14,6 +14,7 @@ import torch
 import pgolf
 from pgolf.config import EvalConfig
 from pgolf.data.shards import read_shard
+from pgolf.eval.result import summarize
 
 from byte_rule import RuleTokenizer
 from conftest import SP1024_MODEL, VAL_SHARD
@@ -50,6 +51,14 @@ def test_every_target_is_scored_exactly_once(val_stream, length):
     assert ev.val_loss == pytest.approx(nats / (length - 1), rel=1e-12)
     assert ev.val_bpb == pytest.approx(nats / math.log(2) / ev.token_bytes.sum(), rel=1e-12)
     assert ev.legal and ev.mode == "plain"
+
+
+def test_summaries_are_accumulated_in_fp64_whatever_the_input_dtype():
+    """2**24 + 1 is not a float32: a float32 sum of these nats would lose the 1."""
+    loss, bpb = summarize(np.array([2.0**24, 1.0], dtype=np.float32), np.array([3, 1], dtype=np.int16))
+    assert loss == (2**24 + 1) / 2 and bpb == (2**24 + 1) / math.log(2.0) / 4
+    with pytest.raises(ValueError, match="nothing to score"):
+        summarize(np.array([1.0]), np.array([0]))
 
 
 def test_batching_does_not_change_scores(val_stream):

@@ -103,14 +103,25 @@ def test_compiled_scoring_runs_every_forward_at_one_shape(doc_model, stream, tab
     assert compiled_calls == []
 
 
-def test_compiled_chunk_ttt_scores_and_trains_through_the_compiled_path(stream, tables, compiled_calls):
-    """1499 targets in chunks of 512: 15, 16 and 15 sliding windows (stride 32) scored in batches of 8 (6 forwards),
-    chunks 0 and 1 trained on (8 sequences of 64 each, 4 a step: 4 steps); every one compiled when asked."""
+PRE = {"ttt": "pre", "ttt_epochs": 1, "ttt_batch_seqs": 4, "ttt_lr": 0.01}
+COMPILED_TTT = {
+    # 1499 targets in chunks of 512: 15, 16 and 15 sliding windows (stride 32) scored in batches of 8 (6 forwards),
+    # chunks 0 and 1 trained on (8 sequences of 64 each, 4 a step: 4 steps)
+    "chunk": (MODES["chunk"], [("_hidden", (8, CTX))] * 6 + [("_loss", (4, CTX))] * 4),
+    # 23 sequences of 64, 4 a step (6 steps, the last of 3), then 24 plain windows in batches of 8 (3 forwards)
+    "pre": (PRE, [("_hidden", (8, CTX))] * 3 + [("_loss", (3, CTX))] + [("_loss", (4, CTX))] * 5),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(COMPILED_TTT))
+def test_compiled_ttt_scores_and_trains_through_the_compiled_path(stream, tables, compiled_calls, mode):
+    """Every scoring forward and every training step of a TTT mode is compiled when eval.compile asks for it."""
+    settings, expected = COMPILED_TTT[mode]
     model = small_model({"model.vocab_size": 1024})
-    run(model, stream[:1500], tables, **MODES["chunk"], compile="on")
-    assert sorted(compiled_calls) == [("_hidden", (8, CTX))] * 6 + [("_loss", (4, CTX))] * 4, compiled_calls
+    run(model, stream[:1500], tables, **settings, compile="on")
+    assert sorted(compiled_calls) == expected, compiled_calls
     compiled_calls.clear()
-    run(model, stream[:1500], tables, **MODES["chunk"], compile="off")
+    run(model, stream[:1500], tables, **settings, compile="off")
     assert compiled_calls == []
 
 

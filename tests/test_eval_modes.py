@@ -346,6 +346,25 @@ def test_max_seconds_stops_the_work_where_the_budget_runs_out(model, stream, tab
     assert len(forwards) == 3 and whole >= 10
 
 
+def test_the_time_cap_counts_from_its_start_and_stops_only_past_the_budget(monkeypatch):
+    """On a clock set by hand: a deadline that began earlier (start) counts from then; at exactly max_seconds the
+    work goes on, past it it stops, for a budget under a second too; max_seconds 0 never stops."""
+    clock = [100.0]
+    monkeypatch.setattr(deadline_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    late = deadline_module.Deadline(0.5, start=99.0)
+    assert late.elapsed == 1.0
+    with pytest.raises(EvalTimeExceeded, match="after 1.0 s during scoring: over eval.max_seconds = 0.5"):
+        late.check("scoring")
+    budget = deadline_module.Deadline(0.5)
+    clock[0] = 100.5
+    budget.check("scoring")                                   # 0.5 s of 0.5: not past the budget
+    clock[0] = 100.625
+    with pytest.raises(EvalTimeExceeded, match="over eval.max_seconds = 0.5"):
+        budget.check("scoring")
+    clock[0] = 1e9
+    deadline_module.Deadline(0).check("scoring")              # no cap
+
+
 @pytest.mark.parametrize("key, value, match", [("eval.ttt_lora_targets", ["q", "x"], "ttt_lora_targets"),
                                                ("eval.ttt_lora_chunk", 10_000, "ttt_lora_chunk"),
                                                ("eval.ttt_freeze_blocks", 99, "ttt_freeze_blocks"),

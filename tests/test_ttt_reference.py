@@ -20,7 +20,9 @@ import pgolf
 from pgolf.config import EvalConfig
 from pgolf.eval.lora_adapters import BatchedLoRA
 from pgolf.eval.deadline import Deadline
+from pgolf.eval.sliding import sliding_nll
 from pgolf.eval.ttt_chunk import chunk_ttt_nll, cosine_lr
+from pgolf.eval.ttt_pre import pre_ttt
 
 from test_model import small_model
 from test_score_first import BOS, TABLES, VOCAB, three_documents
@@ -109,13 +111,14 @@ def reference_chunk_ttt(model, tokens, chunk, lr, epochs, batch, momentum=0.9, s
 
 
 def reference_pre_ttt(model, tokens, lr, epochs, batch, momentum=0.9, stride=0, freeze=0, clip=1.0):
-    """§10.2: AdamW(lr, betas (momentum, 0.999), eps 1e-8, no decay) epochs over the whole stream, then scoring."""
+    """§10.2: AdamW(lr, betas (momentum, 0.999), eps 1e-8, no decay) epochs over the whole stream, then scoring.
+    Returns the NLL and the trained model."""
     model = copy.deepcopy(model)
     params = trainable(model, freeze)
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), eps=1e-8, weight_decay=0.0)
     for _ in range(epochs):
         train(model, tokens, full_sequences(0, tokens.size - 1), batch, optimizer, params, clip)
-    return np.concatenate([score(model, tokens, w) for w in windows(tokens.size - 1, stride)])
+    return np.concatenate([score(model, tokens, w) for w in windows(tokens.size - 1, stride)]), model
 
 
 def reference_lora_ttt(model, tokens, s: dict) -> np.ndarray:
@@ -226,14 +229,31 @@ def test_the_learning_rate_follows_the_cosine_over_chunks():
     assert cosine_lr(0.4, 0, 1) == 0.4
 
 
-@pytest.mark.parametrize("stride, freeze, clip", [(0, 0, 1.0), (8, 1, 0.0)])
-def test_pre_ttt_is_the_reference(model, stride, freeze, clip):
-    tokens = three_documents()
+# targets: 239 (7 sequences of 32 and 15 left over), 223 (the last full sequence ends one before the stream's end)
+# and 224 (sequences cover every target)
+@pytest.mark.parametrize("stride, freeze, clip, targets", [(0, 0, 1.0, 239), (8, 1, 0.0, 239), (0, 0, 1.0, 223),
+                                                           (0, 0, 1.0, 224)])
+def test_pre_ttt_is_the_reference(model, stride, freeze, clip, targets):
+    tokens = three_documents()[: targets + 1]
     ours = pgolf_nll(model, tokens, ttt="pre", ttt_lr=0.003, ttt_epochs=2, ttt_batch_seqs=3, ttt_momentum=0.8,
                      sliding_stride=stride, ttt_freeze_blocks=freeze, ttt_grad_clip=clip)
-    ref = reference_pre_ttt(model, tokens, lr=0.003, epochs=2, batch=3, momentum=0.8, stride=stride, freeze=freeze,
-                            clip=clip)
+    ref, _ = reference_pre_ttt(model, tokens, lr=0.003, epochs=2, batch=3, momentum=0.8, stride=stride, freeze=freeze,
+                               clip=clip)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_pre_ttt_called_alone_trains_the_weights_the_reference_trains_and_freezes_them(model):
+    """pre_ttt's AdamW has no weight decay (torch's default is 0.01) and eps 1e-8: after 3 epochs at lr 0.05 every
+    weight equals the reference's (a decay of lr * 0.01 per step would move them by ~1e-4 relative); the model is
+    left with no trainable parameter."""
+    tokens = three_documents()
+    cfg = EvalConfig(context_len=W, batch_seqs=3, ttt="pre", ttt_lr=0.05, ttt_epochs=3, ttt_batch_seqs=3)
+    work = copy.deepcopy(model)
+    pre_ttt(work, tokens, cfg, Deadline(0))
+    _, ref = reference_pre_ttt(model, tokens, lr=0.05, epochs=3, batch=3)
+    for (name, p), q in zip(work.named_parameters(), ref.parameters()):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+    assert not any(p.requires_grad for p in work.parameters())
 
 
 @pytest.mark.parametrize("settings", [
@@ -267,6 +287,15 @@ def test_sliding_windows_are_the_reference(model, stride, cut):
     ref = np.concatenate([score(model, tokens, w) for w in tiling])
     ours = pgolf_nll(model, tokens, sliding_stride=stride, doc_boundaries=cut)
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_sliding_nll_called_alone_cuts_at_the_default_bos(model):
+    """sliding_nll with bos_id left at its default, the BOS of sp tokenizers (1, as here)."""
+    tokens = three_documents()[:150]
+    ref = np.concatenate([score(model, tokens, w) for w in document_windows(tokens, 7)])
+    nll, _ = sliding_nll(model, tokens, EvalConfig(context_len=W, batch_seqs=3, sliding_stride=7, doc_boundaries=True),
+                         Deadline(0))
+    np.testing.assert_allclose(nll, ref, rtol=1e-4, atol=1e-5)
 
 
 class LogitsOnly(torch.nn.Module):
