@@ -107,6 +107,8 @@ _EQUIVALENT_GROUPS: dict[str, list[str]] = {
     "notes only: the first and last training loss in the notes (no losses only when eval.ttt_epochs is 0, which "
     "check_eval_config refuses for eval.ttt = 'pre')": [f"{_PRE}{n}" for n in (59, 60, 64, 65)],
     "log_softmax over dim +1 of 2-D (positions x vocab) logits is dim -1": ["pgolf.eval.audit.x__record__mutmut_6"],
+    "np.sum of an integer array narrower than int64 sums in int64 already (numpy's default for integers)":
+        ["pgolf.eval.result.x_summarize__mutmut_10", "pgolf.eval.result.x_summarize__mutmut_12"],
 }
 EQUIVALENT: dict[str, str] = {name: reason for reason, names in _EQUIVALENT_GROUPS.items() for name in names}
 
