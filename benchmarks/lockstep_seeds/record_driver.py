@@ -178,10 +178,12 @@ def seed_row(name: str, mode: str, seed: int, same_batches: bool, ours: list[flo
 
 
 def add_mode(out: dict, mode: str, runs: list[dict]) -> None:
-    """out[mode] = the mode's rows and largest difference; the as_written mode is also the record's headline."""
+    """out[mode] = the mode's rows and largest difference; the as_written mode's are also the record's headline
+    (out["runs"], out["max_abs_train_loss_diff"], kept after the modes)."""
     out[mode] = {"runs": runs, "max_abs_train_loss_diff": max(r["max_abs_train_loss_diff"] for r in runs)}
-    if mode == "as_written":
-        out["runs"], out["max_abs_train_loss_diff"] = runs, out[mode]["max_abs_train_loss_diff"]
+    head = out.get("as_written", out[mode])
+    out.pop("runs", None), out.pop("max_abs_train_loss_diff", None)
+    out["runs"], out["max_abs_train_loss_diff"] = head["runs"], head["max_abs_train_loss_diff"]
 
 
 def temp_dir():
