@@ -9,8 +9,9 @@ int8 + zlib artifact's val_bpb from each side on the same validation tokens (the
 its own eval_val; pgolf's result.json), and pgolf's score of the challenge's own artifact (`pgolf eval --recipe`).
 
 Seeds: `baseline` (main:train_gpt.py). A record's file runs through benchmarks/lockstep_seeds/<name>.py, its model
-mapped onto pgolf's names (pr103.py, pr206.py: their docstrings say what each drives and patches; one JSON per
-record, benchmarks/results/lockstep_<name>.json); records without a mapping are listed as not run.
+mapped onto pgolf's names (pr103.py, pr206.py, pr595.py, pr1573.py, pr1536.py: their docstrings say what each
+drives and patches; one JSON per record, benchmarks/results/lockstep_<name>.json); a record without a mapping
+(NOT_MAPPED; every record there has one now) is listed as not run.
 
 Shims on the challenge's side (listed in the JSON): its model stays fp32 (its main() casts it to bf16 and
 restores CastedLinear / control tensors; pgolf has no bf16 parameter storage), so tok_emb is fp32 on both sides;
@@ -61,7 +62,6 @@ TINY = {"model.num_layers": 4, "model.model_dim": 64, "model.num_heads": 4, "mod
         "data.val_tokens_limit": VAL_TOKENS}
 NOT_MAPPED = {"pr103": "LoopedGPT with per-virtual-layer LoRA: no name mapping yet",
               "pr206": "SmearGate / BigramHash / int6 STE model: no name mapping yet",
-              "pr595": "BigramHash / SmearGate 10-layer model and its TTT: no name mapping yet",
               "pr1573": "parameter banks (qo/kv/mlp) and recycled core: no name mapping yet",
               "pr1536": "parameter banks, varlen packing loader and FA3: no name mapping yet"}
 

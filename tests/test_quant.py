@@ -249,6 +249,9 @@ def test_recipes_export_what_their_code_exported():
     assert p595["blocks.0.attn.c_q.weight"] == ("int", 6) and p595["blocks.0.mlp.fc.weight"] == ("int", 5)
     assert p595["blocks.9.attn.c_k.weight"] == ("float16", 0) and p595["bigram.table"] == ("int", 8)
     assert p595["bigram.proj.weight"] == ("float16", 0) and p595["blocks.0.attn_scale"] == ("float16", 0)
+    # over the passthrough (a wider bigram, or tiny lockstep's 1,024), #595's _classify_param makes bigram.proj "attn"
+    small = pgolf.load_recipe("pr595", overrides={"quant.passthrough_max_numel": 1024}).quant
+    assert plan_tensor(torch.empty(512, 128, device="meta"), "other", small, "bigram.proj.weight").bits == 6
     p1573 = _recipe_plans("pr1573")
     assert {v for k, v in p1573.items() if ".attn.c_" in k or ".mlp." in k or "attn.proj" in k} == {("int", 5)}
     assert p1573["tok_emb"] == ("int", 8) and p1573["value_embed.table"] == ("int", 8)

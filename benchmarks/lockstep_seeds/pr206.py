@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from record_driver import (ChallengeSteps, challenge_luts, challenge_val_file, initial_state, loss_figures,  # noqa: E402
-                           pgolf_config, pgolf_score, pgolf_swa_rule, run_pgolf, step_warmdown, temp_dir)
+from record_driver import (ChallengeSteps, add_mode, challenge_luts, challenge_val_file, initial_state,  # noqa: E402
+                           pgolf_config, pgolf_score, pgolf_swa_rule, run_pgolf, seed_row, step_warmdown, swa_mean,
+                           temp_dir)
 
 from lockstep_cpu import DATA, NS_SHIM, load_module  # noqa: E402
 
@@ -117,20 +118,11 @@ def challenge_run(ref, cfg, hp):
         for g in muon.param_groups:
             g["momentum"] = (1 - frac) * hp.muon_momentum_warmup_start + frac * hp.muon_momentum
 
-    def swa_average(snaps):  # its fp32 sums (the model is fp32 here) divided by the count, applied if count > 1
-        if len(snaps) < 2:
-            return {k: v for k, v in model.state_dict().items()}
-        total = {k: v.clone() for k, v in snaps[0].items()}
-        for s in snaps[1:]:
-            for k in total:
-                total[k] += s[k]
-        return {k: (t / len(snaps)).to(dtype=model.state_dict()[k].dtype) for k, t in total.items()}
-
     # its lr_mul without a wall clock: max((iterations - step) / warmdown_iters, 0) in the last warmdown_iters
     # steps, no LR warm-up (its WARMUP_STEPS are compile priming steps, undone); SWA: scale < swa_start_frac and
     # step % swa_every == 0 after the step, the rule pgolf_swa_rule states
     steps = ChallengeSteps(model, optimizers, step_warmdown(cfg, 0), set_momentum, hp.grad_clip_norm,
-                           pgolf_swa_rule(cfg), swa_average)
+                           pgolf_swa_rule(cfg), swa_mean(model))  # its fp32 sums / count, applied if count > 1
     loader = ref.DistributedTokenLoader(str(DATA / "fineweb_train_*.bin"), 0, 1, torch.device("cpu"))
     losses, same = steps.run(loader, cfg.train.steps, cfg.train.batch_tokens, cfg.train.seq_len, cfg.model.vocab_size)
     return model, losses, same, len(steps.snapshots)
@@ -177,16 +169,8 @@ def run_seed(name: str, path: str, seeds: list[int], steps: int, ns_dtype: str) 
                 result, ours = run_pgolf(cfg, tmp)
                 model, theirs, same_batches, n_swa = challenge_run(ref, cfg, hp)
                 scored = export_and_score(ref, cfg, hp, model, tmp)
-            runs.append({"seed": seed, "same_batches": same_batches, **loss_figures(ours, theirs),
-                         "val_bpb_pgolf_artifact": result["val_bpb"], **scored,
-                         "val_targets_pgolf": result["val_targets"], "swa_snapshots_pgolf": result["swa_snapshots"],
-                         "swa_snapshots_challenge": n_swa, "artifact_bytes_pgolf": result["artifact_bytes"],
-                         "model_bytes_pgolf": result["model_bytes"]})
-            print({"seed_recipe": name, "mode": mode, **{k: v for k, v in runs[-1].items() if not isinstance(v, list)}},
-                  flush=True)
-        out[mode] = {"runs": runs, "max_abs_train_loss_diff": max(r["max_abs_train_loss_diff"] for r in runs)}
-    out["runs"] = out["as_written"]["runs"]
-    out["max_abs_train_loss_diff"] = out["as_written"]["max_abs_train_loss_diff"]
+            runs.append(seed_row(name, mode, seed, same_batches, ours, theirs, result, scored, n_swa))
+        add_mode(out, mode, runs)
     out["challenge_hyperparameters"] = {k: getattr(hp, k) for k in (
         "matrix_lr", "scalar_lr", "tied_embed_lr", "beta1", "beta2", "adam_eps", "muon_momentum", "muon_beta2",
         "muon_momentum_warmup_start", "muon_weight_decay", "muon_backend_steps", "grad_clip_norm", "rope_base",

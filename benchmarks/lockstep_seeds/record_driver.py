@@ -99,6 +99,20 @@ def pgolf_swa_rule(cfg: pgolf.Config) -> Callable[[int, float], bool]:
     return due
 
 
+def swa_mean(model: nn.Module) -> Callable[[list[dict]], dict]:
+    """The records' SWA average (#206, #595): the snapshots summed in each tensor's dtype (fp32 here) and divided
+    by their count; with fewer than 2 snapshots the model's own weights."""
+    def average(snaps: list[dict]) -> dict:
+        if len(snaps) < 2:
+            return {k: v for k, v in model.state_dict().items()}
+        total = {k: v.clone() for k, v in snaps[0].items()}
+        for s in snaps[1:]:
+            for k in total:
+                total[k] += s[k]
+        return {k: (t / len(snaps)).to(dtype=model.state_dict()[k].dtype) for k, t in total.items()}
+    return average
+
+
 def step_warmdown(cfg: pgolf.Config, warmup_steps: int) -> Callable[[int], float]:
     """The record's warm-up (step / warmup for step < warmup) and then lockstep's step warmdown
     ((S - s) / W over the last W steps) in place of its wall-clock one."""
@@ -149,6 +163,27 @@ def loss_figures(ours: list[float], theirs: list[float]) -> dict:
             "median_abs_train_loss_diff": float(np.median(diffs)),
             "abs_train_loss_diff_per_step": [round(d, 7) for d in diffs],
             "train_loss_pgolf": [round(v, 6) for v in ours], "train_loss_challenge": [round(v, 6) for v in theirs]}
+
+
+def seed_row(name: str, mode: str, seed: int, same_batches: bool, ours: list[float], theirs: list[float],
+             result: dict, scored: dict, n_swa: int) -> dict:
+    """One seed's figures (pgolf's result.json, the record's `scored` export figures), printed as they come."""
+    row = {"seed": seed, "same_batches": same_batches, **loss_figures(ours, theirs),
+           "val_bpb_pgolf_artifact": result["val_bpb"], **scored,
+           "val_targets_pgolf": result["val_targets"], "swa_snapshots_pgolf": result["swa_snapshots"],
+           "swa_snapshots_challenge": n_swa, "artifact_bytes_pgolf": result["artifact_bytes"],
+           "model_bytes_pgolf": result["model_bytes"]}
+    print({"seed_recipe": name, "mode": mode, **{k: v for k, v in row.items() if not isinstance(v, list)}}, flush=True)
+    return row
+
+
+def add_mode(out: dict, mode: str, runs: list[dict]) -> None:
+    """out[mode] = the mode's rows and largest difference; the as_written mode's are also the record's headline
+    (out["runs"], out["max_abs_train_loss_diff"], kept after the modes)."""
+    out[mode] = {"runs": runs, "max_abs_train_loss_diff": max(r["max_abs_train_loss_diff"] for r in runs)}
+    head = out.get("as_written", out[mode])
+    out.pop("runs", None), out.pop("max_abs_train_loss_diff", None)
+    out["runs"], out["max_abs_train_loss_diff"] = head["runs"], head["max_abs_train_loss_diff"]
 
 
 def temp_dir():
