@@ -245,10 +245,8 @@ def warn_over_cap(cfg: Config, calibration_s: float, capped_s: float, timing: di
     training + calibration more than train.max_wallclock_s (`timing`: the loop's calibration_report fields)."""
     cap, reserve = cfg.train.max_wallclock_s, cfg.quant.gptq_reserve_s
     if timing["calibration_over_reserve"]:
-        print(f"WARNING: GPTQ calibration took {calibration_s:.1f} s, over quant.gptq_reserve_s = {reserve:g} s (its "
-              f"share of train.max_wallclock_s = {cap:g} s); raise quant.gptq_reserve_s or lower "
-              f"quant.gptq_calib_batches", file=sys.stderr)
+        print(f"WARNING: GPTQ calibration took {calibration_s:.1f} s, over quant.gptq_reserve_s = {reserve:g} s; raise "
+              f"it or lower quant.gptq_calib_batches", file=sys.stderr)
     if not timing["within_cap"]:
         print(f"WARNING: training + GPTQ calibration took {capped_s:.1f} s, over train.max_wallclock_s = {cap:g} s "
-              f"(calibration {calibration_s:.1f} s against quant.gptq_reserve_s = {reserve:g} s); raise "
-              f"quant.gptq_reserve_s or lower quant.gptq_calib_batches", file=sys.stderr)
+              f"(calibration {calibration_s:.1f} s, quant.gptq_reserve_s = {reserve:g} s)", file=sys.stderr)

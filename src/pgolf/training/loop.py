@@ -67,7 +67,7 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, signum: int, step: int, run_dir: Path, checkpointed: bool = True):
         self.signum, self.step, self.run_dir = signum, step, run_dir
         then = (f"checkpoint written. Continue with: pgolf train --resume {run_dir}" if checkpointed else
-                "no checkpoint written (this train_gpt.py writes them only with train.checkpoint_every > 0)")
+                "no checkpoint written (train.checkpoint_every = 0)")
         super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {then}")
 
 
