@@ -196,10 +196,11 @@ class GPT(nn.Module):
         x = F.embedding(ids, self.tok_emb)
         if self.bigram is not None:
             x = x + self.bigram(ids, prev_id)
-        if self.smear is not None and self.smear.variant in ("pre_norm", "content_gate"):
+        # model.smear decides (self.smear.variant is model.smear): a train_gpt.py folds the other variants away
+        if self.cfg.smear in ("pre_norm", "content_gate"):
             x = self._smear(x, ids, cache)
         x = rms_norm(x)
-        if self.smear is not None and self.smear.variant == "post_norm":
+        if self.cfg.smear == "post_norm":
             x = self._smear(x, ids, cache)
         return x
 

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .runs import LogWriter
 from .runtime import any_rank, barrier
 
 CHECKPOINT = "checkpoint"
@@ -199,15 +200,17 @@ def resume_dir(out_dir: str | Path | None) -> Path:
 
 
 def resume(run_dir: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], loader: Any,
-           averager: Any, clock: Any, rank: int) -> int:
-    """Restore model, optimizers, loader, averaging, looping, RNG and the clock from the run's checkpoint;
-    returns the step to continue from."""
+           averager: Any, clock: Any, rank: int, is_main: bool) -> int:
+    """Restore model, optimizers, loader, averaging, looping, RNG and the clock from the run's checkpoint, and
+    (on the main rank) drop the log.jsonl lines past its step; returns the step to continue from."""
     state, avg_tensors = load_checkpoint(run_dir, model=model, optimizers=optimizers, rank=rank)
     clock.counted_s = state["elapsed_s"]
     loader.load_state_dict(state["loader"])
     averager.load_state_tensors(avg_tensors, state["swa_count"])
     model.set_looping(state["looping"])
     torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    if is_main:
+        LogWriter(run_dir / "log.jsonl", resume_step=state["step"])
     return state["step"]
 
 

@@ -261,7 +261,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     ckpt = optional_module("pgolf.training.checkpoint", t)
     if resume:
         step = require_module("pgolf.training.checkpoint", t).resume(run_dir, model, optimizers, loader, averager,
-                                                                     clock, rt.rank)
+                                                                     clock, rt.rank, rt.is_main)
     elif t.compile_priming_steps > 0:  # compiles every graph off the clock, as the records' warm-up steps
         start = time.perf_counter()
         _prime(forward, model, optimizers, loader, cfg, accum, rt)
@@ -269,7 +269,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
         priming_s = time.perf_counter() - start
         averager = WeightAverager(model, t)
 
-    log = LogWriter(run_dir / "log.jsonl", resume_step=step if resume else None) if rt.is_main else None
+    log = LogWriter(run_dir / "log.jsonl") if rt.is_main else None  # a resume has cut it back to its step
     bar = Progress(t.steps, show, t.log_every)
     if show:
         bar.message(f"pgolf: {cfg.recipe} ({cfg.scale}) | {count_parameters(cfg.model):,} params | "
@@ -483,14 +483,14 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     packed = pack_artifact(model, cfg, artifact, hessians) if rt.is_main else None
     pack_s = time.perf_counter() - pack_start
     sizes, fit = broadcast_object(packed, after_rank0_phase=True)  # the others wait out rank 0's GPTQ + compression
-    if fit is not None and fit.needed:
+    if cfg.quant.fit and fit is not None and fit.needed:  # the switch first: it folds
         timing["capped_seconds"] += fit.seconds
         timing["within_cap"] = cfg.train.max_wallclock_s <= 0 or timing["capped_seconds"] <= cfg.train.max_wallclock_s
     barrier()
     scored_model = unpack_written(artifact, cfg, rt.device)
     scored_model.attention_backend = model.attention_backend
     roundtrip_plain = evaluate(scored_model, val_tokens, None, plain, token_bytes=val_bytes)
-    if fit is not None and fit.pruned:  # what the pruning cost, measured on the model as loaded
+    if cfg.quant.fit and fit is not None and fit.pruned:  # what the pruning cost, measured on the model as loaded
         sizes["fit"].update(fit_cost(scored_model, fit,
                                      lambda m: evaluate(m, val_tokens, None, plain, token_bytes=val_bytes).val_bpb,
                                      roundtrip_plain.val_bpb))
@@ -531,7 +531,8 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         if show and report is not None:
             print(report.summary(result, run_dir))
         if not result["under_limit"]:
-            fitted = f" quant.fit failed: {sizes['fit']['message']}." if sizes["fit"] else " (quant.fit=true prunes it under)"
+            fitted = (f" quant.fit failed: {sizes['fit']['message']}." if cfg.quant.fit and sizes["fit"]
+                      else " (quant.fit=true prunes it under)")
             print(f"WARNING: the artifact is OVER the {sizes['limit_bytes']:,}-byte limit by "
                   f"{result['artifact_bytes'] - sizes['limit_bytes']:,} bytes; this run cannot be submitted as it is."
                   f"{fitted}", file=sys.stderr)
