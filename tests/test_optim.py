@@ -614,3 +614,18 @@ def test_run_logs_and_reports_the_exported_weights(micro, tmp_path):
     assert len(logged) == 1 and logged[0]["averaging"] == "swa" and logged[0]["swa_snapshots"] == 2
     from pgolf.training.report import summary
     assert "weights    swa = uniform mean of 2 SWA snapshots" in summary(saved, tmp_path / "run")
+
+
+def test_muon_refuses_choices_outside_its_tables_and_accepts_each_listed_one():
+    """Muon checks its choices against literals (so a script's constant arguments fold the checks away): the
+    literals must be exactly the module's tables."""
+    from pgolf.optim import muon
+    p = [torch.nn.Parameter(torch.zeros(4, 3))]
+    choices = {"ns_grouping": muon.NS_GROUPINGS, "shape_scale": muon.SHAPE_SCALES,
+               "ns_coeffs": tuple(muon.NS_COEFFICIENTS), "ns_dtype": ("auto", *muon._DTYPES),
+               "momentum_style": ("sum", "ema")}
+    for key, values in choices.items():
+        for value in values:
+            assert muon.Muon(p, lr=0.1, **{key: value}).defaults[key] == value
+        with pytest.raises(ValueError, match=f"{key} must be"):
+            muon.Muon(p, lr=0.1, **{key: "nope"})

@@ -259,9 +259,8 @@ def _user_defined_bytes(sp: spm.SentencePieceProcessor, types: np.ndarray,
     shown = ", ".join(f"{i} {sp.id_to_piece(i)!r}" for i in ids[:5]) + (", ..." if len(ids) > 5 else "")
     if policy is None:
         raise TokenizerError(
-            f"the tokenizer has {len(ids)} user-defined piece(s) ({shown}): the byte rule cannot know what they "
-            f"stand for in the original text; pass user_defined_bytes={{id: bytes}} (a byte sidecar, e.g. 0 for "
-            f"CaseOps operators) or 'text' (each counts as its UTF-8 length) to byte_tables")
+            f"the tokenizer has {len(ids)} user-defined piece(s) ({shown}) of unknown bytes: pass byte_tables "
+            f"user_defined_bytes={{id: bytes}} or 'text' (their UTF-8 length)")
     if isinstance(policy, str):
         raise TokenizerError(f"user_defined_bytes must be a mapping {{id: bytes}} or 'text', got {policy!r}")
     wrong = sorted(set(policy) ^ set(ids))

@@ -42,8 +42,10 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, use_value_residual: bool):
         super().__init__()
         d = cfg.model_dim
-        use_xsa = cfg.xsa_last_n < 0 or layer >= cfg.num_layers - cfg.xsa_last_n
-        self.attn = CausalSelfAttention(cfg, use_value_residual, use_xsa, layer in cfg.value_embed_layers)
+        # the switch first (0 = off): it folds in a train_gpt.py
+        use_xsa = cfg.xsa_last_n != 0 and (cfg.xsa_last_n < 0 or layer >= cfg.num_layers - cfg.xsa_last_n)
+        self.attn = CausalSelfAttention(cfg, use_value_residual, use_xsa,
+                                        cfg.value_embed_layers != [] and layer in cfg.value_embed_layers)
         self.mlp = MLP(cfg)
         self.attn_scale = scalar_param(torch.ones(d))
         self.mlp_scale = scalar_param(torch.ones(d))
@@ -139,13 +141,15 @@ class GPT(nn.Module):
             self.bridge_scale = scalar_param(torch.ones(cfg.bridge_layers, d))
             self.bridge_bias = scalar_param(torch.zeros(cfg.bridge_layers, d))
         else:
-            self.bridge_scale = self.bridge_bias = None
+            self.bridge_scale = None  # one store each (not chained): a train_gpt.py folds the constant
+            self.bridge_bias = None
         self.lane_merge = scalar_param(torch.tensor(0.5)) if cfg.parallel_residual == "separate_lanes" else None
         if cfg.parallel_residual == "cross_lanes":  # all L rows, as #1855 allocates them (only lane layers use theirs)
             self.lane_resid = scalar_param(torch.full((L, 2), cfg.lane_resid_init))
             self.lane_post = scalar_param(torch.full((L, 2, 2), cfg.lane_post_init))
         else:
-            self.lane_resid = self.lane_post = None
+            self.lane_resid = None
+            self.lane_post = None
         r = cfg.lora_rank
         if r:
             self.lora_a_q = tag(nn.Parameter(torch.empty(n_virtual, d, r)), "lora", "lora")
@@ -192,10 +196,11 @@ class GPT(nn.Module):
         x = F.embedding(ids, self.tok_emb)
         if self.bigram is not None:
             x = x + self.bigram(ids, prev_id)
-        if self.smear is not None and self.smear.variant in ("pre_norm", "content_gate"):
+        # model.smear decides (self.smear.variant is model.smear): a train_gpt.py folds the other variants away
+        if self.cfg.smear in ("pre_norm", "content_gate"):
             x = self._smear(x, ids, cache)
         x = rms_norm(x)
-        if self.smear is not None and self.smear.variant == "post_norm":
+        if self.cfg.smear == "post_norm":
             x = self._smear(x, ids, cache)
         return x
 
@@ -229,7 +234,7 @@ class GPT(nn.Module):
             ctx.doc_ids = cache.begin(self, ids, ctx.doc_ids)
             ctx.cache = cache
         x = to_compute_dtype(self.embed(ids, cache))  # the residual stream in the autocast dtype (bf16), as the records'
-        if self.value_embed is not None:
+        if cfg.value_embed_layers and self.value_embed is not None:  # the switch first: it folds
             ctx.value_embed = self.value_embed(ids).to(x.dtype)
         x0 = x
         schedule = self.active_schedule
@@ -242,7 +247,7 @@ class GPT(nn.Module):
             scale = self.layer_scales[pos] if self.layer_scales is not None else None
             lora = ((self.lora_a_q[pos], self.lora_b_q[pos], self.lora_a_v[pos], self.lora_b_v[pos])
                     if cfg.lora_rank else None)
-            if enc <= pos < enc + bridge and self.bridge_scale is not None:
+            if self.bridge_scale is not None and enc <= pos < enc + bridge:  # the constant first: it folds
                 i = pos - enc
                 x = x * self.bridge_scale[i].to(x.dtype) + self.bridge_bias[i].to(x.dtype)
             if pos >= enc + bridge:
@@ -251,7 +256,7 @@ class GPT(nn.Module):
                 if in_lanes and lane_a is None and cfg.parallel_residual == "cross_lanes":
                     lane_a, lane_m = x, x  # #1855 splits before the skip: the first lane skip reaches lane 0 only
                 if self.skip_weights is not None and skips:
-                    if lane_a is None:
+                    if cfg.parallel_residual not in ("separate_lanes", "cross_lanes") or lane_a is None:
                         x = self._skip(x, skips.pop(), i)
                     else:
                         lane_a = self._skip(lane_a, skips.pop(), i)
@@ -259,7 +264,7 @@ class GPT(nn.Module):
                     lane_a, lane_m = block.forward_cross_lanes(lane_a, lane_m, x0, ctx, self.lane_resid[phys],
                                                                self.lane_post[phys], scale, lora)
                     continue
-                if in_lanes:
+                if cfg.parallel_residual == "separate_lanes" and in_lanes:  # the switch first: it folds
                     if lane_a is None:
                         lane_a, lane_m = x, x
                     lane_a, lane_m = block.forward_lanes(lane_a, lane_m, x0, ctx, scale, lora)
@@ -267,9 +272,9 @@ class GPT(nn.Module):
             x = block(x, x0, ctx, scale, lora)
             if pos < enc and self.skip_weights is not None:
                 skips.append(x)
-        if lane_a is not None and self.lane_merge is None:  # cross lanes: x = (lane0 + lane1) / 2
+        if cfg.parallel_residual == "cross_lanes" and lane_a is not None:  # cross lanes: x = (lane0 + lane1) / 2
             x = 0.5 * (lane_a + lane_m)
-        elif lane_a is not None:  # separate lanes: x = l * lane_a + (1 - l) * lane_m
+        elif cfg.parallel_residual == "separate_lanes" and lane_a is not None:  # separate lanes: x = l * lane_a + (1 - l) * lane_m
             lam = self.lane_merge.to(lane_a.dtype)
             x = lam * lane_a + (1 - lam) * lane_m
         if cache is not None:

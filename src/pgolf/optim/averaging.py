@@ -43,11 +43,12 @@ class WeightAverager:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, lr_multiplier: float) -> None:
         """Call after the optimizer step that completed `step` steps, with the multiplier that step used."""
-        if self.ema is not None:
+        # the mode, not the tensors, decides (the same thing): a train_gpt.py folds the branches of other modes
+        if self.mode in ("ema", "swa_else_ema"):
             for n, p in model.named_parameters():
                 self.ema[n].lerp_(p.detach().float(), 1.0 - self.decay)  # d * shadow + (1 - d) * theta
         in_warmup = step <= self.warmup_steps  # the step just taken had index step - 1 < warmup_steps
-        if self.uses_swa and not in_warmup and lr_multiplier < self.swa_start_lr and step % self.swa_every == 0:
+        if self.mode in ("swa", "swa_else_ema") and not in_warmup and lr_multiplier < self.swa_start_lr and step % self.swa_every == 0:
             if self.swa_sum is None:
                 self.swa_sum = {n: p.detach().float().clone() for n, p in model.named_parameters()}
             else:
@@ -91,6 +92,8 @@ class WeightAverager:
     @torch.no_grad()
     def apply_to(self, model: nn.Module) -> str:
         """Load the exported weights into `model` (cast to each parameter's dtype); returns the choice."""
+        if self.mode == "none":
+            return "live"
         choice = self.choice()
         weights = self.averaged(choice)
         if weights is not None:
@@ -101,9 +104,9 @@ class WeightAverager:
     def state_tensors(self) -> dict[str, Tensor]:
         """Everything resume needs besides `swa_count` (kept in the checkpoint's state.json)."""
         out = {}
-        if self.ema is not None:
+        if self.mode in ("ema", "swa_else_ema"):
             out.update({f"ema.{n}": t for n, t in self.ema.items()})
-        if self.swa_sum is not None:
+        if self.mode in ("swa", "swa_else_ema") and self.swa_sum is not None:
             out.update({f"swa.{n}": t for n, t in self.swa_sum.items()})
         return out
 

@@ -94,19 +94,24 @@ def set_lr_multiplier(optimizers: dict[str, torch.optim.Optimizer], multiplier: 
             group["lr"] = group["base_lr"] * multiplier
 
 
+def uses_muon(optimizers: dict[str, torch.optim.Optimizer]) -> bool:
+    """Whether the matrices are trained by Muon (not Adam). Tested by a class attribute rather than isinstance,
+    so that Muon's name is only ever called in the carried code and a train_gpt.py can fold the switches every
+    call gives it (pgolf.artifact.specialise)."""
+    return getattr(optimizers.get("matrix"), "is_muon", False)
+
+
 def set_muon_momentum(optimizers: dict[str, torch.optim.Optimizer], momentum: float) -> None:
     """Set Muon's momentum (no-op when matrices are trained by Adam)."""
-    opt = optimizers.get("matrix")
-    if isinstance(opt, Muon):
-        for group in opt.param_groups:
+    if uses_muon(optimizers):
+        for group in optimizers["matrix"].param_groups:
             group["momentum"] = momentum
 
 
 def set_muon_weight_decay_multiplier(optimizers: dict[str, torch.optim.Optimizer], multiplier: float) -> None:
     """Muon's weight_decay = base_weight_decay * multiplier (the WD taper; no-op when matrices use Adam)."""
-    opt = optimizers.get("matrix")
-    if isinstance(opt, Muon):
-        for group in opt.param_groups:
+    if uses_muon(optimizers):
+        for group in optimizers["matrix"].param_groups:
             group["weight_decay"] = group["base_weight_decay"] * multiplier
 
 

@@ -132,20 +132,24 @@ class Muon(torch.optim.Optimizer):
     `row_normalize` = MuonEq-R (#103's "NorMuon", #1536); `normuon_beta2 > 0` = #206's NorMuon.
     Each param group may carry its own switches; the schedule sets `lr` and `momentum` per step."""
 
+    is_muon = True  # pgolf.optim.groups.uses_muon
+
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], lr: float, momentum: float = 0.95,
                  nesterov: bool = True, momentum_style: str = "sum", ns_steps: int = 5, ns_coeffs: str = "quintic",
                  ns_dtype: str = "auto", row_normalize: bool = False, normuon_beta2: float = 0.0,
                  weight_decay: float = 0.0, ns_safety: float = 0.0, ns_grouping: str = "c_AA",
                  shape_scale: str = "update"):
-        if ns_grouping not in NS_GROUPINGS:
+        # the choices as literals (NS_GROUPINGS, SHAPE_SCALES, NS_COEFFICIENTS, _DTYPES; tests/test_optim.py keeps
+        # them equal): a train_gpt.py passes constants here, and literal checks of constants fold away
+        if ns_grouping not in ("c_AA", "cA_A"):
             raise ValueError(f"ns_grouping must be one of {', '.join(NS_GROUPINGS)}, got {ns_grouping!r}")
-        if shape_scale not in SHAPE_SCALES:
+        if shape_scale not in ("update", "step"):
             raise ValueError(f"shape_scale must be one of {', '.join(SHAPE_SCALES)}, got {shape_scale!r}")
         if momentum_style not in ("sum", "ema"):
             raise ValueError(f"momentum_style must be 'sum' or 'ema', got {momentum_style!r}")
-        if ns_coeffs not in NS_COEFFICIENTS:
+        if ns_coeffs not in ("quintic", "polar_express"):
             raise ValueError(f"ns_coeffs must be one of {sorted(NS_COEFFICIENTS)}, got {ns_coeffs!r}")
-        if ns_dtype != "auto" and ns_dtype not in _DTYPES:
+        if ns_dtype not in ("auto", "bfloat16", "float32"):
             raise ValueError(f"ns_dtype must be 'auto', 'bfloat16' or 'float32', got {ns_dtype!r}")
         if ns_steps < 1:
             raise ValueError(f"ns_steps must be >= 1, got {ns_steps}")

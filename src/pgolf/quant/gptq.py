@@ -11,6 +11,7 @@ The scales s are fixed before the loop (SDClip), so clipping only happens throug
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -237,3 +238,15 @@ def _generated_batches(model: nn.Module, cfg: Config, device: torch.device, n_ba
     per_batch = max(1, math.ceil(seqs.shape[0] / n_batches))
     for first in range(0, seqs.shape[0], per_batch):
         yield seqs[first : first + per_batch]
+
+
+def warn_over_cap(cfg: Config, calibration_s: float, capped_s: float, timing: dict[str, Any]) -> None:
+    """The training loop's warnings when calibration took more than its reserve (quant.gptq_reserve_s) or
+    training + calibration more than train.max_wallclock_s (`timing`: the loop's calibration_report fields)."""
+    cap, reserve = cfg.train.max_wallclock_s, cfg.quant.gptq_reserve_s
+    if timing["calibration_over_reserve"]:
+        print(f"WARNING: GPTQ calibration took {calibration_s:.1f} s, over quant.gptq_reserve_s = {reserve:g} s; raise "
+              f"it or lower quant.gptq_calib_batches", file=sys.stderr)
+    if not timing["within_cap"]:
+        print(f"WARNING: training + GPTQ calibration took {capped_s:.1f} s, over train.max_wallclock_s = {cap:g} s "
+              f"(calibration {calibration_s:.1f} s, quant.gptq_reserve_s = {reserve:g} s)", file=sys.stderr)

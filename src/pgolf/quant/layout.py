@@ -101,8 +101,10 @@ def check_lqer_request(picks: Any, layout: list[TensorLayout], cfg: Config) -> l
     quant.lqer_top_k distinct, ascending positions of integer-coded tensors, none when quant.lqer_rank = 0."""
     if not isinstance(picks, list) or any(not isinstance(i, int) or isinstance(i, bool) for i in picks):
         raise HeaderProblem(f"'lqer' must be a list of tensor positions, got {str(picks)[:80]}")
-    if picks and cfg.quant.lqer_rank == 0:
-        raise HeaderProblem(f"lists {len(picks)} LQER corrections, but the embedded config has quant.lqer_rank = 0")
+    if cfg.quant.lqer_rank == 0:  # folded in a train_gpt.py without LQER: the checks below are then dead
+        if picks:
+            raise HeaderProblem(f"lists {len(picks)} LQER corrections, but the embedded config has quant.lqer_rank = 0")
+        return picks
     if len(picks) > cfg.quant.lqer_top_k or picks != sorted(set(picks)):
         raise HeaderProblem(f"'lqer' must hold at most quant.lqer_top_k = {cfg.quant.lqer_top_k} distinct positions "
                             f"in ascending order, got {str(picks)[:80]}")

@@ -71,16 +71,17 @@ def quantize_rows(w: Tensor, bits: int, cfg: QuantConfig, qclass: str = "attn",
                   hessian: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(int8 codes, fp16 scales) of a 2-D fp32 tensor under quant.method; `hessian` feeds GPTQ."""
     w = w.float()
-    method = method_for(qclass, cfg)
+    method = method_for(qclass, cfg)  # quant.method, quant.embed_method or 'rowmax' (gates)
+    # each rule's branch names the config values that select it, first: a train_gpt.py folds the others away
     if method in ("percentile", "rowmax"):
         scales = scales_from_clip(row_clip(w, method, cfg.clip_percentile), bits, scale_floor_for(qclass, cfg))
         return quantize_with_scales(w, scales, bits), scales
-    if method == "clip_search":
+    if "clip_search" in (cfg.method, cfg.embed_method) and method == "clip_search":
         return clip_search(w, bits, cfg.clip_search_percentiles, scale_floor_for(qclass, cfg),
                            per_row=cfg.clip_search_scope == "row")
-    if method == "sdclip":
+    if "sdclip" in (cfg.method, cfg.embed_method) and method == "sdclip":
         return round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
-    if method == "gptq":
+    if "gptq" in (cfg.method, cfg.embed_method) and method == "gptq":
         if hessian is None:  # GPTQ with H = I is round-to-nearest on the same grid
             return round_to_nearest_sdclip(w, bits, sdclip_k_for(qclass, cfg))
         if cfg.hessian_clip_lambda:

@@ -74,7 +74,7 @@ def sdclip_k_for(qclass: str, cfg: QuantConfig) -> float:
 def plan_tensor(tensor: Tensor, qclass: str, cfg: QuantConfig, name: str = "") -> Plan:
     if not tensor.is_floating_point():
         return Plan("raw")
-    if name in cfg.keep_float:
+    if cfg.keep_float != [] and name in cfg.keep_float:  # the switch first: it folds
         return Plan("float16")
     if qclass == "gate":  # before the passthrough-size test: gates are small (QuantGate, #1736)
         return Plan("int", cfg.gate_bits) if cfg.gate_bits else Plan(cfg.control_dtype)

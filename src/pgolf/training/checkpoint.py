@@ -24,7 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .runtime import barrier
+from .runs import LogWriter
+from .runtime import any_rank, barrier
 
 CHECKPOINT = "checkpoint"
 
@@ -185,3 +186,59 @@ def load_checkpoint(run_dir: Path, *, model: torch.nn.Module, optimizers: dict[s
 def remove_checkpoint(run_dir: Path) -> None:
     for name in (CHECKPOINT, CHECKPOINT + ".old", CHECKPOINT + ".new"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the training loop's use of them
+# (here, not in loop.py: a train_gpt.py never resumes, and carries this module only when its config writes
+# checkpoints)
+
+def resume_dir(out_dir: str | Path | None) -> Path:
+    """The run folder `pgolf train --resume` continues."""
+    if out_dir is None or not Path(out_dir).is_dir():
+        raise FileNotFoundError(f"{out_dir}: run folder to resume not found")
+    return Path(out_dir)
+
+
+def resume(run_dir: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], loader: Any,
+           averager: Any, clock: Any, rank: int, is_main: bool) -> int:
+    """Restore model, optimizers, loader, averaging, looping, RNG and the clock from the run's checkpoint, and
+    (on the main rank) drop the log.jsonl lines past its step; returns the step to continue from."""
+    state, avg_tensors = load_checkpoint(run_dir, model=model, optimizers=optimizers, rank=rank)
+    clock.counted_s = state["elapsed_s"]
+    loader.load_state_dict(state["loader"])
+    averager.load_state_tensors(avg_tensors, state["swa_count"])
+    model.set_looping(state["looping"])
+    torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    if is_main:
+        LogWriter(run_dir / "log.jsonl", resume_step=state["step"])
+    return state["step"]
+
+
+def save_run(run_dir: Path, step: int, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+             averager: Any, loader: Any, clock: Any, world_size: int, rank: int,
+             at_step_start: dict[str, Any] | None = None) -> None:
+    """Checkpoint the run after `step` steps. `at_step_start`: the loader and RNG as the step in flight found
+    them (it is not applied)."""
+    now = at_step_start or {"loader": loader.state_dict(), "torch_rng": torch.get_rng_state()}
+    state = {"step": step, "elapsed_s": clock.read(), "loader": now["loader"], "looping": model.looping,
+             "swa_count": averager.swa_count, "world_size": world_size, "torch_rng": now["torch_rng"].tolist()}
+    save_checkpoint(run_dir, model=model, optimizers=optimizers, averaging_tensors=averager.state_tensors(),
+                    state=state, rank=rank)
+
+
+def keep_last_good(run_dir: Path, model: torch.nn.Module, write_checkpoint: Any, head: str, step: int,
+                   device: torch.device) -> str:
+    """On a non-finite loss (`head` says so): checkpoint the weights if they are still finite (the bad update was
+    not applied); if an earlier update already made them non-finite, keep the previous checkpoint rather than
+    overwrite it. Returns the message."""
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if not any_rank(not finite, device):
+        try:
+            write_checkpoint()
+        except OSError as exc:
+            return f"{head} The last good weights could not be saved: {exc}"
+        return f"{head} The last good weights are in {run_dir / CHECKPOINT} (step {step})."
+    kept = checkpoint_dir(run_dir)
+    where = (f"the last good checkpoint, {kept} (step {checkpoint_step(kept)}), was kept" if kept
+             else "there is no earlier checkpoint (train.checkpoint_every writes them)")
+    return f"{head} The weights were already non-finite (an earlier update produced them), so they were not saved; {where}."

@@ -48,14 +48,13 @@ from ..model.gpt import GPT, build_model, count_parameters
 from ..model.precision import autocast_for
 from ..optim.averaging import WeightAverager
 from ..optim.groups import (build_optimizers, muon_momentum_at, set_lr_multiplier, set_muon_momentum,
-                             set_muon_weight_decay_multiplier)
-from ..optim.muon import Muon
+                             set_muon_weight_decay_multiplier, uses_muon)
 from ..optim.schedule import lr_multiplier, muon_wd_multiplier, training_fraction
 from ..quant.pack import unpack_written
 from .clock import TrainingClock
 from .kernels import attach_training_kernels, describe, training_kernels_for
 from .runs import LogWriter, Progress, device_memory, device_name, environment, new_run_dir, save_config, write_json
-from .runtime import (Runtime, any_rank, any_rank_flags, barrier, broadcast_object, gather_objects, init_runtime,
+from .runtime import (Runtime, any_rank_flags, barrier, broadcast_object, gather_objects, init_runtime,
                       seed_everything, synchronize)
 
 StepCallback = Callable[[int, dict[str, Any]], None]
@@ -68,7 +67,7 @@ class TrainingInterrupted(RuntimeError):
     def __init__(self, signum: int, step: int, run_dir: Path, checkpointed: bool = True):
         self.signum, self.step, self.run_dir = signum, step, run_dir
         then = (f"checkpoint written. Continue with: pgolf train --resume {run_dir}" if checkpointed else
-                "no checkpoint written (this train_gpt.py writes them only with train.checkpoint_every > 0)")
+                "no checkpoint written (train.checkpoint_every = 0)")
         super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; {then}")
 
 
@@ -171,9 +170,7 @@ def _prepare_run_dir(rt: Runtime, cfg: Config, out_dir: str | Path | None, resum
     path = None
     if rt.is_main:
         if resume:
-            if out_dir is None or not Path(out_dir).is_dir():
-                raise FileNotFoundError(f"{out_dir}: run folder to resume not found")
-            path = Path(out_dir)
+            path = require_module("pgolf.training.checkpoint", cfg.train).resume_dir(out_dir)
         elif out_dir is not None:
             path = Path(out_dir)
             if path.exists() and any(path.iterdir()):
@@ -199,27 +196,6 @@ def _resolve_data(rt: Runtime, cfg: Config, progress: bool) -> Dataset:
     found = max(gather_objects((mine[0], str(mine[1]) if mine[1] is not None else None)), key=lambda m: m[0])
     check_vocabularies(dataset, cfg.model.vocab_size, scanned=(found[0], Path(found[1]) if found[1] else None))
     return dataset
-
-
-def _keep_last_good(run_dir: Path, model: nn.Module, write_checkpoint: Callable[[], None], train_loss: float,
-                    step: int, device: torch.device, ckpt: Any) -> str:
-    """On a non-finite loss: checkpoint the weights if they are still finite (the bad update was not applied);
-    if an earlier update already made them non-finite, keep the previous checkpoint rather than overwrite it.
-    `ckpt`: pgolf.training.checkpoint, or None in a train_gpt.py that writes no checkpoints."""
-    head = f"non-finite training loss ({train_loss}) at step {step}; stopped before applying it."
-    if ckpt is None:
-        return f"{head} The weights were not saved: this train_gpt.py writes no checkpoints (train.checkpoint_every = 0)."
-    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    if not any_rank(not finite, device):
-        try:
-            write_checkpoint()
-        except OSError as exc:
-            return f"{head} The last good weights could not be saved: {exc}"
-        return f"{head} The last good weights are in {run_dir / 'checkpoint'} (step {step})."
-    kept = ckpt.checkpoint_dir(run_dir)
-    where = (f"the last good checkpoint, {kept} (step {ckpt.checkpoint_step(kept)}), was kept" if kept
-             else "there is no earlier checkpoint (train.checkpoint_every writes them)")
-    return f"{head} The weights were already non-finite (an earlier update produced them), so they were not saved; {where}."
 
 
 def plain_eval_config(cfg: Config):
@@ -270,7 +246,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     if _use_compile(cfg, rt.device):
         # one static graph per phase, as the records: a graph break or a recompile is a bug (tests/test_graphs.py)
         forward = torch.compile(model, fullgraph=True, dynamic=False)
-        if isinstance(optimizers.get("matrix"), Muon):
+        if uses_muon(optimizers):
             optimizers["matrix"].compile_newton_schulz()
     if rt.distributed:
         forward = wrap_ddp(forward, cfg, rt)
@@ -284,13 +260,8 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
     # checkpoints: always in the package; in a train_gpt.py (which never resumes) only with train.checkpoint_every
     ckpt = optional_module("pgolf.training.checkpoint", t)
     if resume:
-        state, avg_tensors = require_module("pgolf.training.checkpoint", t).load_checkpoint(
-            run_dir, model=model, optimizers=optimizers, rank=rt.rank)
-        step, clock.counted_s = state["step"], state["elapsed_s"]
-        loader.load_state_dict(state["loader"])
-        averager.load_state_tensors(avg_tensors, state["swa_count"])
-        model.set_looping(state["looping"])
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        step = require_module("pgolf.training.checkpoint", t).resume(run_dir, model, optimizers, loader, averager,
+                                                                     clock, rt.rank, rt.is_main)
     elif t.compile_priming_steps > 0:  # compiles every graph off the clock, as the records' warm-up steps
         start = time.perf_counter()
         _prime(forward, model, optimizers, loader, cfg, accum, rt)
@@ -298,7 +269,7 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
         priming_s = time.perf_counter() - start
         averager = WeightAverager(model, t)
 
-    log = LogWriter(run_dir / "log.jsonl", resume_step=step if resume else None) if rt.is_main else None
+    log = LogWriter(run_dir / "log.jsonl") if rt.is_main else None  # a resume has cut it back to its step
     bar = Progress(t.steps, show, t.log_every)
     if show:
         bar.message(f"pgolf: {cfg.recipe} ({cfg.scale}) | {count_parameters(cfg.model):,} params | "
@@ -306,24 +277,16 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
                     f"({accum} micro-step{'s' if accum > 1 else ''}) | kernels {describe(kernels, t)} | run {run_dir}")
     val_tokens = val_bytes = None
 
-    def checkpoint_state(at_step_start: dict[str, Any] | None = None) -> dict[str, Any]:
-        """`at_step_start`: the loader and RNG as the step in flight found them (it is not applied)."""
-        now = at_step_start or {"loader": loader.state_dict(), "torch_rng": torch.get_rng_state()}
-        return {"step": step, "elapsed_s": clock.read(), "loader": now["loader"], "looping": model.looping,
-                "swa_count": averager.swa_count, "world_size": rt.world_size,
-                "torch_rng": now["torch_rng"].tolist()}
-
     def write_checkpoint(at_step_start: dict[str, Any] | None = None) -> None:
-        ckpt.save_checkpoint(run_dir, model=model, optimizers=optimizers, averaging_tensors=averager.state_tensors(),
-                        state=checkpoint_state(at_step_start), rank=rt.rank)
+        ckpt.save_run(run_dir, step, model, optimizers, averager, loader, clock, rt.world_size, rt.rank, at_step_start)
 
     reserve = cfg.quant.gptq_reserve_s + (cfg.quant.fit_reserve_s if cfg.quant.fit else 0.0)  # post-training work inside the cap
     limit_s = t.max_wallclock_s - reserve if t.max_wallclock_s > 0 else math.inf
     global_tokens_per_step = t.batch_tokens
     flags = torch.zeros(3, device=rt.device)  # [non-finite loss, stop signal, wall-clock cap], max over ranks
     at_step_start: dict[str, Any] = {}
-    local_clip = rt.distributed and t.clip_scope == "local" and cfg.optim.grad_clip_norm > 0
-    tapered_wd = cfg.optim.muon_wd_taper_start < 1.0 and isinstance(optimizers.get("matrix"), Muon)
+    local_clip = t.clip_scope == "local" and cfg.optim.grad_clip_norm > 0 and rt.distributed  # frozen keys first: they fold
+    tapered_wd = cfg.optim.muon_wd_taper_start < 1.0 and uses_muon(optimizers)
     clock.start()
     with _StopSignal() as stop:
         while step < t.steps:
@@ -357,8 +320,9 @@ def train(cfg: Config, out_dir: str | Path | None = None, *, resume: bool = Fals
             flags[2].fill_(clock.read() >= limit_s)
             non_finite, stopping, capped = any_rank_flags(flags)  # the step's one collective and host sync
             if non_finite:
-                train_loss = float(loss_sum.item()) / accum
-                raise TrainingDiverged(_keep_last_good(run_dir, model, write_checkpoint, train_loss, step, rt.device, ckpt))
+                head = f"non-finite training loss ({float(loss_sum.item()) / accum}) at step {step}; stopped before applying it."
+                raise TrainingDiverged(ckpt.keep_last_good(run_dir, model, write_checkpoint, head, step, rt.device) if ckpt
+                                       else head + " No weights saved (train.checkpoint_every = 0).")
             if stopping:
                 if ckpt is not None:
                     write_checkpoint(at_step_start)
@@ -470,19 +434,6 @@ def _prime(forward: nn.Module, model: GPT, optimizers: dict, loader: Distributed
     model.set_looping(looping)
 
 
-def _calibrate(cfg: Config, rt: Runtime, model: GPT, loader: DistributedTokenLoader) -> tuple[dict | None, float, dict]:
-    """GPTQ's calibration Hessians (from training tokens or self-generated ones), timed as training:
-    (hessians or None, seconds, {"calibration_generate_seconds", "calibration_generated_tokens"} when generated)."""
-    gptq = optional_module("pgolf.quant.gptq", cfg.quant)
-    if gptq is None:
-        return None, 0.0, {}
-    stats: dict[str, float] = {}
-    start = time.perf_counter()
-    hessians = gptq.collect_hessians(model, loader, cfg, rt.device, stats)
-    synchronize(rt.device)
-    return hessians, time.perf_counter() - start, stats
-
-
 def calibration_report(cfg: Config, calibration_s: float, capped_s: float) -> dict[str, Any]:
     """The result fields of the cap check: calibration over its reserve (quant.gptq_reserve_s, when a cap is set:
     training stops at cap - reserve, so more calibration than reserved eats into time the cap does not have) and
@@ -500,18 +451,21 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     start = time.perf_counter()
     model.set_looping(True)
     averaging = averager.apply_to(model)  # the explicit export rule of train.averaging: live | ema | swa
-    hessians, calibration_s, calib_stats = _calibrate(cfg, rt, model, loader)  # reads training tokens: inside the cap
+    # GPTQ's calibration Hessians (from training tokens or self-generated ones) count as training time
+    gptq = optional_module("pgolf.quant.gptq", cfg.quant)
+    hessians, calibration_s, calib_stats = None, 0.0, {}
+    if gptq is not None:
+        calibration_start = time.perf_counter()
+        hessians = gptq.collect_hessians(model, loader, cfg, rt.device, calib_stats)
+        synchronize(rt.device)
+        calibration_s = time.perf_counter() - calibration_start
     capped_s = timing["train_seconds"] + time.perf_counter() - start
-    cap = cfg.train.max_wallclock_s
     timing.update(calibration_report(cfg, calibration_s, capped_s), **calib_stats)
-    if show and timing["calibration_over_reserve"]:
-        print(f"WARNING: GPTQ calibration took {calibration_s:.1f} s, over quant.gptq_reserve_s = "
-              f"{cfg.quant.gptq_reserve_s:g} s (its share of train.max_wallclock_s = {cap:g} s); raise "
-              f"quant.gptq_reserve_s or lower quant.gptq_calib_batches", file=sys.stderr)
-    if show and not timing["within_cap"]:
-        print(f"WARNING: training + GPTQ calibration took {capped_s:.1f} s, over train.max_wallclock_s = {cap:g} s "
-              f"(calibration {calibration_s:.1f} s against quant.gptq_reserve_s = {cfg.quant.gptq_reserve_s:g} s); "
-              f"raise quant.gptq_reserve_s or lower quant.gptq_calib_batches", file=sys.stderr)
+    if show and gptq is not None:
+        gptq.warn_over_cap(cfg, calibration_s, capped_s, timing)
+    elif show and not timing["within_cap"]:
+        print(f"WARNING: training took {capped_s:.1f} s, over train.max_wallclock_s = {cfg.train.max_wallclock_s:g} s",
+              file=sys.stderr)
     if rt.is_main:
         calibration = {k: v for k, v in timing.items() if k.startswith("calibration_")}
         LogWriter(run_dir / "log.jsonl").write({"step": steps, "averaging": averaging, "averaging_detail": averager.describe(),
@@ -529,14 +483,14 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
     packed = pack_artifact(model, cfg, artifact, hessians) if rt.is_main else None
     pack_s = time.perf_counter() - pack_start
     sizes, fit = broadcast_object(packed, after_rank0_phase=True)  # the others wait out rank 0's GPTQ + compression
-    if fit is not None and fit.needed:
+    if cfg.quant.fit and fit is not None and fit.needed:  # the switch first: it folds
         timing["capped_seconds"] += fit.seconds
         timing["within_cap"] = cfg.train.max_wallclock_s <= 0 or timing["capped_seconds"] <= cfg.train.max_wallclock_s
     barrier()
     scored_model = unpack_written(artifact, cfg, rt.device)
     scored_model.attention_backend = model.attention_backend
     roundtrip_plain = evaluate(scored_model, val_tokens, None, plain, token_bytes=val_bytes)
-    if fit is not None and fit.pruned:  # what the pruning cost, measured on the model as loaded
+    if cfg.quant.fit and fit is not None and fit.pruned:  # what the pruning cost, measured on the model as loaded
         sizes["fit"].update(fit_cost(scored_model, fit,
                                      lambda m: evaluate(m, val_tokens, None, plain, token_bytes=val_bytes).val_bpb,
                                      roundtrip_plain.val_bpb))
@@ -577,7 +531,8 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, model: GPT, averager: Weigh
         if show and report is not None:
             print(report.summary(result, run_dir))
         if not result["under_limit"]:
-            fitted = f" quant.fit failed: {sizes['fit']['message']}." if sizes["fit"] else " (quant.fit=true prunes it under)"
+            fitted = (f" quant.fit failed: {sizes['fit']['message']}." if cfg.quant.fit and sizes["fit"]
+                      else " (quant.fit=true prunes it under)")
             print(f"WARNING: the artifact is OVER the {sizes['limit_bytes']:,}-byte limit by "
                   f"{result['artifact_bytes'] - sizes['limit_bytes']:,} bytes; this run cannot be submitted as it is."
                   f"{fitted}", file=sys.stderr)
