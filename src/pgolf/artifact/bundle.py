@@ -6,8 +6,9 @@ in every result.json is `len(bundle_bytes(cfg))`, the size of the script `pgolf 
 What goes in (pgolf.artifact.shipping): the modules the entry point imports and the optional technique modules
 the config switches on, specialised to the config (pgolf.artifact.specialise: provable reads of its switches
 become constants and the branches they decide are folded away), then pruned of the definitions nothing carried
-uses. The keys the code was specialised on travel in the payload (segment `FROZEN_SEGMENT`, after the
-modules); the script refuses an environment override that gives one of them another value, naming the key,
+uses. The keys the code was specialised on that the environment may set travel in the payload (segment
+`FROZEN_SEGMENT`, after the modules; `checked_frozen`); the script refuses an environment override that gives
+one of them another value (and any override of another key), naming the key,
 its frozen value and how to rebuild (pgolf.training.bundle_entry.check_frozen). The specialisation values are
 read from the config the script will load (`_key`: its embedded delta read back onto the defaults). Each module is minified with
 python-minifier (pgolf.artifact.minify), module-level constants that no other carried module reaches shortened too
@@ -16,7 +17,7 @@ python-minifier (pgolf.artifact.minify), module-level constants that no other ca
 a two-line bootstrap reads them back from the script file and runs the importer, which imports them from memory
 (a meta-path importer that answers for every `pgolf.*` name: nothing is written to disk and an installed pgolf
 is never mixed in) and trains the embedded config. The config is embedded as readable TOML
-holding only the fields that differ from pgolf's defaults.
+holding only the fields that differ from pgolf's defaults (`compact_toml`: key=value lines, arrays inline).
 
 How the compressed bytes are stored (`ENCODINGS`; both measured in benchmarks/budget.py): "raw", the default,
 puts them in a raw string literal of a latin-1 source file, escaping as backslash pairs the five bytes such a

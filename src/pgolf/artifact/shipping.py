@@ -19,6 +19,10 @@ plain ones in `PURE_DECORATORS` is always kept (a decorator could register it). 
 `__all__` lists are cut to the names that stay (they re-export; they do not use), and dropped when no carried
 code star-imports (`from x import *`, the only reader of `__all__`; pgolf has none).
 
+Registry questions. Before specialising, `optional_module`/`require_module` calls whose answer the build
+knows (the entry's `needed` reads no RUNTIME_KEYS field) are answered (`fold_optional_calls`); after pruning, the
+OPTIONAL_MODULES entries nothing can ask about any more leave the table (`cut_registry`).
+
 Documentation arguments. The config schema's fields carry help texts (`_f(default, help, ...)`), read only by
 `describe_keys` for the command line and the README: when no carried code reads a field's help, the texts are
 replaced by "" (`DOC_ARGUMENTS`).

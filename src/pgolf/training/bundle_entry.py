@@ -4,9 +4,11 @@ The script (pgolf.artifact.bundle builds it) imports pgolf from the sources pack
 It reads the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED), RUN_DIR, PGOLF_SET (`RUNTIME_KEYS` only)
 and PGOLF_DEVICE. The script carries only the modules its config uses: an override that would switch on a
 technique it does not carry is refused here, before anything runs, naming the setting. Its code is specialised
-to the config (pgolf.artifact.specialise: the switches it read as constants are listed in the payload's
-"frozen keys" segment): an override that gives one of those keys another value is refused the same way (the
-same value is allowed).
+to the config (pgolf.artifact.specialise: the switches it read as constants that the environment may set are
+listed in the payload's "frozen keys" segment): an override that gives one of those keys another value is
+refused the same way (the same value is allowed). Its registry questions whose answer no runtime key can
+change were answered when it was built (pgolf.artifact.shipping.fold_optional_calls): sound because every
+other key is refused here before anything runs.
 
 Nor does it carry pgolf's config validation (pgolf.config.validate): the embedded config was validated when the
 script was built, and the environment may change only `RUNTIME_KEYS`, settings that validation never reads
