@@ -447,7 +447,9 @@ def fold_optional_calls(trees: dict[str, ast.Module], optional: Sequence[str]) -
     the answer it gave when the script was built (the module is in `optional`, what the script carries); a
     package-only entry with `lambda x: False` answers None in every script. A call
     `optional_module('<name>', section)` / `require_module('<name>', section)` (a literal name; a section that is
-    not built on the spot: no call in it, so it is the run's own config, not a probe) becomes
+    not built on the spot: no call in it, so it is the run's own config, not a probe; carried code builds
+    configs only where tests/test_specialise.py::test_only_configs_pgolf_loads_are_built_in_carried_code lists,
+    the probes among them inside the call) becomes
     `__import__('<name>', fromlist='*')` when the answer is the module, and optional_module's None when it is
     not (require_module then still raises, as it would). The entries no carried code can ask about any more
     leave the script's table: the carried modules that were answered (check_carried never reports a carried
