@@ -17,6 +17,7 @@ import runpy
 import subprocess
 import sys
 import tokenize
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ from pgolf.artifact.minify import minify_source
 from pgolf.config import SECTIONS, recipe_names
 from pgolf.config.optional import OPTIONAL_MODULES, OptionalModuleError, needed_optional_modules, optional_module, require_module
 from pgolf.data.prepare import prepare_documents
+from pgolf.training.bundle_entry import RUNTIME_KEYS
 
 from conftest import REPO, SHARED, micro_config
 
@@ -201,6 +203,71 @@ def test_pruning_drops_only_what_nothing_carried_uses():
     assert "the embedded corpus" not in schema_text and "'relu2', 'leaky_relu2', 'swiglu'" in schema_text
 
 
+def _registry_questions(trees: dict[str, ast.Module]) -> set[str]:
+    return {c.args[0].value for rel, t in trees.items() if rel != "config/optional.py" for c in ast.walk(t)
+            if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in ("optional_module", "require_module")
+            and c.args and isinstance(c.args[0], ast.Constant)}
+
+
+def _imports(trees: dict[str, ast.Module]) -> set[str]:
+    return {c.args[0].value for t in trees.values() for c in ast.walk(t)
+            if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id == "__import__"}
+
+
+def test_registry_questions_the_build_can_answer_are_answered_and_the_others_asked_at_run_time():
+    """shipping.fold_optional_calls / cut_registry: a module decided only by keys the environment cannot set is
+    answered when the script is built (imported when carried, None when off) and leaves the script's table; one
+    decided by RUNTIME_KEYS (the corpus, the tokenizer, checkpoints) is still asked, and the entries of modules
+    the script does not carry stay (check_carried reports them)."""
+    lora = pgolf.load_recipe("baseline", overrides={"data.path": "/data/x", "data.tokenizer": "/data/x.model",
+                                                    "eval.ttt": "lora"})
+    optional, values = bundle._key(lora)
+    pruned = shipping.carried_trees(optional, {k: list(v) if isinstance(v, tuple) else v for k, v in values})
+    asked, imported = _registry_questions(pruned.trees), _imports(pruned.trees)
+    assert {"pgolf.data.corpus", "pgolf.data.byte_tokenizer", "pgolf.training.checkpoint"} <= asked
+    assert {"pgolf.eval.modes", "pgolf.eval.ttt_lora"} <= imported
+    assert not asked & {"pgolf.eval.modes", "pgolf.eval.ttt_lora", "pgolf.artifact.budget", "pgolf.training.report",
+                        "pgolf.quant.qat", "pgolf.data.coprime"}
+    table = set(shipping._registry_entries(pruned.trees["config/optional.py"]))
+    assert not table & {"pgolf.eval.modes", "pgolf.eval.ttt_lora", "pgolf.artifact.budget", "pgolf.training.report"}
+    assert {"pgolf.data.corpus", "pgolf.data.byte_tokenizer", "pgolf.training.checkpoint", "pgolf.eval.ttt_chunk",
+            "pgolf.quant.gptq", "pgolf.quant.qat"} <= table
+
+
+def test_a_registry_probe_built_on_the_spot_is_never_answered():
+    """Only a section that is the run's own config is answered: a config built in the call (a probe) may not be."""
+    code = ("from ..config.optional import optional_module, require_module\n"
+            "def f(cfg):\n"
+            "    return (optional_module('pgolf.quant.gptq', cfg.quant), require_module('pgolf.quant.gptq', cfg.quant),\n"
+            "            optional_module('pgolf.quant.gptq', QuantConfig(method='gptq')),\n"
+            "            optional_module('pgolf.data.corpus', cfg.data))\n")
+    for optional, answer in ((["pgolf.quant.gptq"], "__import__('pgolf.quant.gptq', fromlist='*')"), ([], "None")):
+        trees = {rel: shipping.read_tree(rel) for rel in ("config/optional.py", shipping.ENTRY)}
+        trees["data/probe.py"] = ast.parse(code)
+        shipping.fold_optional_calls(trees, optional)
+        out = ast.unparse(trees["data/probe.py"])
+        assert out.count(answer) == (2 if optional else 1)  # off: require_module still asks (and raises)
+        assert "optional_module('pgolf.quant.gptq', QuantConfig(method='gptq'))" in out
+        assert "optional_module('pgolf.data.corpus', cfg.data)" in out  # data.path is a runtime key
+
+
+def test_the_embedded_config_is_compact_toml_that_reads_back():
+    for name in recipe_names():
+        delta = bundle.config_delta(bundle.script_config(pgolf.load_recipe(name)))
+        text = bundle.compact_toml(delta)
+        assert tomllib.loads(text) == delta and "\n\n" not in text and " = " not in text.split("[", 1)[-1]
+    text = bundle.compact_toml({"model": {"layer_schedule": [0, 1, 1]}, "description": "a 'b' \"c\"\nd"})
+    assert "layer_schedule=[0,1,1]" in text and tomllib.loads(text)["description"] == "a 'b' \"c\"\nd"
+
+
+def test_a_script_carries_no_all_lists_and_plain_field_defaults():
+    """No carried code star-imports, so `__all__` goes; schema fields with nothing but a default lose _f()."""
+    sources = bundle.module_sources(micro_config("baseline"))
+    assert not [p for p, text in sources.items() if "__all__" in text]
+    schema = sources["pgolf/config/schema.py"]
+    assert "num_heads:int=8;" in schema and "_f('relu2','',('relu2','leaky_relu2','swiglu'))" in schema
+
+
 def test_minify_keeps_behaviour_and_maps_statements_to_their_lines():
     source = '''"""doc"""
 import math
@@ -338,8 +405,11 @@ def test_raw_storage_is_smaller_than_base85_and_both_carry_the_same_code():
         finally:
             path.unlink()
     assert sources[0] == sources[1] == sources[2]
-    frozen = sources[0].pop(bundle.FROZEN_SEGMENT)  # the keys the code was specialised on, then the modules
-    assert frozen.split() == list(bundle.frozen_keys(cfg)) and "model.smear" in frozen.split()
+    # the keys the code was specialised on that the environment may set (the script refuses every other key
+    # before it compares them), then the modules
+    frozen = sources[0].pop(bundle.FROZEN_SEGMENT).split()
+    assert "model.smear" in bundle.frozen_keys(cfg) and "model.smear" not in frozen and "train.val_every" in frozen
+    assert frozen == [k for k in bundle.frozen_keys(cfg) if k in RUNTIME_KEYS]
     assert sources[0] == bundle.module_sources(cfg)
 
 

@@ -73,7 +73,7 @@ def test_the_runs_code_bytes_are_the_size_of_its_script(micro_run):
     assert result["artifact_bytes"] == len(data) + (micro_run / "artifact.pgolf").stat().st_size
     other_seed = load_config(micro_run / "config.toml")
     other_seed.seed = 7
-    assert b"seed = 7" in bundle.bundle_bytes(other_seed) and b"seed = 7" not in data
+    assert b"\nseed=7\n" in bundle.bundle_bytes(other_seed) and b"seed=7" not in data  # the embedded TOML
 
 
 def test_budget_estimate_counts_the_script():

@@ -6,8 +6,9 @@ in every result.json is `len(bundle_bytes(cfg))`, the size of the script `pgolf 
 What goes in (pgolf.artifact.shipping): the modules the entry point imports and the optional technique modules
 the config switches on, specialised to the config (pgolf.artifact.specialise: provable reads of its switches
 become constants and the branches they decide are folded away), then pruned of the definitions nothing carried
-uses. The keys the code was specialised on travel in the payload (segment `FROZEN_SEGMENT`, after the
-modules); the script refuses an environment override that gives one of them another value, naming the key,
+uses. The keys the code was specialised on that the environment may set travel in the payload (segment
+`FROZEN_SEGMENT`, after the modules; `checked_frozen`); the script refuses an environment override that gives
+one of them another value (and any override of another key), naming the key,
 its frozen value and how to rebuild (pgolf.training.bundle_entry.check_frozen). The specialisation values are
 read from the config the script will load (`_key`: its embedded delta read back onto the defaults). Each module is minified with
 python-minifier (pgolf.artifact.minify), module-level constants that no other carried module reaches shortened too
@@ -16,7 +17,7 @@ python-minifier (pgolf.artifact.minify), module-level constants that no other ca
 a two-line bootstrap reads them back from the script file and runs the importer, which imports them from memory
 (a meta-path importer that answers for every `pgolf.*` name: nothing is written to disk and an installed pgolf
 is never mixed in) and trains the embedded config. The config is embedded as readable TOML
-holding only the fields that differ from pgolf's defaults.
+holding only the fields that differ from pgolf's defaults (`compact_toml`: key=value lines, arrays inline).
 
 How the compressed bytes are stored (`ENCODINGS`; both measured in benchmarks/budget.py): "raw", the default,
 puts them in a raw string literal of a latin-1 source file, escaping as backslash pairs the five bytes such a
@@ -153,9 +154,18 @@ def _compressed(optional: tuple[str, ...], values: tuple[tuple[str, Any], ...]) 
     return bz2.compress(joined_sources(modules, frozen).encode("utf-8"), 9)
 
 
+def checked_frozen(frozen: tuple[str, ...]) -> tuple[str, ...]:
+    """The frozen keys a script must check: those the environment may set (bundle_entry.RUNTIME_KEYS). The
+    script refuses every other key before it compares frozen values, so listing them would only cost bytes."""
+    from ..training.bundle_entry import RUNTIME_KEYS  # (not at the top: bundle_entry imports sizes, which imports us)
+    return tuple(k for k in frozen if k in RUNTIME_KEYS)
+
+
 def joined_sources(modules: tuple[Carried, ...], frozen: tuple[str, ...] = ()) -> str:
     """What the payload compresses: the bootstrap's importer, then NUL, path, NUL, source for every module, then
-    NUL, FROZEN_SEGMENT, NUL and the frozen keys separated by spaces (when the modules were specialised)."""
+    NUL, FROZEN_SEGMENT, NUL and the frozen keys the script checks (`checked_frozen`) separated by spaces (when
+    there are any)."""
+    frozen = checked_frozen(frozen)
     tail = f"\0{FROZEN_SEGMENT}\0{' '.join(frozen)}" if frozen else ""
     return BOOT + "".join(f"\0{m.path}\0{m.source}" for m in modules) + tail
 
@@ -197,9 +207,28 @@ def script_config(cfg: Config) -> Config:
     return out
 
 
+def compact_toml(table: dict[str, Any]) -> str:
+    """`table` (a config delta: top-level values, then one level of tables) as short, readable TOML: one
+    `key=value` line per setting, arrays inline, no blank lines. The text reads back as `table` (checked; if it
+    could not, tomli_w's own layout is used)."""
+    def line(key: str, value: Any) -> str:
+        if isinstance(value, list):
+            items = [tomli_w.dumps({"v": v})[4:-1] for v in value]
+            if all("\n" not in i for i in items):
+                return f"{key}=[{','.join(items)}]"
+        one = tomli_w.dumps({key: value})
+        return one[:-1].replace(" = ", "=", 1) if one.count("\n") == 1 else one[:-1]
+    lines = [line(k, v) for k, v in table.items() if not isinstance(v, dict)]
+    for name, section in table.items():
+        if isinstance(section, dict):
+            lines += [f"[{name}]"] + [line(k, v) for k, v in section.items()]
+    text = "\n".join(lines) + "\n"
+    return text if tomllib.loads(text) == table else tomli_w.dumps(table)
+
+
 def _config_literal(cfg: Config) -> str:
     """The delta as a Python literal of ASCII text: readable TOML in r'''...''' when it can be, else escaped."""
-    text = tomli_w.dumps(config_delta(cfg))
+    text = compact_toml(config_delta(cfg))
     if "'''" in text or text.endswith("\\") or not text.isascii():
         return ascii(text)
     return "r'''\n" + text + "'''"
@@ -208,31 +237,29 @@ def _config_literal(cfg: Config) -> str:
 # ----------------------------------------------------------------------------- the script
 
 _HEADER = """\
-# train_gpt.py: {title}, by pgolf {version} (pgolf submit).
-# The pgolf modules this config uses, minified, bz2-packed in the last line ({encoding}); tracebacks: pgolf
-# traceback train_gpt.linemap.json < error.txt. Run: torchrun --standalone --nproc_per_node=8 train_gpt.py
-# (environment: DATA_PATH, TOKENIZER_PATH, SEED, RUN_DIR, PGOLF_SET, PGOLF_DEVICE).
+# {title} by pgolf {version}: its modules are bz2'd in the last line ({encoding}); pgolf traceback maps errors
 import bz2,{imports}
 CONFIG={config}
 d=open(__file__,"rb").read();d=bz2.decompress({decode}).decode().split("\\0")
 SOURCES=dict(zip(d[1::2],d[2::2]));exec(d[0])
 """
 # The bootstrap's importer, carried compressed ahead of the modules (the first segment of the payload) and run
-# by the script's exec(d[0]) in its own namespace.
+# by the script's exec(d[0]) in its own namespace. `I` is a meta-path finder (find_spec) and a loader (Loader's
+# create_module, exec_module) of pgolf.* from SOURCES only, never an installed pgolf; the excepthook prints
+# tracebacks through linecache, so they show the carried lines.
 BOOT = """\
 import importlib.abc as A,importlib.util as U,linecache
-class Importer(A.MetaPathFinder,A.Loader):# pgolf.* from SOURCES only: never an installed pgolf
- def find_spec(s,n,p=None,t=None):
+class I(A.Loader):
+ def find_spec(s,n,*a):
   if n.split(".")[0]!="pgolf":return
   q=n.replace(".","/");q=next((x for x in(q+"/__init__.py",q+".py")if x in SOURCES),"")
-  if not q:raise ModuleNotFoundError(n+" is not carried by this train_gpt.py (it has what its config uses)",name=n)
+  if not q:raise ModuleNotFoundError(n+" is not carried by this train_gpt.py",name=n)
   return U.spec_from_loader(n,s,origin=__file__+"/"+q,is_package=q.endswith("__init__.py"))
- def create_module(s,spec):return
  def exec_module(s,m):
   f=m.__file__=m.__spec__.origin;c=SOURCES[f[len(__file__)+1:]];linecache.cache[f]=(len(c),None,c.splitlines(1),f)
   exec(compile(c,f,"exec",dont_inherit=1),m.__dict__)
-sys.meta_path.insert(0,Importer())
-sys.excepthook=lambda*e:__import__("traceback").print_exception(*e)# prints the carried lines (linecache)
+sys.meta_path.insert(0,I())
+sys.excepthook=lambda*e:__import__("traceback").print_exception(*e)
 if __name__=="__main__":
  from pgolf.training.bundle_entry import run_bundle;sys.exit(run_bundle(CONFIG,__file__,SOURCES))
 """
@@ -250,7 +277,7 @@ def bundle_bytes(cfg: Config, encoding: str = DEFAULT_ENCODING) -> bytes:
         raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}; got {encoding!r}")
     imports, decode = _DECODE[encoding]
     cfg = script_config(cfg)
-    title = f"pgolf recipe {Path(str(cfg.recipe)).name} (scale {cfg.scale}, seed {cfg.seed})"
+    title = f"{Path(str(cfg.recipe)).name} ({cfg.scale}, seed {cfg.seed})"
     header = _HEADER.format(title=ascii(title)[1:-1], version=__version__, config=_config_literal(cfg),
                             encoding=encoding, imports=imports, decode=decode).encode("ascii")
     data = compressed_sources(cfg)

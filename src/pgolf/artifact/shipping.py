@@ -16,7 +16,12 @@ carried code refers to by name (a name, an attribute, a string) is dropped, repe
 modules no carried code imports any more are then dropped too. So is a method whose name no carried code
 uses, unless Python or torch call it by name (`FRAMEWORK_METHODS`, dunders). A definition with a decorator other than the
 plain ones in `PURE_DECORATORS` is always kept (a decorator could register it). `if TYPE_CHECKING:` blocks go.
-`__all__` lists are cut to the names that stay (they re-export; they do not use).
+`__all__` lists are cut to the names that stay (they re-export; they do not use), and dropped when no carried
+code star-imports (`from x import *`, the only reader of `__all__`; pgolf has none).
+
+Registry questions. Before specialising, `optional_module`/`require_module` calls whose answer the build
+knows (the entry's `needed` reads no RUNTIME_KEYS field) are answered (`fold_optional_calls`); after pruning, the
+OPTIONAL_MODULES entries nothing can ask about any more leave the table (`cut_registry`).
 
 Documentation arguments. The config schema's fields carry help texts (`_f(default, help, ...)`), read only by
 `describe_keys` for the command line and the README: when no carried code reads a field's help, the texts are
@@ -230,6 +235,8 @@ class Pruned:
 def prune(trees: dict[str, ast.Module], roots: list[str]) -> Pruned:
     """Drop the definitions no kept code uses, then the modules no kept code imports, until nothing changes."""
     modules = sorted(trees)
+    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)
+               for tree in trees.values() for n in ast.walk(tree))
     while True:
         bodies = {rel: [s for s in trees[rel].body if not _is_type_checking(s) and not _is_all(s)] for rel in modules}
         kept: dict[str, list[bool]] = {rel: [defined_names(s) is None for s in body] for rel, body in bodies.items()}
@@ -251,7 +258,7 @@ def prune(trees: dict[str, ast.Module], roots: list[str]) -> Pruned:
             names = [n for s, k in zip(bodies[rel], kept[rel]) if not k for n in defined_names(s) or []]
             body = _cut_imports(rel, body, uses)
             all_stmt = next((s for s in trees[rel].body if _is_all(s)), None)
-            if all_stmt is not None:
+            if all_stmt is not None and star:
                 body.append(_cut_all(all_stmt, uses))
             pruned[rel] = ast.Module(body=body, type_ignores=[])
             if names:
@@ -289,7 +296,9 @@ def _cut_all(stmt: ast.Assign, uses: set[str]) -> ast.stmt:
 
 
 def strip_doc_arguments(trees: dict[str, ast.Module]) -> list[str]:
-    """Replace documentation-only arguments by "" where no kept code reads them; returns what was stripped."""
+    """Replace documentation-only arguments by "" where no kept code reads them; returns what was stripped.
+    A schema field left with nothing but its default (`_f(1, "")`: no choices, not a list) becomes the plain
+    default (`= 1`): a field without metadata reads as one with choices None (pgolf.config.overrides)."""
     stripped = []
     for rel, function, index, keyword, key in DOC_ARGUMENTS:
         if rel not in trees or any(_reads(tree, key, function) for tree in trees.values()):
@@ -301,8 +310,28 @@ def strip_doc_arguments(trees: dict[str, ast.Module]) -> list[str]:
                 for kw in node.keywords:
                     if kw.arg == keyword:
                         kw.value = ast.copy_location(ast.Constant(""), kw.value)
+        if (rel, function) == ("config/schema.py", "_f"):
+            _plain_defaults(trees[rel])
         stripped.append(f"{rel}:{function}({keyword})")
     return stripped
+
+
+def _plain_defaults(tree: ast.Module) -> None:
+    """In the schema's dataclasses, `name: T = _f(default, "")` (no choices; default a number, string or bool
+    literal) becomes `name: T = default`, in place."""
+    for cls in [s for s in tree.body if isinstance(s, ast.ClassDef)]:
+        for stmt in cls.body:
+            call = stmt.value if isinstance(stmt, ast.AnnAssign) else None
+            if (isinstance(call, ast.Call) and _dotted(call.func) == "_f" and not call.keywords
+                    and len(call.args) == 2 and isinstance(call.args[1], ast.Constant) and call.args[1].value == ""
+                    and _literal_scalar(call.args[0])):
+                stmt.value = call.args[0]
+
+
+def _literal_scalar(node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    return isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str, bool))
 
 
 def _reads(tree: ast.AST, key: str, writer: str) -> bool:
@@ -327,6 +356,7 @@ def carried_trees(optional: Sequence[str], values: dict[str, Any] | None = None)
     closure(roots, trees)
     frozen: dict[str, Any] = {}
     if values:
+        fold_optional_calls(trees, optional)
         specialised = specialise(trees, values, ENTRY_USES)
         trees, frozen = specialised.trees, specialised.frozen
     result = prune(trees, roots)
@@ -338,9 +368,154 @@ def carried_trees(optional: Sequence[str], values: dict[str, Any] | None = None)
         for rel, names in [*methods.items(), *result.dropped.items()]:
             again.dropped.setdefault(rel, []).extend(n for n in names if n not in again.dropped.get(rel, []))
         result = again
+    if values:
+        cut_registry(result.trees, optional)
     strip_doc_arguments(result.trees)
     result.frozen = frozen
     return result
+
+
+# ----------------------------------------------------------------------------- answering the registry
+
+REGISTRY = "config/optional.py"
+_ASK = ("optional_module", "require_module")
+
+
+def _runtime_keys(entry: ast.Module) -> set[str]:
+    """bundle_entry.RUNTIME_KEYS, read from the carried entry point (empty if it is not a literal there)."""
+    for stmt in entry.body:
+        if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "RUNTIME_KEYS" for t in stmt.targets):
+            return set(ast.literal_eval(stmt.value))
+    return set()
+
+
+def _registry_entries(tree: ast.Module) -> dict[str, ast.Call]:
+    """name -> the `OptionalModule(...)` call of each literal entry of OPTIONAL_MODULES in pgolf.config.optional."""
+    out = {}
+    for stmt in tree.body:
+        target = stmt.target if isinstance(stmt, ast.AnnAssign) else (stmt.targets[0] if isinstance(stmt, ast.Assign) else None)
+        if isinstance(target, ast.Name) and target.id == "OPTIONAL_MODULES" and isinstance(stmt.value, ast.Tuple):
+            for call in stmt.value.elts:
+                if (isinstance(call, ast.Call) and _dotted(call.func) == "OptionalModule" and len(call.args) >= 3
+                        and all(isinstance(a, ast.Constant) for a in call.args[:2])):
+                    out[call.args[0].value] = call
+    return out
+
+
+def _reads_only(call: ast.Call, runtime: set[str]) -> str | None:
+    """How an entry's `needed` decides: 'never' (`lambda x: False` on a package-only module), 'config' (it
+    reads only fields of its section outside `runtime`, each as `x.field`), else None (it may change at run
+    time, or it cannot be told)."""
+    fn, section = call.args[2], call.args[1].value
+    if not isinstance(fn, ast.Lambda) or len(fn.args.args) != 1 or fn.args.vararg or fn.args.kwarg:
+        return None
+    package = any(k.arg == "package" and isinstance(k.value, ast.Constant) and k.value.value is True
+                  for k in call.keywords)
+    if isinstance(fn.body, ast.Constant) and fn.body.value is False and package:
+        return "never"
+    param = fn.args.args[0].arg
+    parents = {id(c): n for n in ast.walk(fn.body) for c in ast.iter_child_nodes(n)}
+    for node in ast.walk(fn.body):
+        if isinstance(node, (ast.Lambda, ast.NamedExpr)):
+            return None
+        if isinstance(node, ast.Name) and node.id == param:
+            up = parents.get(id(node))
+            if not isinstance(up, ast.Attribute) or f"{section}.{up.attr}" in runtime:
+                return None
+    return "config"
+
+
+def _asks_registry(rel: str, tree: ast.Module) -> set[str]:
+    """Which of optional_module/require_module `tree` binds by importing them from pgolf.config.optional (and
+    nowhere else)."""
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and imported_modules(rel, node) & {REGISTRY}:
+            imported |= {a.name for a in node.names if a.name in _ASK and a.asname is None}
+    rebound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    rebound |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    rebound |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+    return imported - rebound
+
+
+def fold_optional_calls(trees: dict[str, ast.Module], optional: Sequence[str]) -> dict[str, str]:
+    """Answer, in place, the registry questions a script's answers are known for when it is built; returns
+    {module name: 'module' | 'None'} for the modules whose calls were answered.
+
+    A script refuses every environment override outside bundle_entry.RUNTIME_KEYS before it trains, so an
+    OPTIONAL_MODULES entry whose `needed` reads only other fields of its section gives, for the run's config,
+    the answer it gave when the script was built (the module is in `optional`, what the script carries); a
+    package-only entry with `lambda x: False` answers None in every script. A call
+    `optional_module('<name>', section)` / `require_module('<name>', section)` (a literal name; a section that is
+    not built on the spot: no call in it, so it is the run's own config, not a probe; carried code builds
+    configs only where tests/test_specialise.py::test_only_configs_pgolf_loads_are_built_in_carried_code lists,
+    the probes among them inside the call) becomes
+    `__import__('<name>', fromlist='*')` when the answer is the module, and optional_module's None when it is
+    not (require_module then still raises, as it would). The entries no carried code can ask about any more
+    leave the script's table: the carried modules that were answered (check_carried never reports a carried
+    module) and the never-needed ones."""
+    if REGISTRY not in trees or ENTRY not in trees:
+        return {}
+    runtime = _runtime_keys(trees[ENTRY])
+    if not runtime:
+        return {}
+    entries = _registry_entries(trees[REGISTRY])
+    kinds = {name: _reads_only(call, runtime) for name, call in entries.items()}
+    answers = {name: ("module" if name in optional else "None") if kind == "config" else "None"
+               for name, kind in kinds.items() if kind}
+    answered: dict[str, str] = {}
+    for rel, tree in sorted(trees.items()):
+        if rel == REGISTRY:
+            continue
+        ask = _asks_registry(rel, tree)
+
+        class Answer(ast.NodeTransformer):
+            def visit_Call(self, node: ast.Call) -> ast.AST:
+                self.generic_visit(node)
+                if not (isinstance(node.func, ast.Name) and node.func.id in ask and len(node.args) == 2
+                        and not node.keywords and isinstance(node.args[0], ast.Constant)):
+                    return node
+                name = node.args[0].value
+                answer = answers.get(name)
+                if answer is None or any(isinstance(n, ast.Call) for n in ast.walk(node.args[1])):
+                    return node
+                if answer == "None" and node.func.id == "require_module":
+                    return node
+                answered[name] = answer
+                if answer == "None":
+                    return ast.copy_location(ast.Constant(None), node)
+                new = ast.Call(func=ast.Name("__import__", ast.Load()), args=[ast.Constant(name)],
+                               keywords=[ast.keyword("fromlist", ast.Constant("*"))])
+                return ast.copy_location(new, node)
+
+        trees[rel] = ast.fix_missing_locations(Answer().visit(tree))
+    return answered
+
+
+def cut_registry(trees: dict[str, ast.Module], optional: Sequence[str]) -> list[str]:
+    """Drop, in place, the OPTIONAL_MODULES entries of the pruned trees that no carried code can ask about:
+    the name is written nowhere outside the table but in `__import__` (every call was answered,
+    fold_optional_calls, or pruned),
+    and the entry is one check_carried can never report (never needed, or answered by the config alone for a
+    module the script carries). Returns the names dropped."""
+    if REGISTRY not in trees or ENTRY not in trees:
+        return []
+    runtime = _runtime_keys(trees[ENTRY])
+    entries = _registry_entries(trees[REGISTRY])
+    imports = {id(n.args[0]) for tree in trees.values() for n in ast.walk(tree)
+               if isinstance(n, ast.Call) and _dotted(n.func) == "__import__" and n.args}  # answers, not questions
+    named = {n.value for rel, tree in trees.items() if rel != REGISTRY for n in ast.walk(tree)
+             if isinstance(n, ast.Constant) and n.value in entries and id(n) not in imports}
+    gone = []
+    for name, call in entries.items():
+        kind = _reads_only(call, runtime) if runtime else None
+        if name not in named and (kind == "never" or (kind == "config" and name in optional)):
+            gone.append(name)
+    for stmt in trees[REGISTRY].body:
+        value = stmt.value if isinstance(stmt, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.Tuple) and any(e in entries.values() for e in value.elts):
+            value.elts = [e for e in value.elts if not (e in entries.values() and e.args[0].value in gone)]
+    return gone
 
 
 def drop_unused_methods(trees: dict[str, ast.Module]) -> dict[str, list[str]]:

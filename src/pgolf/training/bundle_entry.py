@@ -4,9 +4,11 @@ The script (pgolf.artifact.bundle builds it) imports pgolf from the sources pack
 It reads the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED), RUN_DIR, PGOLF_SET (`RUNTIME_KEYS` only)
 and PGOLF_DEVICE. The script carries only the modules its config uses: an override that would switch on a
 technique it does not carry is refused here, before anything runs, naming the setting. Its code is specialised
-to the config (pgolf.artifact.specialise: the switches it read as constants are listed in the payload's
-"frozen keys" segment): an override that gives one of those keys another value is refused the same way (the
-same value is allowed).
+to the config (pgolf.artifact.specialise: the switches it read as constants that the environment may set are
+listed in the payload's "frozen keys" segment): an override that gives one of those keys another value is
+refused the same way (the same value is allowed). Its registry questions whose answer no runtime key can
+change were answered when it was built (pgolf.artifact.shipping.fold_optional_calls): sound because every
+other key is refused here before anything runs.
 
 Nor does it carry pgolf's config validation (pgolf.config.validate): the embedded config was validated when the
 script was built, and the environment may change only `RUNTIME_KEYS`, settings that validation never reads
@@ -40,6 +42,9 @@ RUNTIME_KEYS = ("seed", "data.path", "data.tokenizer", "data.val_tokens_limit", 
                 "train.log_every", "train.val_every", "train.checkpoint_every", "train.keep_checkpoint")
 
 
+REBUILD = "; build a script for the new settings (pgolf submit, or pgolf.artifact.bundle.write_bundle)"  # how every refusal below ends
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for var, key in ENV_VARS.items():
@@ -58,9 +63,8 @@ def check_runtime_overrides(cfg: Config, keys) -> None:
     other = [k for k in keys if k not in RUNTIME_KEYS]
     if other:
         raise ConfigError(
-            f"PGOLF_SET: {', '.join(other)}: a train_gpt.py takes only {', '.join(RUNTIME_KEYS)} from the environment "
-            "(its config was validated when it was built); build a script for the new settings (pgolf submit, "
-            "or pgolf.artifact.bundle.write_bundle)")
+            f"PGOLF_SET: {', '.join(other)}: a train_gpt.py takes only {', '.join(RUNTIME_KEYS)} from the environment"
+            + REBUILD)
     if cfg.train.steps <= 0:
         raise ConfigError(f"'train.steps' must be positive, got {cfg.train.steps}")
 
@@ -74,8 +78,7 @@ def check_carried(cfg: Config, carried: set[str] | None) -> None:
     if missing:
         raise ConfigError(
             "this train_gpt.py does not carry " + ", ".join(f"{n} (pulled in by {switches[n]})" for n in missing)
-            + ": it ships only what its embedded config uses; build a script for the new settings "
-              "(pgolf submit, or pgolf.artifact.bundle.write_bundle)")
+            + REBUILD)
 
 
 def _get(cfg: Config, key: str) -> Any:
@@ -90,8 +93,7 @@ def check_frozen(cfg: Config, embedded: Config, frozen: list[str]) -> None:
     if changed:
         raise ConfigError(
             "this train_gpt.py was specialised on " + ", ".join(f"{k} = {a!r} (asked: {b!r})" for k, a, b in changed)
-            + ": its code reads these keys as constants; build a script for the new settings "
-              "(pgolf submit with --set, or pgolf.artifact.bundle.write_bundle)")
+            + REBUILD)
 
 
 def bundle_config(config: str, environ: dict[str, str] | None = None, carried: set[str] | None = None,
@@ -102,7 +104,8 @@ def bundle_config(config: str, environ: dict[str, str] | None = None, carried: s
     script's config was checked when the script was built)."""
     environ = dict(os.environ if environ is None else environ)
     where = "train_gpt.py (embedded config)"
-    cfg = config_from_table(tomllib.loads(config), where)
+    table = tomllib.loads(config)  # read once: config_from_table builds a new Config (new lists) every time
+    cfg = config_from_table(table, where)
     overrides = _env_overrides(environ)
     if "data.path" in overrides and "data.tokenizer" not in overrides and not Path(cfg.data.tokenizer).is_file():
         overrides["data.tokenizer"] = ""  # the new data folder's own tokenizer (challenge layout)
@@ -111,7 +114,7 @@ def bundle_config(config: str, environ: dict[str, str] | None = None, carried: s
         cfg.data.tokenizer = str(default_tokenizer(Path(cfg.data.path), cfg.model.vocab_size))
     check_carried(cfg, carried)
     check_runtime_overrides(cfg, overrides)
-    check_frozen(cfg, config_from_table(tomllib.loads(config), where), list(frozen))
+    check_frozen(cfg, config_from_table(table, where), list(frozen))
     budget = optional_module("pgolf.artifact.budget", cfg.quant)  # in the package; a script was checked when built
     if budget is not None:
         budget.check_budget(cfg)
