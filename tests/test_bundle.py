@@ -581,3 +581,10 @@ def test_a_traceback_from_a_script_maps_back_to_the_repository(shared_data, tmp_
     for (_, _, source, line), (_, callee, _, _) in zip(places, places[1:]):
         assert f"{callee}(" in (REPO / source).read_text(encoding="utf-8").split("\n")[int(line) - 1], (source, line)
     assert "[not in the line map]" not in out.stdout
+
+
+def test_the_runtime_keys_read_from_the_entry_points_source_are_the_ones_it_enforces():
+    # pgolf.artifact may not import pgolf.training (tests/test_layout.py), so it reads RUNTIME_KEYS from the source
+    from pgolf.artifact.shipping import entry_runtime_keys
+    from pgolf.training.bundle_entry import RUNTIME_KEYS
+    assert entry_runtime_keys() == frozenset(RUNTIME_KEYS) and "train.steps" in entry_runtime_keys()

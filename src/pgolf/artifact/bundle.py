@@ -57,7 +57,7 @@ from ..config.optional import needed_optional_modules, optional_module
 from ..data.dataset import default_tokenizer
 from .linemap import make_linemap, write_linemap
 from .minify import LineMap, minify_tree
-from .shipping import ENTRY_USES, carried_trees, used_names
+from .shipping import ENTRY_USES, carried_trees, entry_runtime_keys, used_names
 from .specialise import candidate_values
 
 ENCODINGS = ("raw", "base85")
@@ -157,8 +157,8 @@ def _compressed(optional: tuple[str, ...], values: tuple[tuple[str, Any], ...]) 
 def checked_frozen(frozen: tuple[str, ...]) -> tuple[str, ...]:
     """The frozen keys a script must check: those the environment may set (bundle_entry.RUNTIME_KEYS). The
     script refuses every other key before it compares frozen values, so listing them would only cost bytes."""
-    from ..training.bundle_entry import RUNTIME_KEYS  # (not at the top: bundle_entry imports sizes, which imports us)
-    return tuple(k for k in frozen if k in RUNTIME_KEYS)
+    runtime = entry_runtime_keys()
+    return tuple(k for k in frozen if k in runtime)
 
 
 def joined_sources(modules: tuple[Carried, ...], frozen: tuple[str, ...] = ()) -> str:

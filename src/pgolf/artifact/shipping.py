@@ -31,6 +31,7 @@ replaced by "" (`DOC_ARGUMENTS`).
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -387,6 +388,13 @@ def _runtime_keys(entry: ast.Module) -> set[str]:
         if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "RUNTIME_KEYS" for t in stmt.targets):
             return set(ast.literal_eval(stmt.value))
     return set()
+
+
+@functools.lru_cache(maxsize=1)
+def entry_runtime_keys() -> frozenset[str]:
+    """bundle_entry.RUNTIME_KEYS, read from the entry point's source (pgolf.artifact sits below pgolf.training in
+    the layers, so it reads the literal rather than importing it)."""
+    return frozenset(_runtime_keys(read_tree(ENTRY)))
 
 
 def _registry_entries(tree: ast.Module) -> dict[str, ast.Call]:
