@@ -14,10 +14,11 @@ Each call updates its label in benchmarks/results/mutation.json (other labels ar
 counts, and every surviving mutant with its diff; survivors listed in EQUIVALENT below carry the reason they
 cannot be killed (an equivalent mutant: the same function computed another way, or only a message changed).
 `--only 'pgolf.eval.bpb.*' --merge` runs whole modules and keeps the label's other modules (a run in parts:
-the entry says which modules are not run yet, and `complete` when none is left). `--recheck` reruns only the mutants a label's run did not kill, with the tests of the working tree, and updates
-that entry (its `rechecks` list says when and with which tree): tests are only ever added, so a mutant killed
-before stays killed.
-`--max-children` sets the parallel workers (default 2); on 2 shared cores a run takes about an hour.
+the entry says which modules are not run yet, and `complete` when none is left). `--recheck` reruns only the
+mutants a label's run did not kill, with the tests of the working tree, and updates that entry (its `rechecks`
+list says when and with which tree): tests are only ever added, so a mutant killed before stays killed.
+`--max-children` sets the parallel workers (default 2); on 2 shared cores a whole run takes several hours (a
+surviving mutant runs every test that covers its function), hence the parts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import Counter
 import tomllib
 from io import BytesIO
 from pathlib import Path
@@ -209,10 +211,7 @@ def summarise(counts: dict[str, int], listed: list[dict]) -> dict:
 
 
 def status_counts(mutants: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for m in mutants:
-        counts[m["status"]] = counts.get(m["status"], 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(m["status"] for m in mutants).items()))
 
 
 def not_killed(mutants: list[dict]) -> list[dict]:
@@ -234,13 +233,11 @@ def listed_of(entry: dict) -> list[dict]:
 def merged(previous: dict | None, everything: list[dict], run_info: dict) -> dict:
     """The label's entry after a run: the modules this run mutated replace theirs in `previous` (all of them when
     previous is None); `everything` is every mutant of the mutated files, those not run marked "not checked"."""
-    totals: dict[str, int] = {}
-    for m in everything:
-        totals[module_of(m["name"])] = totals.get(module_of(m["name"]), 0) + 1
+    totals = Counter(module_of(m["name"]) for m in everything)
     ran = [m for m in everything if m["status"] != "not checked"]
-    ran_modules = sorted({module_of(m["name"]) for m in ran})
-    for module in ran_modules:
-        done = sum(module_of(m["name"]) == module for m in ran)
+    done_by_module = Counter(module_of(m["name"]) for m in ran)
+    ran_modules = sorted(done_by_module)
+    for module, done in done_by_module.items():
         if done != totals[module]:
             raise SystemExit(f"{module}: {done} of its {totals[module]} mutants were run; --only must select whole "
                              f"modules (e.g. '{module}.*') for the result to be merged")
@@ -254,10 +251,7 @@ def merged(previous: dict | None, everything: list[dict], run_info: dict) -> dic
 
 
 def entry_from(modules: dict, listed: list[dict], totals: dict[str, int]) -> dict:
-    counts: dict[str, int] = {}
-    for info in modules.values():
-        for status, n in info["counts"].items():
-            counts[status] = counts.get(status, 0) + n
+    counts = sum((Counter(info["counts"]) for info in modules.values()), Counter())
     not_run = sorted(set(totals) - set(modules))
     return {"complete": not not_run, "modules_not_run": {m: totals[m] for m in not_run},
             "mutants_by_module": dict(sorted(totals.items())), "modules": dict(sorted(modules.items())),
